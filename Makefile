@@ -1,0 +1,56 @@
+# Everyday entry points: make run, make test, make test-slow, make lint, make bench.
+# Each one creates .venv and installs what it needs on a fresh machine (Python 3.11+ and make).
+
+PYTHON ?= $(shell command -v python3.13 || command -v python3.12 || command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime-installed
+DEV := $(VENV)/.dev-installed
+
+.PHONY: run serve worker test test-slow test-all lint format bench clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Broadside needs Python 3.11 or newer: set PYTHON=/path/to/python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
+
+$(DEV): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@ $(RUNTIME)
+
+run: $(RUNTIME)
+	$(BIN)/broadside db upgrade
+	$(BIN)/broadside serve
+
+worker: $(RUNTIME)
+	$(BIN)/broadside db upgrade
+	$(BIN)/broadside worker
+
+lint: $(DEV)
+	$(BIN)/ruff check service tests bench migrations
+	$(BIN)/ruff format --check service tests bench migrations
+	$(BIN)/mypy service
+
+format: $(DEV)
+	$(BIN)/ruff format service tests bench migrations
+	$(BIN)/ruff check --fix service tests bench migrations
+
+test: $(DEV)
+	$(BIN)/ruff check service tests bench migrations
+	$(BIN)/ruff format --check service tests bench migrations
+	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: $(DEV)
+	$(BIN)/python -m pytest -m slow
+
+test-all: test test-slow
+
+bench: $(DEV)
+	$(BIN)/python -m bench.send
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

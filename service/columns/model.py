@@ -1,0 +1,51 @@
+"""The parsed column: plain data shared by the parsers, storage and rendering."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+BlockKind = Literal["paragraph", "caption", "html"]
+
+
+@dataclass
+class Block:
+    """One block of a section.
+
+    `text` is the plain-text form (for the text/plain part). `html` is safe HTML: for
+    paragraphs and captions the *inline* content (the template wraps it in <p>/<figcaption>),
+    for kind "html" a whole block (a Markdown list or quote) rendered by the library.
+    """
+
+    kind: BlockKind
+    text: str
+    html: str
+
+
+@dataclass
+class Section:
+    heading: str  # "" for text before the first heading
+    blocks: list[Block] = field(default_factory=list)
+
+
+@dataclass
+class ParsedColumn:
+    title: str
+    byline: str = ""
+    headlines: list[str] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    permalink: str | None = None
+    date: dt.date | None = None
+    source_format: Literal["worldview", "markdown"] = "worldview"
+
+    def sections_json(self) -> list[dict[str, Any]]:
+        return [asdict(section) for section in self.sections]
+
+
+def sections_from_json(data: list[dict[str, Any]]) -> list[Section]:
+    return [
+        Section(heading=s.get("heading", ""), blocks=[Block(**b) for b in s.get("blocks", [])])
+        for s in data
+    ]

@@ -1,0 +1,259 @@
+"""Settings: every knob of the service, read once from BROADSIDE_* variables and `.env`."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import time, timedelta
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "BROADSIDE_"
+HEADER_UNSAFE = frozenset("\r\n\0")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    """Where mail goes: parsed from SMTP_URL, or the embedded capture server."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    implicit_tls: bool = False
+    starttls: bool = False
+    timeout: float = 30.0
+
+    @classmethod
+    def from_url(cls, url: str, timeout: float = 30.0) -> SmtpTarget:
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps"):
+            raise ValueError("must start with smtp:// or smtps://")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError("has an invalid port") from exc
+        query = {k: v[-1].lower() for k, v in parse_qs(parts.query).items()}
+        implicit = parts.scheme == "smtps"
+        return cls(
+            host=parts.hostname,
+            port=port or (465 if implicit else 25),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            implicit_tls=implicit,
+            starttls=query.get("starttls", "false") in ("1", "true", "yes"),
+            timeout=timeout,
+        )
+
+    def __repr__(self) -> str:  # never log the password
+        return f"SmtpTarget({self.host}:{self.port}, tls={self.implicit_tls}, starttls={self.starttls})"
+
+
+def _check_address(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+class Settings(BaseSettings):
+    """Every setting, with its default; the README's table lists the same."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
+    )
+
+    env: Literal["development", "production"] = "development"
+    database_url: str = "sqlite:///./var/broadside.db"
+    base_url: str = "http://127.0.0.1:8000"
+    secret_key: SecretStr | None = None
+    var_dir: Path = Path("var")
+
+    # Outgoing mail
+    smtp_url: SecretStr | None = None
+    smtp_timeout: float = Field(30.0, gt=0)
+    capture_port: int = Field(2525, ge=0, le=65535)
+    from_address: str = "worldview@example.com"
+    from_name: str = "World View"
+    reply_to: str | None = None
+    envelope_from: str | None = None
+    unsubscribe_mailto: str | None = None
+    list_id: str | None = None
+    postal_address: str = "World View, 1 Example Street, Example City"
+    feedback_notify: str | None = None
+
+    # Admin
+    admin_token: SecretStr | None = None
+
+    # Schedule and columns
+    send_time: time = time(6, 0)
+    timezone: str = "UTC"
+    send_grace: timedelta = timedelta(hours=6)
+    columns_dir: Path = Path("seeds")
+    feed_url: str | None = None
+
+    # Reader lifecycle
+    confirm_token_days: int = Field(7, ge=1)
+    unsubscribe_token_days: int = Field(730, ge=30)
+    notice_interval: timedelta = timedelta(days=1)
+    subscribe_per_ip_per_hour: int = Field(10, ge=1)
+    subscribe_per_address_per_hour: int = Field(3, ge=1)
+    feedback_per_ip_per_hour: int = Field(5, ge=1)
+    feedback_max_length: int = Field(4000, ge=100)
+
+    # Delivery
+    delivery_connections: int = Field(8, ge=1, le=64)
+    delivery_rate: float = Field(0.0, ge=0)
+    delivery_max_per_connection: int = Field(1000, ge=1)
+    delivery_batch_size: int = Field(200, ge=1, le=5000)
+    delivery_lease_seconds: float = Field(60.0, gt=0)
+    retry_initial_seconds: float = Field(30.0, gt=0)
+    retry_max_seconds: float = Field(3600.0, gt=0)
+    retry_deadline: timedelta = timedelta(hours=24)
+    outbox_poll_seconds: float = Field(2.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if value.startswith("postgres://") or value.startswith("postgresql://"):
+            return "postgresql+psycopg://" + value.split("://", 1)[1]
+        if not (value.startswith("sqlite") or value.startswith("postgresql+psycopg")):
+            raise ValueError("must be sqlite:///PATH or postgresql://…")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            SmtpTarget.from_url(value.get_secret_value())
+            return value
+        return None
+
+    @field_validator("from_address", "reply_to", "envelope_from", "feedback_notify")
+    @classmethod
+    def _addresses(cls, value: str | None) -> str | None:
+        return _check_address(value)
+
+    @field_validator("from_name", "postal_address", "list_id")
+    @classmethod
+    def _header_safe(cls, value: str | None) -> str | None:
+        if value is not None and HEADER_UNSAFE & set(value):
+            raise ValueError("must not contain line breaks")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_secret(self) -> Settings:
+        if self.env == "production" and self.secret_key is None:
+            raise ValueError("SECRET_KEY must be set when BROADSIDE_ENV=production")
+        if self.secret_key is not None and len(self.secret_key.get_secret_value()) < 16:
+            raise ValueError("SECRET_KEY must be at least 16 characters")
+        return self
+
+    # Derived values
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def smtp(self) -> SmtpTarget | None:
+        """The configured relay, or None for the embedded capture server."""
+        if self.smtp_url is None:
+            return None
+        return SmtpTarget.from_url(self.smtp_url.get_secret_value(), self.smtp_timeout)
+
+    @property
+    def capture_target(self) -> SmtpTarget:
+        return SmtpTarget("127.0.0.1", self.capture_port, timeout=self.smtp_timeout)
+
+    @property
+    def mail_domain(self) -> str:
+        return self.from_address.rsplit("@", 1)[1]
+
+    @property
+    def mail_from(self) -> str:
+        """The envelope sender (MAIL FROM), where bounces go; defaults to From."""
+        return self.envelope_from or self.from_address
+
+    @property
+    def list_unsubscribe_mailto(self) -> str:
+        return self.unsubscribe_mailto or f"unsubscribe@{self.mail_domain}"
+
+    @property
+    def list_identifier(self) -> str:
+        return self.list_id or f"{self.from_name} <world-view.{self.mail_domain}>"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.var_dir / "outbox"
+
+    @property
+    def secret(self) -> bytes:
+        assert self.secret_key is not None, "load_settings() resolves the secret"
+        return self.secret_key.get_secret_value().encode()
+
+
+def _explain(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = str(first["loc"][0]).upper() if first["loc"] else "configuration"
+    message = first["msg"].removeprefix("Value error, ")
+    name = f"{ENV_PREFIX}{field}" if first["loc"] else "configuration"
+    if not first["loc"] and message.startswith("SECRET_KEY"):
+        name = f"{ENV_PREFIX}SECRET_KEY"
+    return f"{name}: {message}"
+
+
+def _development_secret(var_dir: Path) -> SecretStr:
+    """Make a secret once and keep it in var/secret so links survive restarts."""
+    path = var_dir / "secret"
+    if not path.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return SecretStr(path.read_text().strip())
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings or raise ConfigError with one line naming the bad variable."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+    if settings.secret_key is None:
+        try:
+            settings.secret_key = _development_secret(settings.var_dir)
+        except OSError as exc:
+            raise ConfigError(f"{ENV_PREFIX}VAR_DIR: cannot keep the secret there ({exc})") from None
+    return settings

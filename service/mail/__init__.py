@@ -1,0 +1,1 @@
+"""Outgoing mail: rendering, message building, the outbox and the SMTP connection."""

@@ -1,0 +1,183 @@
+"""The SQLModel tables. Data only: no I/O, no business rules."""
+
+from __future__ import annotations
+
+import datetime as dt
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+from .clock import utcnow
+
+
+class SubscriberStatus(StrEnum):
+    pending = "pending"
+    active = "active"
+    unsubscribed = "unsubscribed"
+    bounced = "bounced"
+
+
+class MailStatus(StrEnum):
+    """State of one outbox mail or one column delivery in the ledger."""
+
+    pending = "pending"  # waiting for its next attempt (next_attempt_at)
+    sending = "sending"  # claimed by a worker until lease_until
+    sent = "sent"  # accepted by the SMTP server
+    failed = "failed"  # permanent failure or retry deadline passed
+
+
+class SendStatus(StrEnum):
+    sending = "sending"
+    done = "done"
+
+
+class Subscriber(SQLModel, table=True):
+    __tablename__ = "subscribers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)  # normalized, lower case
+    name: str = Field(default="", max_length=100)
+    status: SubscriberStatus = Field(default=SubscriberStatus.pending, sa_type=String(16), index=True)
+    confirm_nonce: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    confirmed_at: datetime | None = Field(default=None, sa_type=DateTime())
+    unsubscribed_at: datetime | None = Field(default=None, sa_type=DateTime())
+    bounced_at: datetime | None = Field(default=None, sa_type=DateTime())
+    bounce_reason: str | None = Field(default=None, max_length=1000)
+    last_notice_at: datetime | None = Field(default=None, sa_type=DateTime())
+
+
+class Consent(SQLModel, table=True):
+    """Proof of each consent decision: who, when, from where, through which door."""
+
+    __tablename__ = "consents"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    action: str = Field(max_length=32)  # subscribe, confirm, unsubscribe, one-click, bounce
+    at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    ip: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=512)
+    source: str = Field(default="web", max_length=32)
+
+
+class OutboxMail(SQLModel, table=True):
+    """A transactional mail written in the same transaction as the change it announces."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)
+    recipient: str = Field(max_length=320)
+    envelope_from: str = Field(max_length=320)
+    message: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    status: MailStatus = Field(default=MailStatus.pending, sa_type=String(16))
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    lease_until: datetime | None = Field(default=None, sa_type=DateTime())
+    last_error: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    sent_at: datetime | None = Field(default=None, sa_type=DateTime())
+
+
+class Feedback(SQLModel, table=True):
+    __tablename__ = "feedback"
+
+    id: int | None = Field(default=None, primary_key=True)
+    category: str = Field(max_length=32)
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    reply_to: str | None = Field(default=None, max_length=320)
+    subscriber_id: int | None = Field(default=None, foreign_key="subscribers.id")
+    ip: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=512)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+
+
+class RateHit(SQLModel, table=True):
+    """One counted action for rate limiting, shared by every worker through the database."""
+
+    __tablename__ = "rate_hits"
+    __table_args__ = (Index("ix_rate_hits_key_at", "key", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=400)
+    at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+
+
+class ColumnRecord(SQLModel, table=True):
+    """A stored World View column: one per date, structured for rendering."""
+
+    __tablename__ = "columns"
+
+    id: int | None = Field(default=None, primary_key=True)
+    date: dt.date = Field(unique=True)
+    slug: str = Field(max_length=200, unique=True)
+    title: str = Field(max_length=500)
+    byline: str = Field(default="", max_length=500)
+    headlines: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    sections: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    keys: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    permalink: str | None = Field(default=None, max_length=1000)
+    source_text: str = Field(sa_column=Column(Text, nullable=False))
+    source_format: str = Field(max_length=16)  # worldview, markdown
+    source_name: str = Field(default="", max_length=500)
+    content_hash: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+
+
+class Send(SQLModel, table=True):
+    """One column going out; unique per column so nothing can start it twice."""
+
+    __tablename__ = "sends"
+
+    id: int | None = Field(default=None, primary_key=True)
+    column_id: int = Field(foreign_key="columns.id", unique=True)
+    status: SendStatus = Field(default=SendStatus.sending, sa_type=String(16))
+    total: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime())
+
+
+class Delivery(SQLModel, table=True):
+    """The ledger: one row per (send, subscriber), durable before and after each hand-off."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("send_id", "subscriber_id", name="uq_deliveries_send_subscriber"),
+        Index("ix_deliveries_claim", "send_id", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
+    send_id: int = Field(foreign_key="sends.id")
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    email: str = Field(max_length=320)
+    name: str = Field(default="", max_length=100)
+    status: MailStatus = Field(default=MailStatus.pending, sa_type=String(16))
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    lease_until: datetime | None = Field(default=None, sa_type=DateTime())
+    claimed_by: str | None = Field(default=None, max_length=64)
+    last_error: str | None = Field(default=None, max_length=1000)
+    sent_at: datetime | None = Field(default=None, sa_type=DateTime())

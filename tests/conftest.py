@@ -1,0 +1,112 @@
+"""Fixtures: a real database (SQLite, and PostgreSQL when configured), a real SMTP server,
+settings pointing at both, and a client for the app."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+
+from service.config import Settings, load_settings
+from service.db import make_engine
+from service.migrate import upgrade
+from tests.smtp_server import SmtpTestServer
+
+# The developer's own BROADSIDE_* variables must not leak into the tests' settings.
+for _name in list(os.environ):
+    if _name.startswith("BROADSIDE_") and _name != "BROADSIDE_TEST_DATABASE_URL":
+        del os.environ[_name]
+
+PG_URL = os.environ.get("BROADSIDE_TEST_DATABASE_URL")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+TABLES = ["deliveries", "sends", "columns", "feedback", "consents", "outbox", "rate_hits",
+          "subscribers"]
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT / "seeds" / "world-view-2016-02-04.txt"
+
+
+def _postgres_database(base_url: str) -> tuple[str, Engine]:
+    """A fresh database on the server of `base_url`, for this run only."""
+    admin = create_engine(
+        make_url(base_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
+    name = f"broadside_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with admin.connect() as conn:  # fails loudly when PostgreSQL is unreachable
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base_url).set(drivername="postgresql+psycopg", database=name)
+    return url.render_as_string(hide_password=False), admin
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'broadside.db'}"
+        admin = None
+    else:
+        assert PG_URL
+        url, admin = _postgres_database(PG_URL)
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    if admin is not None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def shared_engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(shared_engine: Engine) -> Iterator[Engine]:
+    """The test database, emptied after each test."""
+    yield shared_engine
+    with shared_engine.begin() as conn:
+        if shared_engine.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in TABLES:
+                conn.execute(text(f"DELETE FROM {table}"))
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpTestServer]:
+    server = SmtpTestServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def make_settings(database_url: str, var_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "_env_file": None,
+        "database_url": database_url,
+        "var_dir": var_dir,
+        "secret_key": "test-secret-key-that-is-long-enough",
+        "base_url": "https://news.example.com",
+        "from_address": "worldview@news.example.com",
+        "from_name": "World View",
+        "envelope_from": "bounces@news.example.com",
+        "retry_initial_seconds": 0.2,
+        "retry_max_seconds": 1.0,
+        "outbox_poll_seconds": 0.1,
+        "capture_port": 0,
+        "columns_dir": ROOT / "seeds",
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path, smtp_server: SmtpTestServer) -> Settings:
+    return make_settings(database_url, tmp_path / "var", smtp_url=smtp_server.url)

@@ -1,0 +1,115 @@
+"""A real SMTP server for tests (aiosmtpd) that records what it accepts and injects faults."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import Envelope, Session
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+
+
+class Recorder:
+    """aiosmtpd handler: records accepted mail; answers RCPT with scripted replies."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.lock = threading.Lock()
+        # address -> list of replies to give, one per attempt ("451 ...", "550 ..."); an
+        # address whose list is empty is accepted.
+        self.rcpt_replies: dict[str, list[str]] = {}
+        self.drop_every: int = 0  # drop the connection at DATA on every Nth message
+        self._data_count = 0
+
+    async def handle_RCPT(
+        self, server: SMTPServer, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        with self.lock:
+            replies = self.rcpt_replies.get(address.lower())
+            if replies:
+                reply = replies.pop(0) if len(replies) > 1 or not replies[0].startswith("5") else replies[0]
+                return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        with self.lock:
+            self._data_count += 1
+            drop = self.drop_every and self._data_count % self.drop_every == 0
+        if drop:
+            # Vanish without answering: the client cannot know whether we took it.
+            assert server.transport is not None
+            server.transport.abort()
+            return "421 4.4.2 gone"
+        with self.lock:
+            self.received.append(
+                Received(envelope.mail_from or "", list(envelope.rcpt_tos), envelope.original_content or b"")
+            )
+        return "250 2.0.0 OK"
+
+
+class SmtpTestServer:
+    """Start, stop and restart on the same port; wait for mail to arrive."""
+
+    def __init__(self) -> None:
+        self.handler = Recorder()
+        self.port = 0
+        self._controller: Controller | None = None
+
+    def start(self) -> None:
+        controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10)
+        controller.start()
+        self.port = controller.port
+        self._controller = controller
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    @property
+    def received(self) -> list[Received]:
+        with self.handler.lock:
+            return list(self.handler.received)
+
+    def messages_to(self, address: str) -> list[Received]:
+        return [r for r in self.received if address.lower() in (a.lower() for a in r.rcpt_tos)]
+
+    def wait_for(self, count: int, timeout: float = 10.0, to: str | None = None) -> list[Received]:
+        """Wait until at least `count` messages (to `to`, if given) have arrived."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.messages_to(to) if to else self.received
+            if len(got) >= count or time.monotonic() > deadline:
+                return got
+            time.sleep(0.02)
+
+    def reply_to_rcpt(self, address: str, *replies: str) -> None:
+        with self.handler.lock:
+            self.handler.rcpt_replies[address.lower()] = list(replies)
+
+    def clear(self) -> None:
+        with self.handler.lock:
+            self.handler.received.clear()
+            self.handler.rcpt_replies.clear()
+            self.handler.drop_every = 0

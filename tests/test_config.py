@@ -1,0 +1,68 @@
+"""Settings: defaults, parsing, and one-line errors that name the variable."""
+
+from __future__ import annotations
+
+from datetime import time, timedelta
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, SmtpTarget, load_settings
+
+
+def test_defaults_are_embedded_and_secret_is_kept_in_var(tmp_path: Path) -> None:
+    first = load_settings(_env_file=None, var_dir=tmp_path)
+    second = load_settings(_env_file=None, var_dir=tmp_path)
+    assert first.database_url.startswith("sqlite:///")
+    assert first.smtp is None
+    assert first.send_time == time(6, 0)
+    assert first.secret == second.secret == (tmp_path / "secret").read_text().encode()
+    assert (tmp_path / "secret").stat().st_mode & 0o077 == 0
+
+
+def test_production_refuses_to_start_without_secret(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^BROADSIDE_SECRET_KEY: .*production"):
+        load_settings(_env_file=None, var_dir=tmp_path, env="production")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SMTP_URL", "http://mail.example.com"),
+        ("TIMEZONE", "Mars/Olympus"),
+        ("SEND_TIME", "25:99"),
+        ("BASE_URL", "not a url"),
+        ("FROM_ADDRESS", "nobody"),
+        ("FROM_NAME", "World\r\nBcc: victim@example.com"),
+        ("DATABASE_URL", "mysql://x"),
+        ("DELIVERY_CONNECTIONS", "0"),
+    ],
+)
+def test_bad_setting_names_the_variable(
+    variable: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(f"BROADSIDE_{variable}", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(_env_file=None, var_dir=tmp_path)
+    assert str(info.value).startswith(f"BROADSIDE_{variable}: ")
+    assert "\n" not in str(info.value)
+
+
+def test_environment_and_dotenv_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("BROADSIDE_SEND_TIME=07:30\nBROADSIDE_TIMEZONE=Europe/Berlin\n")
+    monkeypatch.setenv("BROADSIDE_SEND_GRACE", "PT2H")
+    settings = load_settings(_env_file=env_file, var_dir=tmp_path)
+    assert settings.send_time == time(7, 30)
+    assert settings.timezone == "Europe/Berlin"
+    assert settings.send_grace == timedelta(hours=2)
+
+
+def test_smtp_url_forms() -> None:
+    plain = SmtpTarget.from_url("smtp://user%40x:p%3Ass@mail.example.com:2525?starttls=true")
+    assert (plain.host, plain.port, plain.username, plain.password) == (
+        "mail.example.com", 2525, "user@x", "p:ss")
+    assert plain.starttls and not plain.implicit_tls
+    implicit = SmtpTarget.from_url("smtps://mail.example.com")
+    assert implicit.implicit_tls and implicit.port == 465
+    assert "p:ss" not in repr(plain)
