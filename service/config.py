@@ -15,6 +15,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "BROADSIDE_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = PROJECT_ROOT / "templates"
 HEADER_UNSAFE = frozenset("\r\n\0")
 
 
@@ -58,7 +60,8 @@ class SmtpTarget:
         )
 
     def __repr__(self) -> str:  # never log the password
-        return f"SmtpTarget({self.host}:{self.port}, tls={self.implicit_tls}, starttls={self.starttls})"
+        tls = f"tls={self.implicit_tls}, starttls={self.starttls}"
+        return f"SmtpTarget({self.host}:{self.port}, {tls})"
 
 
 def _check_address(value: str | None) -> str | None:
@@ -255,5 +258,7 @@ def load_settings(**overrides: object) -> Settings:
         try:
             settings.secret_key = _development_secret(settings.var_dir)
         except OSError as exc:
-            raise ConfigError(f"{ENV_PREFIX}VAR_DIR: cannot keep the secret there ({exc})") from None
+            raise ConfigError(
+                f"{ENV_PREFIX}VAR_DIR: cannot keep the secret there ({exc})"
+            ) from None
     return settings

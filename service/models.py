@@ -51,7 +51,9 @@ class Subscriber(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=320, unique=True)  # normalized, lower case
     name: str = Field(default="", max_length=100)
-    status: SubscriberStatus = Field(default=SubscriberStatus.pending, sa_type=String(16), index=True)
+    status: SubscriberStatus = Field(
+        default=SubscriberStatus.pending, sa_type=String(16), index=True
+    )
     confirm_nonce: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())

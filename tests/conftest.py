@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
@@ -24,8 +25,16 @@ for _name in list(os.environ):
 
 PG_URL = os.environ.get("BROADSIDE_TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
-TABLES = ["deliveries", "sends", "columns", "feedback", "consents", "outbox", "rate_hits",
-          "subscribers"]
+TABLES = [
+    "deliveries",
+    "sends",
+    "columns",
+    "feedback",
+    "consents",
+    "outbox",
+    "rate_hits",
+    "subscribers",
+]
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "seeds" / "world-view-2016-02-04.txt"
 
@@ -43,7 +52,9 @@ def _postgres_database(base_url: str) -> tuple[str, Engine]:
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'broadside.db'}"
         admin = None
@@ -110,3 +121,14 @@ def make_settings(database_url: str, var_dir: Path, **overrides: object) -> Sett
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path, smtp_server: SmtpTestServer) -> Settings:
     return make_settings(database_url, tmp_path / "var", smtp_url=smtp_server.url)
+
+
+@pytest.fixture
+def app_client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
+    """The app with its lifespan (outbox sender running) against the test SMTP server."""
+    from service.web.app import create_app
+
+    with TestClient(
+        create_app(settings, engine, scheduler=False), base_url="https://news.example.com"
+    ) as client:
+        yield client

@@ -12,6 +12,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
+from service.mail.capture import free_port
+
 
 @dataclass
 class Received:
@@ -38,12 +40,21 @@ class Recorder:
         self._data_count = 0
 
     async def handle_RCPT(
-        self, server: SMTPServer, session: Session, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: SMTPServer,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
     ) -> str:
         with self.lock:
             replies = self.rcpt_replies.get(address.lower())
             if replies:
-                reply = replies.pop(0) if len(replies) > 1 or not replies[0].startswith("5") else replies[0]
+                reply = (
+                    replies.pop(0)
+                    if len(replies) > 1 or not replies[0].startswith("5")
+                    else replies[0]
+                )
                 return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
@@ -59,7 +70,11 @@ class Recorder:
             return "421 4.4.2 gone"
         with self.lock:
             self.received.append(
-                Received(envelope.mail_from or "", list(envelope.rcpt_tos), envelope.original_content or b"")
+                Received(
+                    envelope.mail_from or "",
+                    list(envelope.rcpt_tos),
+                    envelope.original_content or b"",
+                )
             )
         return "250 2.0.0 OK"
 
@@ -73,9 +88,12 @@ class SmtpTestServer:
         self._controller: Controller | None = None
 
     def start(self) -> None:
-        controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10)
+        if not self.port:
+            self.port = free_port()
+        controller = Controller(
+            self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10
+        )
         controller.start()
-        self.port = controller.port
         self._controller = controller
 
     def stop(self) -> None:

@@ -61,7 +61,11 @@ def test_environment_and_dotenv_are_read(tmp_path: Path, monkeypatch: pytest.Mon
 def test_smtp_url_forms() -> None:
     plain = SmtpTarget.from_url("smtp://user%40x:p%3Ass@mail.example.com:2525?starttls=true")
     assert (plain.host, plain.port, plain.username, plain.password) == (
-        "mail.example.com", 2525, "user@x", "p:ss")
+        "mail.example.com",
+        2525,
+        "user@x",
+        "p:ss",
+    )
     assert plain.starttls and not plain.implicit_tls
     implicit = SmtpTarget.from_url("smtps://mail.example.com")
     assert implicit.implicit_tls and implicit.port == 465

@@ -38,7 +38,7 @@ class ParsedColumn:
     keys: list[str] = field(default_factory=list)
     permalink: str | None = None
     date: dt.date | None = None
-    source_format: Literal["worldview", "markdown"] = "worldview"
+    source_format: Literal["worldview", "markdown", "feed"] = "worldview"
 
     def sections_json(self) -> list[dict[str, Any]]:
         return [asdict(section) for section in self.sections]

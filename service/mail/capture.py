@@ -42,6 +42,13 @@ def save(folder: Path, data: bytes) -> Path:
     return tmp.replace(folder / name)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now (aiosmtpd's Controller cannot bind port 0 itself)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def _answers_smtp(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1) as sock:
@@ -59,19 +66,25 @@ class CaptureServer:
 
     def start(self) -> None:
         if self.port and _answers_smtp(self.host, self.port):
-            log.info("capture SMTP server already running on %s:%s; sharing it", self.host, self.port)
+            log.info(
+                "capture SMTP server already running on %s:%s; sharing it", self.host, self.port
+            )
             return
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port(self.host)
         controller = Controller(
-            _SaveToFolder(self.folder), hostname=self.host, port=self.port,
-            server_hostname="broadside-capture", ready_timeout=10,
+            _SaveToFolder(self.folder),
+            hostname=self.host,
+            port=self.port,
+            server_hostname="broadside-capture",
+            ready_timeout=10,
         )
         controller.start()
-        self.port = controller.port
         self._controller = controller
         log.warning(
             "mail is being CAPTURED, not delivered: set BROADSIDE_SMTP_URL to deliver; "
-            "read it at /dev/outbox (files in %s)", self.folder,
+            "read it at /dev/outbox (files in %s)",
+            self.folder,
         )
 
     def stop(self) -> None:

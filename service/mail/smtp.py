@@ -12,6 +12,7 @@ import aiosmtplib
 from ..config import SmtpTarget
 
 log = logging.getLogger(__name__)
+QUIT_TIMEOUT = 5.0
 
 
 @dataclass(eq=False)
@@ -80,7 +81,7 @@ class SmtpConnection:
             username=t.username,
             password=t.password,
             use_tls=t.implicit_tls,
-            start_tls=True if t.starttls else False,
+            start_tls=t.starttls,
             timeout=t.timeout,
             local_hostname=socket.getfqdn() or "localhost",
         )
@@ -105,12 +106,12 @@ class SmtpConnection:
             raise failure from exc
 
     async def close(self) -> None:
-        """QUIT politely; a dead connection is just dropped."""
+        """QUIT politely (briefly); a dead or silent connection is just dropped."""
         smtp, self._smtp = self._smtp, None
         if smtp is not None and smtp.is_connected:
             try:
-                await smtp.quit()
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                await smtp.quit(timeout=QUIT_TIMEOUT)
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
                 smtp.close()
 
     async def abort(self) -> None:
@@ -121,5 +122,8 @@ class SmtpConnection:
     async def __aenter__(self) -> SmtpConnection:
         return self
 
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_rest: object) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            await self.abort()  # cancelled mid-conversation: the session state is unknown
+        else:
+            await self.close()

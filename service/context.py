@@ -1,0 +1,44 @@
+"""What every domain function needs besides a session: settings, tokens, mail templates,
+and the public URLs built from them. Built once at start-up and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from .config import Settings
+from .mail.render import MailTemplates
+from .tokens import Purpose, Tokens, tokens_for
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asked: kept with each consent decision and used for rate limits."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+    source: str = "web"
+
+
+@dataclass(frozen=True)
+class AppContext:
+    settings: Settings
+    tokens: Tokens
+    mail: MailTemplates
+
+    def confirm_url(self, token: str) -> str:
+        return f"{self.settings.base_url}/confirm/{token}"
+
+    def unsubscribe_url(self, subscriber_id: int, expires: int | None = None) -> str:
+        token = self.tokens.make(Purpose.unsubscribe, str(subscriber_id), expires)
+        return f"{self.settings.base_url}/unsubscribe/{token}"
+
+    def feedback_url(self, subscriber_id: int | None = None, expires: int | None = None) -> str:
+        if subscriber_id is None:
+            return f"{self.settings.base_url}/feedback"
+        token = self.tokens.make(Purpose.feedback, str(subscriber_id), expires)
+        return f"{self.settings.base_url}/feedback?t={quote(token)}"
+
+
+def build_context(settings: Settings) -> AppContext:
+    return AppContext(settings=settings, tokens=tokens_for(settings), mail=MailTemplates(settings))

@@ -1,0 +1,106 @@
+"""The "having issues? let us know" flow: store what readers tell us, and pass it on."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import datetime, timedelta
+
+from sqlmodel import Session
+
+from .clock import utcnow
+from .context import AppContext, Requester
+from .errors import InvalidInput
+from .limits import check_and_count
+from .mail import message, outbox
+from .models import Feedback, Subscriber
+from .subscriptions import normalize_address, subscriber_for_link
+from .tokens import Purpose, TokenError
+
+CATEGORIES = {
+    "delivery": "Delivery problem",
+    "commenting": "Commenting problem",
+    "content": "Content",
+    "other": "Other",
+}
+RATE_WINDOW = timedelta(hours=1)
+
+
+def identify(session: Session, ctx: AppContext, token: str | None) -> Subscriber | None:
+    """The subscriber a feedback link from one of our mails names; None if absent or bad."""
+    if not token:
+        return None
+    try:
+        return subscriber_for_link(session, ctx, token, Purpose.feedback)
+    except TokenError:
+        return None
+
+
+def _clean_message(raw: str | None, limit: int) -> str:
+    text = (raw or "").replace("\r\n", "\n").strip()
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+    if not text:
+        raise InvalidInput("message", "Tell us what went wrong.")
+    if len(text) > limit:
+        raise InvalidInput("message", f"Please keep it under {limit} characters.")
+    return text
+
+
+def submit(
+    session: Session,
+    ctx: AppContext,
+    *,
+    category: str | None,
+    message_text: str | None,
+    reply_to: str | None,
+    token: str | None,
+    honeypot: str | None,
+    who: Requester,
+    now: datetime | None = None,
+) -> Feedback | None:
+    """Store one feedback; a filled honeypot field (only bots see it) is dropped silently."""
+    if honeypot:
+        return None
+    now = now or utcnow()
+    if category not in CATEGORIES:
+        raise InvalidInput("category", f"Choose one of: {', '.join(CATEGORIES)}.")
+    text = _clean_message(message_text, ctx.settings.feedback_max_length)
+    reply = normalize_address(reply_to) if reply_to and reply_to.strip() else None
+    check_and_count(
+        session,
+        f"feedback:ip:{who.ip}",
+        limit=ctx.settings.feedback_per_ip_per_hour,
+        window=RATE_WINDOW,
+        now=now,
+    )
+    subscriber = identify(session, ctx, token)
+    feedback = Feedback(
+        category=category,
+        message=text,
+        reply_to=reply,
+        subscriber_id=subscriber.id if subscriber else None,
+        ip=who.ip,
+        user_agent=(who.user_agent or "")[:512] or None,
+        created_at=now,
+    )
+    session.add(feedback)
+    session.flush()
+    if ctx.settings.feedback_notify:
+        _notify(session, ctx, feedback, subscriber)
+    return feedback
+
+
+def _notify(
+    session: Session, ctx: AppContext, feedback: Feedback, subscriber: Subscriber | None
+) -> None:
+    to = ctx.settings.feedback_notify
+    assert to is not None
+    rendered = ctx.mail.render(
+        "feedback_notice",
+        category_label=CATEGORIES[feedback.category],
+        message=feedback.message,
+        reply_to=feedback.reply_to,
+        subscriber_email=subscriber.email if subscriber else None,
+        received_at=feedback.created_at.strftime("%Y-%m-%d %H:%M"),
+    )
+    msg = message.build(ctx.settings, to=to, rendered=rendered, reply_to=feedback.reply_to)
+    outbox.enqueue(session, ctx.settings, kind="feedback-notice", to=to, msg=msg)

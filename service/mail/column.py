@@ -1,0 +1,471 @@
+"""The column e-mail: render and encode once per column, splice each reader's values per message."""
+
+from __future__ import annotations
+
+import binascii
+import dataclasses
+import datetime as dt
+import email.policy
+import email.utils
+import functools
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import css_inline
+import jinja2
+
+from ..columns.model import ParsedColumn, Section, sections_from_json
+from ..config import TEMPLATES_DIR, Settings
+from ..models import ColumnRecord
+from .message import sender
+
+# Gmail clips an HTML part past ~102 KB behind "[Message clipped]", hiding the footer with the
+# unsubscribe link. Measured on the quoted-printable bytes (larger than the decoded HTML).
+HTML_PART_LIMIT = 100_000
+# Room for the longest personal values a reader may add to the HTML part.
+PERSONAL_ALLOWANCE = 2_000
+
+# The reader's values, each with the one-letter field name used in the per-line format strings.
+PERSONAL_FIELDS = {"name": "n", "email": "e", "unsubscribe_url": "u", "feedback_url": "f"}
+
+_CONTROLS = {c: " " for c in [*range(0x20), 0x7F]}
+# What may not appear in a URL, an address or a Message-ID that we put in a header: anything
+# outside visible ASCII (CR/LF would inject headers; non-ASCII is not allowed unencoded) and
+# the characters that end a <URI> or an HTML attribute.
+_HEADER_UNSAFE = re.compile(r'[^\x21-\x7e]|[<>"]')
+
+
+class ColumnTooLarge(ValueError):
+    """The HTML part would be clipped by Gmail; the column must be shortened."""
+
+
+@dataclass(frozen=True)
+class ColumnView:
+    """A column as the templates see it, from the database row or straight from a parser.
+
+    `base_url` "" gives site-relative links (fine for web pages); the mail always uses the
+    configured absolute base URL.
+    """
+
+    title: str
+    date: dt.date
+    slug: str
+    byline: str = ""
+    headlines: list[str] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    permalink: str | None = None
+    base_url: str = ""
+
+    @classmethod
+    def from_parsed(
+        cls, parsed: ParsedColumn, *, slug: str, date: dt.date | None = None, base_url: str = ""
+    ) -> ColumnView:
+        """A view of a freshly parsed column (date from the argument or the parser)."""
+        when = date or parsed.date
+        if when is None:
+            raise ValueError("the column has no date")
+        return cls(
+            title=parsed.title,
+            date=when,
+            slug=slug,
+            byline=parsed.byline,
+            headlines=list(parsed.headlines),
+            sections=list(parsed.sections),
+            keys=list(parsed.keys),
+            permalink=parsed.permalink,
+            base_url=base_url,
+        )
+
+    @property
+    def web_url(self) -> str:
+        return f"{self.base_url}/columns/{self.slug}"
+
+    @property
+    def permalink_or_web(self) -> str:
+        return self.permalink or self.web_url
+
+    @property
+    def long_date(self) -> str:
+        """E.g. "Thursday, 4 February 2016" (English whatever the process locale)."""
+        d = self.date
+        return f"{_WEEKDAYS[d.weekday()]}, {d.day} {_MONTHS[d.month - 1]} {d.year}"
+
+    @property
+    def anchored_sections(self) -> list[tuple[str, Section]]:
+        """Each section with its anchor (the id its heading gets in the mail and on the page)."""
+        return [(section_anchor(i), s) for i, s in enumerate(self.sections, 1)]
+
+    @property
+    def headline_links(self) -> list[tuple[str, str]]:
+        """Each headline with the anchor of the section of the same heading ("" if none)."""
+        anchors = {_fold(s.heading): section_anchor(i) for i, s in enumerate(self.sections, 1)}
+        return [(h, anchors.get(_fold(h), "")) for h in self.headlines]
+
+
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+
+
+def section_anchor(index: int) -> str:
+    """The id of the index-th section (1-based), the same in the mail and on the web page."""
+    return f"section-{index}"
+
+
+def _fold(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def column_view(record: ColumnRecord, *, base_url: str = "") -> ColumnView:
+    """A view of a stored column."""
+    return ColumnView(
+        title=record.title,
+        date=record.date,
+        slug=record.slug,
+        byline=record.byline,
+        headlines=list(record.headlines),
+        sections=sections_from_json(record.sections),
+        keys=list(record.keys),
+        permalink=record.permalink,
+        base_url=base_url,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def environment(templates_dir: Path) -> jinja2.Environment:
+    """Autoescape for .html, none for .txt (plain text is not HTML)."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def clean_name(name: str) -> str:
+    """The reader's name on one line: control characters and runs of spaces become one space."""
+    return " ".join(name.translate(_CONTROLS).split())
+
+
+def render_column(
+    view: ColumnView,
+    settings: Settings,
+    *,
+    name: str,
+    email: str,
+    unsubscribe_url: str,
+    feedback_url: str,
+    templates_dir: Path = TEMPLATES_DIR,
+) -> tuple[str, str]:
+    """(text, html) for one reader, rendered the slow way; the spliced message must decode to it."""
+    view = dataclasses.replace(view, base_url=settings.base_url)
+    personal = {
+        "name": clean_name(name),
+        "email": email,
+        "unsubscribe_url": unsubscribe_url,
+        "feedback_url": feedback_url,
+    }
+    return _render(view, settings, personal, templates_dir)
+
+
+def _render(
+    view: ColumnView, settings: Settings, personal: Mapping[str, str], templates_dir: Path
+) -> tuple[str, str]:
+    env = environment(templates_dir)
+    context = {
+        "column": view,
+        "site_name": settings.from_name,
+        "base_url": settings.base_url,
+        "subscribe_url": settings.base_url + "/",
+        "postal_address": settings.postal_address,
+        **personal,
+    }
+    text = env.get_template("email/column.txt").render(context)
+    html = _INLINER.inline(env.get_template("email/column.html").render(context))
+    return _normalize(text), _normalize(html)
+
+
+# Inline every rule into style attributes, keep only the @media rules (phones) in <head>.
+_INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+
+
+def _normalize(body: str) -> str:
+    """LF line ends, no trailing spaces, exactly one final newline."""
+    lines = body.replace("\r\n", "\n").replace("\r", "\n").strip("\n").split("\n")
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _qp(lines: Sequence[str]) -> bytes:
+    """Quoted-printable for whole lines with CRLF ends; lines ≤ 76 (binascii, in C)."""
+    return binascii.b2a_qp(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class _Body:
+    """One body part, pre-encoded: bytes for runs of lines without a marker, and for each line
+    with a marker a str.format template ({n}, {e}, {u}, {f}) to fill and encode per reader.
+
+    Quoted-printable encodes every hard line on its own, so encoding the filled line alone
+    gives exactly the bytes that encoding the whole body would give there, soft breaks included.
+    """
+
+    pieces: tuple[bytes | str, ...]
+
+    def encode(self, values: Mapping[str, str]) -> bytes:
+        return b"".join(
+            [
+                p
+                if isinstance(p, bytes)
+                else binascii.b2a_qp((p.format_map(values) + "\r\n").encode())
+                for p in self.pieces
+            ]
+        )
+
+    def static_size(self) -> int:
+        return sum(len(p) if isinstance(p, bytes) else 3 * len(p) for p in self.pieces)
+
+
+def _compile(body: str, markers: Mapping[str, str], nonce: str) -> _Body:
+    pieces: list[bytes | str] = []
+    static: list[str] = []
+    for line in body[:-1].split("\n"):
+        if nonce not in line:
+            static.append(line)
+            continue
+        if static:
+            pieces.append(_qp(static))
+            static = []
+        template = line.replace("{", "{{").replace("}", "}}")
+        for marker, code in markers.items():
+            template = template.replace(marker, "{" + code + "}")
+        if nonce in template:  # a filter changed a marker: the splice would lose the value
+            raise ValueError(f"a personal value was altered by the template: {line!r}")
+        pieces.append(template)
+    if static:
+        pieces.append(_qp(static))
+    return _Body(tuple(pieces))
+
+
+def _require(body: _Body, codes: str, part: str) -> None:
+    filled = "".join(p for p in body.pieces if isinstance(p, str))
+    for code in codes:
+        if "{" + code + "}" not in filled:
+            raise ValueError(f"the {part} template does not show the reader's {code!r} value")
+
+
+# What html5ever (inside css-inline) writes for a text node and for an attribute value, so that
+# a value spliced into the inlined HTML reads exactly as if it had been rendered there.
+def _escape_text(value: str) -> str:
+    return (
+        value.replace("&", "&amp;")
+        .replace("\xa0", "&nbsp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+    )
+
+
+def _escape_attribute(value: str) -> str:
+    return value.replace("&", "&amp;").replace("\xa0", "&nbsp;").replace('"', "&quot;")
+
+
+def _ascii(header: str) -> str:
+    """Headers go out unencoded (no SMTPUTF8): anything else must be RFC 2047-encoded first."""
+    if not header.isascii():
+        raise ValueError(f"header is not ASCII: {header!r}")
+    return header
+
+
+def _list_id(identifier: str) -> str:
+    """List-Id (RFC 2919): an optional phrase, RFC 2047-encoded when not ASCII, then <id>."""
+    match = re.fullmatch(r"\s*(.*?)\s*<([^<>\s]+)>\s*", identifier)
+    phrase, list_id = (match.group(1), match.group(2)) if match else ("", identifier.strip())
+    if not phrase:
+        return f"List-Id: <{list_id}>\r\n"
+    return f"List-Id: {email.utils.formataddr((phrase, list_id), charset='utf-8')}\r\n"
+
+
+@dataclass(frozen=True)
+class _Variant:
+    """The two bodies for one greeting form (with a name, or the generic one)."""
+
+    text: _Body
+    html: _Body
+
+
+@dataclass(frozen=True)
+class PreparedColumn:
+    """A column rendered, inlined and encoded once; `message_bytes` builds each reader's mail."""
+
+    view: ColumnView
+    named: _Variant
+    anonymous: _Variant
+    head_from: str  # From: … CRLF
+    head_subject: str  # Subject: … CRLF (folded)
+    head_list: str  # Reply-To, List-Id: lines before List-Unsubscribe
+    head_tail: bytes  # List-Unsubscribe-Post … multipart headers and the text part's headers
+    html_separator: bytes  # boundary and the HTML part's headers
+    closing: bytes
+    unsubscribe_mailto: str  # <mailto:…?subject=unsubscribe>
+    boundary: str
+
+    def message_bytes(
+        self,
+        *,
+        to: str,
+        name: str,
+        unsubscribe_url: str,
+        feedback_url: str,
+        message_id: str,
+        date_header: str | None = None,
+    ) -> bytes:
+        """The whole mail for one reader, CRLF throughout, ready for SMTP DATA."""
+        name = clean_name(name)
+        if not (message_id.startswith("<") and message_id.endswith(">")):
+            message_id = f"<{message_id}>"
+        if _HEADER_UNSAFE.search(f"{to}{unsubscribe_url}{feedback_url}{message_id[1:-1]}"):
+            raise ValueError('address, URLs and Message-ID must be visible ASCII without <>"')
+        if date_header is None:
+            date_header = _date_header(int(time.time()))
+        elif "\r" in date_header or "\n" in date_header:
+            raise ValueError("the Date header must be one line")
+        head = (
+            f"{self.head_from}To: {_to_header(to, name)}\r\n{self.head_subject}"
+            f"Date: {date_header}\r\nMessage-ID: {message_id}\r\n{self.head_list}"
+            f"{self._list_unsubscribe(unsubscribe_url)}"
+        ).encode("ascii")
+        text = {"n": name, "e": to, "u": unsubscribe_url, "f": feedback_url}
+        html = {
+            "n": _escape_text(name),
+            "e": _escape_text(to),
+            "u": _escape_attribute(unsubscribe_url),
+            "f": _escape_attribute(feedback_url),
+        }
+        variant = self.named if name else self.anonymous
+        return b"".join(
+            (
+                head,
+                self.head_tail,
+                variant.text.encode(text),
+                self.html_separator,
+                variant.html.encode(html),
+                self.closing,
+            )
+        )
+
+    def _list_unsubscribe(self, url: str) -> str:
+        """RFC 2369/8058. Never encoded; if long, folded only between the two URIs, because a
+        provider reads a URI cut by folding or hidden in an encoded-word as no URI at all."""
+        line = f"List-Unsubscribe: <{url}>, {self.unsubscribe_mailto}\r\n"
+        if len(line) <= 80:  # 78 characters + CRLF
+            return line
+        if len(url) + 21 > 998:  # "List-Unsubscribe: <" + url + ">,"
+            raise ValueError("the unsubscribe URL is too long for a header line")
+        return f"List-Unsubscribe: <{url}>,\r\n {self.unsubscribe_mailto}\r\n"
+
+
+def _to_header(address: str, name: str) -> str:
+    if not name:
+        return address
+    if name.isascii():
+        return email.utils.formataddr((name, address))
+    return f"{encoded_words(name)} <{address}>"
+
+
+def encoded_words(text: str) -> str:
+    """RFC 2047 B encoded-words of at most 75 characters, folded between them.
+
+    Decoders drop the white space between adjacent encoded-words, so each split falls just
+    after a space of the text where one is near, and the space travels inside the word.
+    """
+    chunks: list[str] = []
+    start = size = 0
+    last_space = -1
+    for i, char in enumerate(text):
+        width = len(char.encode())
+        if size + width > 45:  # 45 bytes make 60 base64 characters: 72 with the =?utf-8?b??=
+            cut = last_space + 1 if last_space >= start else i
+            chunks.append(text[start:cut])
+            start, size, last_space = cut, len(text[cut:i].encode()), -1
+        if char == " ":
+            last_space = i
+        size += width
+    chunks.append(text[start:])
+    return "\r\n ".join(
+        f"=?utf-8?b?{binascii.b2a_base64(c.encode(), newline=False).decode()}?=" for c in chunks
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _date_header(second: int) -> str:
+    """The Date value for a second; cached, as a whole batch goes out within the same few."""
+    return email.utils.format_datetime(dt.datetime.fromtimestamp(second, dt.UTC))
+
+
+def prepare_column(
+    view: ColumnView, settings: Settings, *, templates_dir: Path = TEMPLATES_DIR
+) -> PreparedColumn:
+    """Render both templates with markers, inline the CSS and QP-encode: once per column."""
+    view = dataclasses.replace(view, base_url=settings.base_url)
+    nonce = secrets.token_hex(8)
+    markers = {f"brdsd{code}{nonce}": code for code in PERSONAL_FIELDS.values()}
+    by_field = {key: f"brdsd{code}{nonce}" for key, code in PERSONAL_FIELDS.items()}
+    named = _prepare_variant(view, settings, by_field, markers, nonce, templates_dir)
+    anonymous = _prepare_variant(
+        view, settings, {**by_field, "name": ""}, markers, nonce, templates_dir
+    )
+    size = max(named.html.static_size(), anonymous.html.static_size()) + PERSONAL_ALLOWANCE
+    if size > HTML_PART_LIMIT:
+        raise ColumnTooLarge(f"the HTML part is about {size} bytes; Gmail clips past 100 KB")
+
+    # "=_" never occurs in quoted-printable ("=" is always "=3D" or a soft break), so the
+    # boundary cannot appear in either body, whatever the column or the reader's values.
+    boundary = f"=_wv_{secrets.token_hex(16)}"
+    part = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable'
+    head_list = (f"Reply-To: {settings.reply_to}\r\n" if settings.reply_to else "") + _list_id(
+        settings.list_identifier
+    )
+    head_tail = (
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        f"Feedback-ID: {view.date.isoformat()}:column:world-view:{settings.mail_domain}\r\n"
+        "MIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'
+        "\r\n"
+        f"--{boundary}\r\n{part.format('plain')}\r\n\r\n"
+    )
+    return PreparedColumn(
+        view=view,
+        named=named,
+        anonymous=anonymous,
+        head_from=_ascii(f"From: {sender(settings)}\r\n"),
+        head_subject=_ascii(email.policy.SMTP.fold("Subject", " ".join(view.title.split()))),
+        head_list=_ascii(head_list),
+        head_tail=head_tail.encode("ascii"),
+        html_separator=f"\r\n--{boundary}\r\n{part.format('html')}\r\n\r\n".encode("ascii"),
+        closing=f"\r\n--{boundary}--\r\n".encode("ascii"),
+        unsubscribe_mailto=f"<mailto:{settings.list_unsubscribe_mailto}?subject=unsubscribe>",
+        boundary=boundary,
+    )
+
+
+def _prepare_variant(
+    view: ColumnView,
+    settings: Settings,
+    personal: Mapping[str, str],
+    markers: Mapping[str, str],
+    nonce: str,
+    templates_dir: Path,
+) -> _Variant:
+    text, html = _render(view, settings, personal, templates_dir)
+    variant = _Variant(_compile(text, markers, nonce), _compile(html, markers, nonce))
+    needed = "eu" + ("n" if personal["name"] else "")
+    _require(variant.text, needed + "f", "text")
+    _require(variant.html, needed + "f", "HTML")
+    return variant

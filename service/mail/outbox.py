@@ -1,0 +1,177 @@
+"""The transactional outbox: mails written with the change they announce, delivered later.
+
+A request that changes a subscriber adds its mail to the `outbox` table in the same
+transaction, so the mail exists exactly when the change does. The sender below delivers
+due rows over SMTP; a relay that is down only delays them (retried with backoff, no
+deadline: the mail goes out when SMTP is back). Rows are claimed with a lease, so a
+crashed process's rows are picked up again and several processes can share the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+
+from sqlalchemy import or_, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from ..clock import utcnow
+from ..config import Settings, SmtpTarget
+from ..db import transaction
+from ..models import MailStatus, OutboxMail
+from ..retry import next_attempt
+from .message import to_bytes
+from .smtp import SmtpConnection, SmtpFailure
+
+log = logging.getLogger(__name__)
+CLAIM_LIMIT = 50
+LEASE = timedelta(minutes=5)
+
+
+def enqueue(session: Session, settings: Settings, *, kind: str, to: str, msg: EmailMessage) -> None:
+    """Add a mail to the outbox in the caller's transaction (flush only, no commit)."""
+    session.add(
+        OutboxMail(kind=kind, recipient=to, envelope_from=settings.mail_from, message=to_bytes(msg))
+    )
+    session.flush()
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    recipient: str
+    envelope_from: str
+    message: bytes
+    attempts: int
+
+
+def claim_due(engine: Engine, now: datetime, limit: int = CLAIM_LIMIT) -> list[Claimed]:
+    """Lease up to `limit` due rows (pending and due, or sending with an expired lease)."""
+    with transaction(engine) as session:
+        due = (
+            select(OutboxMail)
+            .where(
+                or_(
+                    (col(OutboxMail.status) == MailStatus.pending)
+                    & (col(OutboxMail.next_attempt_at) <= now),
+                    (col(OutboxMail.status) == MailStatus.sending)
+                    & (col(OutboxMail.lease_until) < now),
+                )
+            )
+            .order_by(col(OutboxMail.next_attempt_at))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        rows = list(session.exec(due))
+        for row in rows:
+            row.status = MailStatus.sending
+            row.lease_until = now + LEASE
+            row.attempts += 1
+        return [
+            Claimed(r.id or 0, r.recipient, r.envelope_from, r.message, r.attempts) for r in rows
+        ]
+
+
+def _finish(engine: Engine, mail_id: int, **values: object) -> None:
+    with transaction(engine) as session:
+        session.execute(update(OutboxMail).where(col(OutboxMail.id) == mail_id).values(**values))
+
+
+class OutboxSender:
+    """Delivers due outbox rows; wakes on notify() or every `outbox_poll_seconds`."""
+
+    def __init__(self, engine: Engine, settings: Settings, target: SmtpTarget) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.target = target
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outage = False
+        self._stopping = False
+
+    def notify(self) -> None:
+        """Wake the sender now (safe to call from any thread, or before it runs)."""
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def stop(self) -> None:
+        """Finish the current round and return from run()."""
+        self._stopping = True
+        self.notify()
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        while not self._stopping:
+            try:
+                await self.deliver_due()
+            except Exception:  # the loop must outlive any one bad round (logged with trace)
+                log.exception("outbox round failed; trying again")
+            # asyncio.timeout rather than wait_for: on 3.11 wait_for can swallow a cancel.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.outbox_poll_seconds):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def deliver_due(self, now: datetime | None = None) -> int:
+        """Send what is due now; returns how many rows were handled."""
+        claimed = await asyncio.to_thread(claim_due, self.engine, now or utcnow())
+        if not claimed:
+            return 0
+        async with SmtpConnection(self.target) as conn:
+            for index, mail in enumerate(claimed):
+                try:
+                    await conn.send(mail.envelope_from, mail.recipient, mail.message)
+                except SmtpFailure as failure:
+                    await self._failed(mail, failure)
+                    if failure.connection_lost:
+                        for later in claimed[index + 1 :]:
+                            await self._failed(later, failure)
+                        break
+                    continue
+                await asyncio.to_thread(
+                    _finish,
+                    self.engine,
+                    mail.id,
+                    status=MailStatus.sent,
+                    sent_at=utcnow(),
+                    lease_until=None,
+                    last_error=None,
+                )
+                self._recovered()
+        return len(claimed)
+
+    async def _failed(self, mail: Claimed, failure: SmtpFailure) -> None:
+        if failure.permanent:
+            log.warning(
+                "outbox mail %s to %s refused for good: %s", mail.id, mail.recipient, failure
+            )
+            values: dict[str, object] = {"status": MailStatus.failed}
+        else:
+            if failure.connection_lost and not self._outage:
+                self._outage = True
+                log.warning(
+                    "SMTP relay unreachable (%s); outbox mail waits and is retried", failure
+                )
+            values = {
+                "status": MailStatus.pending,
+                "next_attempt_at": next_attempt(
+                    utcnow(),
+                    mail.attempts,
+                    initial=self.settings.retry_initial_seconds,
+                    maximum=self.settings.retry_max_seconds,
+                ),
+            }
+        await asyncio.to_thread(
+            _finish, self.engine, mail.id, lease_until=None, last_error=failure.reason, **values
+        )
+
+    def _recovered(self) -> None:
+        if self._outage:
+            self._outage = False
+            log.info("SMTP relay reachable again; outbox delivering")

@@ -1,0 +1,264 @@
+"""Subscribe, confirm, unsubscribe, resubscribe: the reader's lifecycle as plain functions.
+
+Every function takes the caller's session and only flushes; the caller commits once, so a
+subscriber change and the mail announcing it (the outbox row) land together or not at all.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import unicodedata
+from datetime import datetime, timedelta
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from .clock import utcnow
+from .context import AppContext, Requester
+from .errors import AlreadyConfirmed, InvalidInput, LinkUsed
+from .limits import check_and_count
+from .mail import message, outbox
+from .models import Consent, Subscriber, SubscriberStatus
+from .tokens import Purpose, TokenError
+
+MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3: the longest path a relay must accept
+MAX_NAME = 100
+RATE_WINDOW = timedelta(hours=1)
+
+
+def normalize_address(raw: str | None) -> str:
+    """The address as we store it (lower case, IDN domain in ASCII), or InvalidInput."""
+    value = (raw or "").strip()
+    if not value:
+        raise InvalidInput("email", "Enter your e-mail address.")
+    if len(value) > MAX_ADDRESS:
+        raise InvalidInput("email", f"That address is longer than {MAX_ADDRESS} characters.")
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise InvalidInput(
+            "email", "An e-mail address cannot contain line breaks or control characters."
+        )
+    try:
+        checked = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise InvalidInput("email", str(exc)) from None
+    return (checked.ascii_email or checked.normalized).lower()
+
+
+def clean_name(raw: str | None) -> str:
+    """A display name safe for a mail header: no control characters, at most 100 characters."""
+    value = (raw or "").strip()
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
+        raise InvalidInput("name", "A name cannot contain line breaks or control characters.")
+    if len(value) > MAX_NAME:
+        raise InvalidInput("name", f"Please keep the name under {MAX_NAME} characters.")
+    return " ".join(value.split())
+
+
+def subscribe(
+    session: Session,
+    ctx: AppContext,
+    *,
+    email: str,
+    name: str | None,
+    who: Requester,
+    now: datetime | None = None,
+) -> None:
+    """Start (or restart) a double opt-in. The outcome is deliberately invisible to the
+    caller, so the answer never tells whether an address is known."""
+    now = now or utcnow()
+    address = normalize_address(email)
+    display_name = clean_name(name)
+    s = ctx.settings
+    check_and_count(
+        session,
+        f"subscribe:ip:{who.ip}",
+        limit=s.subscribe_per_ip_per_hour,
+        window=RATE_WINDOW,
+        now=now,
+    )
+    check_and_count(
+        session,
+        f"subscribe:address:{address}",
+        limit=s.subscribe_per_address_per_hour,
+        window=RATE_WINDOW,
+        now=now,
+    )
+    subscriber = _find(session, address) or _create(session, address, now)
+    if subscriber.status == SubscriberStatus.active:
+        _notice_already_subscribed(session, ctx, subscriber, now)
+        return
+    if subscriber.status != SubscriberStatus.pending or subscriber.confirm_nonce is None:
+        subscriber.confirm_nonce = secrets.token_urlsafe(9)  # old confirmation links die
+    subscriber.status = SubscriberStatus.pending
+    subscriber.name = display_name or subscriber.name
+    subscriber.updated_at = now
+    _record(session, subscriber, "subscribe", who, now)
+    _queue_confirmation(session, ctx, subscriber)
+
+
+def _find(session: Session, address: str) -> Subscriber | None:
+    return session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+
+
+def _create(session: Session, address: str, now: datetime) -> Subscriber:
+    """Insert a new pending subscriber; a concurrent insert of the same address wins."""
+    subscriber = Subscriber(email=address, created_at=now, updated_at=now)
+    try:
+        with session.begin_nested():
+            session.add(subscriber)
+    except IntegrityError:
+        found = _find(session, address)
+        assert found is not None
+        return found
+    return subscriber
+
+
+def _notice_already_subscribed(
+    session: Session, ctx: AppContext, subscriber: Subscriber, now: datetime
+) -> None:
+    """At most one "you are already subscribed" mail per interval: no confirmation storms."""
+    last = subscriber.last_notice_at
+    if last is not None and now - last < ctx.settings.notice_interval:
+        return
+    subscriber.last_notice_at = now
+    assert subscriber.id is not None
+    rendered = ctx.mail.render(
+        "already_subscribed",
+        name=subscriber.name,
+        email=subscriber.email,
+        unsubscribe_url=ctx.unsubscribe_url(subscriber.id),
+    )
+    _queue(session, ctx, "already-subscribed", subscriber, rendered)
+
+
+def _queue_confirmation(session: Session, ctx: AppContext, subscriber: Subscriber) -> None:
+    assert subscriber.id is not None and subscriber.confirm_nonce is not None
+    token = ctx.tokens.make(Purpose.confirm, f"{subscriber.id}-{subscriber.confirm_nonce}")
+    rendered = ctx.mail.render(
+        "confirm",
+        name=subscriber.name,
+        email=subscriber.email,
+        confirm_url=ctx.confirm_url(token),
+        valid_days=ctx.settings.confirm_token_days,
+    )
+    _queue(session, ctx, "confirm", subscriber, rendered)
+
+
+def _queue(
+    session: Session, ctx: AppContext, kind: str, subscriber: Subscriber, rendered: message.Rendered
+) -> None:
+    msg = message.build(
+        ctx.settings, to=subscriber.email, to_name=subscriber.name, rendered=rendered
+    )
+    outbox.enqueue(session, ctx.settings, kind=kind, to=subscriber.email, msg=msg)
+
+
+def _record(
+    session: Session, subscriber: Subscriber, action: str, who: Requester, now: datetime
+) -> None:
+    assert subscriber.id is not None
+    session.add(
+        Consent(
+            subscriber_id=subscriber.id,
+            action=action,
+            at=now,
+            ip=who.ip,
+            user_agent=(who.user_agent or "")[:512] or None,
+            source=who.source,
+        )
+    )
+    session.flush()
+
+
+# Confirmation -------------------------------------------------------------------------
+
+
+def pending_confirmation(session: Session, ctx: AppContext, token: str) -> Subscriber:
+    """The subscriber a confirmation link would activate; changes nothing (for GET).
+    Raises TokenExpired, TokenError, AlreadyConfirmed or LinkUsed."""
+    payload = ctx.tokens.read(Purpose.confirm, token)
+    subscriber_id, _, nonce = payload.partition("-")
+    subscriber = session.get(Subscriber, int(subscriber_id)) if subscriber_id.isdigit() else None
+    if subscriber is None:
+        raise TokenError(Purpose.confirm)
+    current = subscriber.confirm_nonce
+    if (
+        subscriber.status == SubscriberStatus.pending
+        and current
+        and hmac.compare_digest(current, nonce)
+    ):
+        return subscriber
+    if subscriber.status == SubscriberStatus.active:
+        raise AlreadyConfirmed()
+    raise LinkUsed()
+
+
+def confirm(
+    session: Session, ctx: AppContext, *, token: str, who: Requester, now: datetime | None = None
+) -> Subscriber:
+    """Activate the subscription; the link is single-use (its nonce is cleared)."""
+    now = now or utcnow()
+    subscriber = pending_confirmation(session, ctx, token)
+    subscriber.status = SubscriberStatus.active
+    subscriber.confirm_nonce = None
+    subscriber.confirmed_at = now
+    subscriber.updated_at = now
+    _record(session, subscriber, "confirm", who, now)
+    return subscriber
+
+
+# Unsubscribe ----------------------------------------------------------------------------
+
+
+def subscriber_for_link(
+    session: Session, ctx: AppContext, token: str, purpose: Purpose
+) -> Subscriber:
+    """The subscriber an unsubscribe (or feedback) link names; raises TokenError/TokenExpired."""
+    payload = ctx.tokens.read(purpose, token)
+    subscriber = session.get(Subscriber, int(payload)) if payload.isdigit() else None
+    if subscriber is None:
+        raise TokenError(purpose)
+    return subscriber
+
+
+def unsubscribe(
+    session: Session,
+    ctx: AppContext,
+    *,
+    token: str,
+    who: Requester,
+    one_click: bool = False,
+    now: datetime | None = None,
+) -> Subscriber:
+    """Stop all mail to this reader at once. Doing it twice is fine; no goodbye mail is sent."""
+    now = now or utcnow()
+    subscriber = subscriber_for_link(session, ctx, token, Purpose.unsubscribe)
+    if subscriber.status in (SubscriberStatus.active, SubscriberStatus.pending):
+        subscriber.status = SubscriberStatus.unsubscribed
+        subscriber.confirm_nonce = None
+        subscriber.unsubscribed_at = now
+        subscriber.updated_at = now
+        _record(
+            session, subscriber, "one-click-unsubscribe" if one_click else "unsubscribe", who, now
+        )
+    return subscriber
+
+
+def resubscribe(
+    session: Session, ctx: AppContext, *, token: str, who: Requester, now: datetime | None = None
+) -> Subscriber:
+    """Undo an unsubscribe from the goodbye page. The link came by mail to this address,
+    which is the proof of ownership a confirmation mail would ask for again."""
+    now = now or utcnow()
+    subscriber = subscriber_for_link(session, ctx, token, Purpose.unsubscribe)
+    if subscriber.status != SubscriberStatus.active:
+        subscriber.status = SubscriberStatus.active
+        subscriber.confirmed_at = subscriber.confirmed_at or now
+        subscriber.unsubscribed_at = None
+        subscriber.bounced_at = None
+        subscriber.bounce_reason = None
+        subscriber.updated_at = now
+        _record(session, subscriber, "resubscribe", who, now)
+    return subscriber

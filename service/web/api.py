@@ -1,0 +1,115 @@
+"""The reader operations as JSON under /api/v1, documented in the OpenAPI schema at /docs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import feedback, subscriptions
+from .deps import ContextDep, RequesterDep, SessionDep
+
+router = APIRouter(prefix="/api/v1", tags=["readers"])
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubscriptionIn(Strict):
+    email: str = Field(max_length=320, examples=["reader@example.com"])
+    name: str | None = Field(default=None, max_length=200, examples=["Ada"])
+
+
+class TokenIn(Strict):
+    token: str = Field(min_length=1, max_length=400)
+
+
+class FeedbackIn(Strict):
+    category: Literal["delivery", "commenting", "content", "other"]
+    message: str = Field(min_length=1, max_length=20_000)
+    reply_to: str | None = Field(default=None, max_length=320)
+    token: str | None = Field(
+        default=None, max_length=400, description="from a mail's feedback link"
+    )
+    website: str | None = Field(default=None, description="leave empty (bot trap)")
+
+
+class Accepted(BaseModel):
+    status: str
+    message: str
+
+
+class SubscriberState(BaseModel):
+    email: str
+    status: str
+
+
+@router.post(
+    "/subscriptions",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses={
+        422: {"description": "invalid address or name"},
+        429: {"description": "rate limited"},
+    },
+)
+def create_subscription(
+    body: SubscriptionIn, session: SessionDep, ctx: ContextDep, who: RequesterDep
+) -> Accepted:
+    """Start a double opt-in. The answer is the same whether or not the address is known."""
+    subscriptions.subscribe(session, ctx, email=body.email, name=body.name, who=who)
+    return Accepted(
+        status="pending",
+        message="If the address can receive mail, a confirmation link is on its way.",
+    )
+
+
+@router.post(
+    "/confirmations",
+    response_model=SubscriberState,
+    responses={400: {"description": "invalid link"}, 410: {"description": "expired or used"}},
+)
+def confirm(
+    body: TokenIn, session: SessionDep, ctx: ContextDep, who: RequesterDep
+) -> SubscriberState:
+    """Confirm a subscription with the token from the confirmation mail."""
+    subscriber = subscriptions.confirm(session, ctx, token=body.token, who=who)
+    return SubscriberState(email=subscriber.email, status=subscriber.status)
+
+
+@router.post(
+    "/unsubscriptions",
+    response_model=SubscriberState,
+    responses={400: {"description": "invalid link"}},
+)
+def unsubscribe(
+    body: TokenIn, session: SessionDep, ctx: ContextDep, who: RequesterDep
+) -> SubscriberState:
+    """Unsubscribe with the token from a mail's unsubscribe link; repeating it is harmless."""
+    subscriber = subscriptions.unsubscribe(session, ctx, token=body.token, who=who)
+    return SubscriberState(email=subscriber.email, status=subscriber.status)
+
+
+@router.post(
+    "/feedback",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses={422: {"description": "invalid field"}, 429: {"description": "rate limited"}},
+)
+def send_feedback(
+    body: FeedbackIn, session: SessionDep, ctx: ContextDep, who: RequesterDep
+) -> Accepted:
+    """Tell us about a problem ("having issues? let us know")."""
+    feedback.submit(
+        session,
+        ctx,
+        category=body.category,
+        message_text=body.message,
+        reply_to=body.reply_to,
+        token=body.token,
+        honeypot=body.website,
+        who=who,
+    )
+    return Accepted(status="received", message="Thank you. We read every message.")

@@ -1,0 +1,108 @@
+"""create_app: the FastAPI application, its lifespan (capture server, outbox sender,
+scheduler) and the headers every response carries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from .. import __version__
+from ..config import Settings, SmtpTarget
+from ..context import build_context
+from ..db import make_engine
+from ..mail.capture import CaptureServer
+from ..mail.outbox import OutboxSender
+from . import api, dev, errors, pages
+from .templating import make_templates
+
+log = logging.getLogger(__name__)
+SHUTDOWN_GRACE = 10.0  # seconds for an SMTP hand-off in progress to finish
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    # Our URLs carry tokens: never leak them to other sites through Referer.
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "SAMEORIGIN",
+    "Content-Security-Policy": (
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: https:; "
+        "frame-ancestors 'self'; form-action 'self'; base-uri 'self'"
+    ),
+}
+
+
+def create_app(
+    settings: Settings, engine: Engine | None = None, *, scheduler: bool = True
+) -> FastAPI:
+    """The app; `scheduler=False` leaves the daily send to a separate `broadside worker`."""
+    capture_mode = settings.smtp is None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        capture = None
+        target = settings.smtp
+        if target is None:
+            capture = CaptureServer(settings.outbox_dir, settings.capture_port)
+            capture.start()
+            target = SmtpTarget("127.0.0.1", capture.port, timeout=settings.smtp_timeout)
+        sender = OutboxSender(app.state.engine, settings, target)
+        app.state.outbox = sender
+        app.state.smtp_target = target
+        task = asyncio.create_task(sender.run(), name="outbox-sender")
+        try:
+            yield
+        finally:
+            sender.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if capture is not None:
+                capture.stop()
+
+    app = FastAPI(
+        title="Broadside",
+        version=__version__,
+        lifespan=lifespan,
+        description="Double opt-in subscriptions and the daily World View column by e-mail.",
+    )
+    app.state.engine = engine or make_engine(settings.database_url)
+    app.state.ctx = build_context(settings)
+    app.state.templates = make_templates(settings)
+    errors.install(app)
+    app.include_router(pages.router)
+    app.include_router(api.router)
+    if capture_mode:
+        app.include_router(dev.router)
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> JSONResponse:
+        """200 when the database answers, 503 when it does not."""
+        try:
+            with app.state.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            log.warning("health check: database unreachable: %s", exc.__class__.__name__)
+            return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    return app

@@ -1,0 +1,44 @@
+"""Typed dependencies: the request's session (committed once, at the edge), settings, context."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlmodel import Session
+
+from ..config import Settings
+from ..context import AppContext, Requester
+from ..db import transaction
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One transaction per request: commit after the handler, before the response leaves,
+    then wake the outbox sender for any mail the request queued."""
+    with transaction(request.app.state.engine) as session:
+        yield session
+    request.app.state.outbox.notify()
+
+
+def get_context(request: Request) -> AppContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.ctx.settings  # type: ignore[no-any-return]
+
+
+def get_requester(request: Request) -> Requester:
+    source = "api" if request.url.path.startswith("/api/") else "web"
+    return Requester(
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+        source=source,
+    )
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ContextDep = Annotated[AppContext, Depends(get_context)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RequesterDep = Annotated[Requester, Depends(get_requester)]

@@ -1,0 +1,34 @@
+"""The page renderer: Jinja2 (autoescaped) over templates/pages with the site's globals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from ..config import TEMPLATES_DIR, Settings
+
+
+def make_templates(settings: Settings) -> Jinja2Templates:
+    templates = Jinja2Templates(directory=TEMPLATES_DIR)
+    templates.env.globals.update(
+        site_name=settings.from_name,
+        base_url=settings.base_url,
+        postal_address=settings.postal_address,
+    )
+    return templates
+
+
+def page(
+    request: Request,
+    name: str,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+    **context: Any,
+) -> HTMLResponse:
+    templates: Jinja2Templates = request.app.state.templates
+    return templates.TemplateResponse(
+        request, f"pages/{name}.html", context, status_code=status_code, headers=headers
+    )

@@ -1,0 +1,391 @@
+"""The reader's whole lifecycle over HTTP, against a real SMTP server and database."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from service.models import Consent, OutboxMail, Subscriber, SubscriberStatus
+from service.tokens import Purpose
+from tests.helpers import links, path_of
+from tests.smtp_server import SmtpTestServer
+
+READER = "reader@example.com"
+
+
+def subscriber(engine: Engine, email: str = READER) -> Subscriber | None:
+    with Session(engine) as session:
+        return session.exec(select(Subscriber).where(Subscriber.email == email)).first()
+
+
+def subscribe_and_get_confirm_path(
+    client: TestClient, smtp: SmtpTestServer, email: str = READER
+) -> str:
+    before = len(smtp.messages_to(email))
+    response = client.post("/subscribe", data={"email": email, "name": "Ada"})
+    assert response.status_code == 200
+    mails = smtp.wait_for(before + 1, to=email)
+    assert len(mails) == before + 1, "the confirmation mail did not arrive"
+    [url] = links(mails[-1], "/confirm/")
+    return path_of(url)
+
+
+def unsubscribe_path(client: TestClient, subscriber_id: int) -> str:
+    return path_of(client.app.state.ctx.unsubscribe_url(subscriber_id))  # type: ignore[attr-defined]
+
+
+def test_whole_lifecycle_subscribe_confirm_unsubscribe_resubscribe(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    confirm = subscribe_and_get_confirm_path(app_client, smtp_server)
+    assert subscriber(engine).status == SubscriberStatus.pending  # type: ignore[union-attr]
+
+    page = app_client.get(confirm)
+    assert page.status_code == 200 and "Confirm subscription" in page.text
+    assert app_client.head(confirm).status_code == 200
+    assert subscriber(engine).status == SubscriberStatus.pending  # type: ignore[union-attr]
+
+    done = app_client.post(confirm)
+    assert done.status_code == 200 and "subscribed" in done.text
+    reader = subscriber(engine)
+    assert reader is not None and reader.status == SubscriberStatus.active and reader.name == "Ada"
+
+    unsubscribe = unsubscribe_path(app_client, reader.id or 0)
+    page = app_client.get(unsubscribe)
+    assert page.status_code == 200 and "Unsubscribe" in page.text
+    assert subscriber(engine).status == SubscriberStatus.active  # type: ignore[union-attr]
+
+    bye = app_client.post(unsubscribe)
+    assert bye.status_code == 200 and "Subscribe again" in bye.text
+    assert subscriber(engine).status == SubscriberStatus.unsubscribed  # type: ignore[union-attr]
+    assert app_client.post(unsubscribe).status_code == 200  # twice is fine
+
+    again = app_client.post(f"{unsubscribe}/resubscribe")
+    assert again.status_code == 200
+    assert subscriber(engine).status == SubscriberStatus.active  # type: ignore[union-attr]
+    with Session(engine) as session:
+        actions = [c.action for c in session.exec(select(Consent).order_by(Consent.id))]
+    assert actions == ["subscribe", "confirm", "unsubscribe", "resubscribe"]
+
+
+def test_no_mail_is_sent_after_unsubscribe(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    app_client.post(subscribe_and_get_confirm_path(app_client, smtp_server))
+    reader = subscriber(engine)
+    assert reader is not None
+    app_client.post(unsubscribe_path(app_client, reader.id or 0))
+    time.sleep(0.5)
+    assert len(smtp_server.messages_to(READER)) == 1  # only the confirmation
+
+
+@pytest.mark.parametrize("encoding", ["urlencoded", "multipart"])
+def test_rfc8058_one_click_unsubscribes_at_once(
+    encoding: str, app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    app_client.post(subscribe_and_get_confirm_path(app_client, smtp_server))
+    reader = subscriber(engine)
+    assert reader is not None
+    path = unsubscribe_path(app_client, reader.id or 0)
+    if encoding == "urlencoded":
+        response = app_client.post(
+            path,
+            content=b"List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+    else:
+        response = app_client.post(path, files={"List-Unsubscribe": (None, "One-Click")})
+    assert response.status_code == 200
+    assert response.headers.get("location") is None and "set-cookie" not in response.headers
+    assert subscriber(engine).status == SubscriberStatus.unsubscribed  # type: ignore[union-attr]
+    with Session(engine) as session:
+        consent = session.exec(
+            select(Consent).where(Consent.action == "one-click-unsubscribe")
+        ).one()
+    assert consent.subscriber_id == reader.id
+
+
+def test_get_and_head_on_links_change_nothing(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    confirm = subscribe_and_get_confirm_path(app_client, smtp_server)
+    for _ in range(3):
+        app_client.get(confirm)
+        app_client.head(confirm)
+    assert subscriber(engine).status == SubscriberStatus.pending  # type: ignore[union-attr]
+    app_client.post(confirm)
+    unsubscribe = unsubscribe_path(app_client, subscriber(engine).id or 0)  # type: ignore[union-attr]
+    for _ in range(3):
+        app_client.get(unsubscribe)
+        app_client.head(unsubscribe)
+    assert subscriber(engine).status == SubscriberStatus.active  # type: ignore[union-attr]
+
+
+def test_confirmation_mail_is_well_formed(
+    app_client: TestClient, smtp_server: SmtpTestServer
+) -> None:
+    subscribe_and_get_confirm_path(app_client, smtp_server)
+    mail = smtp_server.messages_to(READER)[0]
+    msg = mail.message
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    for header in ("Date", "Message-ID", "From", "To", "Subject"):
+        assert msg[header], header
+    assert msg["From"].addresses[0].display_name == "World View"
+    assert msg["To"].addresses[0].addr_spec == READER
+    assert mail.mail_from == "bounces@news.example.com"  # the envelope sender
+    assert b"\r\n" in mail.data and b"\n" not in mail.data.replace(b"\r\n", b"")
+    for part in msg.iter_parts():
+        assert part["Content-Transfer-Encoding"] == "quoted-printable"
+        assert part.get_content_charset() == "utf-8"
+    assert all(len(line) <= 76 for line in mail.data.split(b"\r\n\r\n", 1)[1].split(b"\r\n"))
+
+
+def test_same_answer_for_known_and_unknown_addresses(
+    app_client: TestClient, smtp_server: SmtpTestServer
+) -> None:
+    app_client.post(subscribe_and_get_confirm_path(app_client, smtp_server, "known@example.com"))
+    known = app_client.post("/subscribe", data={"email": "known@example.com"})
+    unknown = app_client.post("/subscribe", data={"email": "other@example.com"})
+    assert known.status_code == unknown.status_code == 200
+    assert known.text.replace("known@", "X@") == unknown.text.replace("other@", "X@")
+    api_known = app_client.post("/api/v1/subscriptions", json={"email": "known@example.com"})
+    api_unknown = app_client.post("/api/v1/subscriptions", json={"email": "third@example.com"})
+    assert api_known.status_code == api_unknown.status_code == 202
+    assert api_known.json() == api_unknown.json()
+
+
+def test_active_reader_gets_at_most_one_notice_a_day(
+    app_client: TestClient, smtp_server: SmtpTestServer
+) -> None:
+    app_client.post(subscribe_and_get_confirm_path(app_client, smtp_server))
+    app_client.post("/subscribe", data={"email": READER})
+    app_client.post("/subscribe", data={"email": READER.upper()})
+    mails = smtp_server.wait_for(2, to=READER)
+    time.sleep(0.5)
+    mails = smtp_server.messages_to(READER)
+    assert [m.message["Subject"] for m in mails] == [
+        "Confirm your subscription to World View",
+        "You are already subscribed to World View",
+    ]
+    assert links(mails[1], "/unsubscribe/")
+
+
+def test_addresses_are_unique_case_insensitively(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    app_client.post("/subscribe", data={"email": "Mixed.Case@Example.COM"})
+    app_client.post("/subscribe", data={"email": "mixed.case@example.com"})
+    with Session(engine) as session:
+        rows = session.exec(select(Subscriber)).all()
+    assert [r.email for r in rows] == ["mixed.case@example.com"]
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "",
+        "not-an-address",
+        "a@b",
+        "x" * 250 + "@example.com",
+        "reader@example.com\r\nBcc: victim@example.com",
+        "reader@exa mple.com",
+        "<script>@example.com",
+    ],
+)
+def test_malformed_addresses_get_a_clear_422(
+    email: str, app_client: TestClient, engine: Engine
+) -> None:
+    page = app_client.post("/subscribe", data={"email": email})
+    assert page.status_code == 422
+    assert 'role="alert"' in page.text
+    api = app_client.post("/api/v1/subscriptions", json={"email": email})
+    assert api.status_code == 422
+    assert api.json()["detail"]
+    with Session(engine) as session:
+        assert session.exec(select(Subscriber)).all() == []
+
+
+@pytest.mark.parametrize("name", ["Ada\r\nBcc: victim@example.com", "Ada\nX", "A" * 101, "Ada\x00"])
+def test_header_injection_in_name_is_refused(
+    name: str, app_client: TestClient, engine: Engine
+) -> None:
+    assert app_client.post("/subscribe", data={"email": READER, "name": name}).status_code == 422
+    assert (
+        app_client.post("/api/v1/subscriptions", json={"email": READER, "name": name}).status_code
+        == 422
+    )
+    assert subscriber(engine) is None
+
+
+def test_api_rejects_unknown_fields_empty_and_non_json_bodies(app_client: TestClient) -> None:
+    unknown = app_client.post("/api/v1/subscriptions", json={"email": READER, "admin": True})
+    assert unknown.status_code == 422 and "admin" in unknown.text
+    assert app_client.post("/api/v1/subscriptions").status_code == 422
+    assert app_client.post("/api/v1/subscriptions", json={}).status_code == 422
+    garbage = app_client.post(
+        "/api/v1/subscriptions", content=b"{nope", headers={"Content-Type": "application/json"}
+    )
+    assert garbage.status_code == 422
+    assert app_client.post("/subscribe").status_code == 422  # empty form
+
+
+def test_tampered_expired_and_reused_confirmation_links(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    confirm = subscribe_and_get_confirm_path(app_client, smtp_server)
+    tampered = confirm[:-3] + ("AAA" if not confirm.endswith("AAA") else "BBB")
+    for method in (app_client.get, app_client.post):
+        response = method(tampered)
+        assert response.status_code == 400 and "not valid" in response.text
+    reader = subscriber(engine)
+    assert reader is not None
+    ctx = app_client.app.state.ctx  # type: ignore[attr-defined]
+    old = ctx.tokens.make(
+        Purpose.confirm, f"{reader.id}-{reader.confirm_nonce}", expires=int(time.time()) - 1
+    )
+    expired = app_client.post(f"/confirm/{old}")
+    assert (
+        expired.status_code == 410
+        and "expired" in expired.text
+        and 'action="/subscribe"' in expired.text
+    )
+    assert subscriber(engine).status == SubscriberStatus.pending  # type: ignore[union-attr]
+
+    assert app_client.post(confirm).status_code == 200
+    again = app_client.post(confirm)  # double confirm
+    assert again.status_code == 200 and "Already confirmed" in again.text
+    app_client.post(unsubscribe_path(app_client, reader.id or 0))
+    reused = app_client.post(confirm)  # an old link must not undo an unsubscribe
+    assert reused.status_code == 410 and "already been used" in reused.text
+    assert subscriber(engine).status == SubscriberStatus.unsubscribed  # type: ignore[union-attr]
+
+
+def test_token_for_one_purpose_is_refused_for_another(
+    app_client: TestClient, engine: Engine
+) -> None:
+    ctx = app_client.app.state.ctx  # type: ignore[attr-defined]
+    with Session(engine) as session:
+        reader = Subscriber(email=READER, status=SubscriberStatus.active)
+        session.add(reader)
+        session.commit()
+        session.refresh(reader)
+    feedback_token = ctx.tokens.make(Purpose.feedback, str(reader.id))
+    assert app_client.post(f"/unsubscribe/{feedback_token}").status_code == 400
+    assert app_client.post(f"/confirm/{feedback_token}").status_code == 400
+    assert subscriber(engine).status == SubscriberStatus.active  # type: ignore[union-attr]
+    assert app_client.post("/unsubscribe/garbage").status_code == 400
+    assert app_client.get("/unsubscribe/" + "x" * 5000).status_code == 400
+
+
+def test_api_confirm_and_unsubscribe(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    token = subscribe_and_get_confirm_path(app_client, smtp_server).removeprefix("/confirm/")
+    confirmed = app_client.post("/api/v1/confirmations", json={"token": token})
+    assert confirmed.status_code == 200 and confirmed.json() == {
+        "email": READER,
+        "status": "active",
+    }
+    assert app_client.post("/api/v1/confirmations", json={"token": token}).status_code == 409
+    assert app_client.post("/api/v1/confirmations", json={"token": token + "x"}).status_code == 400
+    unsub = unsubscribe_path(app_client, subscriber(engine).id or 0).removeprefix("/unsubscribe/")  # type: ignore[union-attr]
+    gone = app_client.post("/api/v1/unsubscriptions", json={"token": unsub})
+    assert gone.json() == {"email": READER, "status": "unsubscribed"}
+
+
+def test_subscription_bombing_is_limited_per_address(
+    app_client: TestClient, smtp_server: SmtpTestServer
+) -> None:
+    limit = app_client.app.state.ctx.settings.subscribe_per_address_per_hour  # type: ignore[attr-defined]
+    codes = [
+        app_client.post("/subscribe", data={"email": "victim@example.com"}).status_code
+        for _ in range(limit + 2)
+    ]
+    assert codes == [200] * limit + [429, 429]
+    limited = app_client.post("/subscribe", data={"email": "victim@example.com"})
+    assert int(limited.headers["Retry-After"]) > 0 and "Too many" in limited.text
+    time.sleep(0.5)
+    assert len(smtp_server.messages_to("victim@example.com")) == limit
+
+
+def test_subscriptions_are_limited_per_client_ip(app_client: TestClient) -> None:
+    limit = app_client.app.state.ctx.settings.subscribe_per_ip_per_hour  # type: ignore[attr-defined]
+    codes = [
+        app_client.post("/api/v1/subscriptions", json={"email": f"r{i}@example.com"}).status_code
+        for i in range(limit + 1)
+    ]
+    assert codes == [202] * limit + [429]
+
+
+def test_smtp_down_while_subscribing_mail_arrives_when_it_is_back(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    smtp_server.stop()
+    started = time.monotonic()
+    response = app_client.post("/subscribe", data={"email": READER})
+    assert response.status_code == 200 and time.monotonic() - started < 2
+    time.sleep(1.0)  # the sender tries, fails and schedules a retry
+    with Session(engine) as session:
+        row = session.exec(select(OutboxMail)).one()
+    assert row.status == "pending" and row.attempts >= 1 and row.last_error
+    smtp_server.start()  # same port
+    mails = smtp_server.wait_for(1, timeout=15, to=READER)
+    assert len(mails) == 1 and links(mails[0], "/confirm/")
+    with Session(engine) as session:
+        assert session.exec(select(OutboxMail)).one().status == "sent"
+
+
+def test_permanent_smtp_refusal_is_recorded_not_retried(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    smtp_server.reply_to_rcpt(READER, "550 5.1.1 No such user")
+    app_client.post("/subscribe", data={"email": READER})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with Session(engine) as session:
+            row = session.exec(select(OutboxMail)).one()
+        if row.status == "failed":
+            break
+        time.sleep(0.05)
+    assert row.status == "failed" and "550" in (row.last_error or "") and row.attempts == 1
+
+
+def test_consent_records_time_ip_user_agent_and_source(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    app_client.post(
+        "/api/v1/subscriptions", json={"email": READER}, headers={"User-Agent": "TestBrowser/1"}
+    )
+    with Session(engine) as session:
+        consent = session.exec(select(Consent)).one()
+    assert consent.action == "subscribe" and consent.source == "api"
+    assert consent.user_agent == "TestBrowser/1" and consent.ip and consent.at
+
+
+def test_healthz_and_openapi(app_client: TestClient) -> None:
+    assert app_client.get("/healthz").json() == {"status": "ok", "database": "ok"}
+    schema = app_client.get("/openapi.json").json()
+    assert {
+        "/api/v1/subscriptions",
+        "/api/v1/feedback",
+        "/api/v1/confirmations",
+        "/api/v1/unsubscriptions",
+    } <= set(schema["paths"])
+    assert app_client.get("/docs").status_code == 200
+
+
+def test_unknown_page_is_a_404_page_not_a_traceback(app_client: TestClient) -> None:
+    page = app_client.get("/no/such/page")
+    assert page.status_code == 404 and "Page not found" in page.text
+    assert app_client.get("/api/v1/nothing").json() == {"detail": "Not Found"}
+
+
+def test_pages_carry_security_headers(app_client: TestClient) -> None:
+    headers = app_client.get("/").headers
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert "frame-ancestors" in headers["Content-Security-Policy"]
