@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -93,6 +97,129 @@ def serve(
     uvicorn.run(
         application, host=host, port=port, log_level=settings.log_level.lower(), proxy_headers=True
     )
+
+
+@app.command()
+def worker() -> None:
+    """Run the daily scheduler and the outbox sender without a web server."""
+    from .context import build_context
+    from .runtime import background
+
+    settings = settings_or_exit()
+    engine = make_engine(settings.database_url)
+    ctx = build_context(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with background(engine, ctx, scheduler=True):
+            err.print(
+                "worker running: daily send at "
+                f"{settings.send_time.strftime('%H:%M')} {settings.timezone}; Ctrl-C stops"
+            )
+            await stop.wait()
+
+    guarded(lambda: asyncio.run(run()))
+
+
+def _day(value: str | None, settings: Settings) -> dt.date:
+    from .delivery.daily import local_day
+
+    if value is None:
+        return local_day(settings, dt.datetime.now(dt.UTC))
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise fail(f"--date: {value!r} is not a date in the form YYYY-MM-DD") from None
+
+
+DateOption = Annotated[
+    str | None, typer.Option("--date", help="YYYY-MM-DD (default: today in TIMEZONE)")
+]
+
+
+@app.command()
+def send(
+    date: DateOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="show what would be sent; send nothing")
+    ] = False,
+) -> None:
+    """Send a day's column to every active reader now, in the foreground, with progress."""
+    from . import console
+
+    settings = settings_or_exit()
+    day = _day(date, settings)
+    engine = make_engine(settings.database_url)
+    with database_errors():
+        plan = console.plan(engine, settings, day)
+        if plan.column is None:
+            raise fail(
+                f"no column for {day.isoformat()}: put one in {settings.columns_dir} "
+                "or POST it to /api/v1/admin/columns",
+                1,
+            )
+        if dry_run:
+            console.print_plan(plan)
+            return
+        counts = asyncio.run(console.send_with_progress(engine, settings, plan))
+    raise typer.Exit(0 if counts.done else 1)
+
+
+@app.command()
+def preview(
+    to: Annotated[str, typer.Option("--to", help="address that gets the test copy")],
+    date: DateOption = None,
+) -> None:
+    """Mail one test copy of a day's column to ADDRESS, touching no subscriber."""
+    from . import console
+    from .errors import InvalidInput
+    from .subscriptions import normalize_address
+
+    settings = settings_or_exit()
+    try:
+        address = normalize_address(to)
+    except InvalidInput as exc:
+        raise fail(f"--to: {exc.message}") from None
+    day = _day(date, settings)
+    engine = make_engine(settings.database_url)
+    with database_errors():
+        plan = console.plan(engine, settings, day)
+        if plan.column is None:
+            raise fail(f"no column for {day.isoformat()}", 1)
+        problem = asyncio.run(console.preview(settings, plan.column, address))
+    if problem:
+        raise fail(f"the preview was not accepted: {problem}", 1)
+    err.print(f"preview of {plan.column.title!r} sent to {address}")
+
+
+@app.command()
+def status(limit: Annotated[int, typer.Option(help="how many sends to show")] = 10) -> None:
+    """The latest sends with their counts."""
+    from . import console
+
+    settings = settings_or_exit()
+    engine = make_engine(settings.database_url)
+    guarded(lambda: console.print_status(engine, limit))
+
+
+columns_app = typer.Typer(no_args_is_help=True, help="Columns: import and list.")
+app.add_typer(columns_app, name="columns")
+
+
+@columns_app.command("import")
+def columns_import(
+    paths: Annotated[list[Path], typer.Argument(help="column files or folders")],
+) -> None:
+    """Import World View text (.txt) or Markdown (.md) columns; re-importing is harmless."""
+    from . import console
+
+    settings = settings_or_exit()
+    engine = make_engine(settings.database_url)
+    failures = guarded(lambda: console.import_columns(engine, paths))
+    raise typer.Exit(1 if failures else 0)
 
 
 def main() -> None:

@@ -15,7 +15,11 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "BROADSIDE_"
+# templates/ and migrations/ sit beside the package in a checkout (and in the image, at
+# /app); an installed copy without them falls back to the working directory.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+if not (PROJECT_ROOT / "templates").is_dir():
+    PROJECT_ROOT = Path.cwd()
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 HEADER_UNSAFE = frozenset("\r\n\0")
 

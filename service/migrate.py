@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+from .config import PROJECT_ROOT
+
+MIGRATIONS = PROJECT_ROOT / "migrations"
 
 
 def alembic_config(url: str | None = None) -> Config:

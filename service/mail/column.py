@@ -10,6 +10,7 @@ import email.utils
 import functools
 import re
 import secrets
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -371,6 +372,23 @@ class PreparedColumn:
         return f"List-Unsubscribe: <{url}>,\r\n {self.unsubscribe_mailto}\r\n"
 
 
+def _subject_header(title: str) -> str:
+    """Subject folded between words (never right after the colon, which leaves readers a
+    leading space), or RFC 2047 encoded-words when the title is not ASCII."""
+    title = " ".join(title.split())
+    if not title.isascii():
+        return _ascii(email.policy.SMTP.fold("Subject", title))
+    lines = textwrap.wrap(
+        title,
+        width=78,
+        initial_indent="Subject: ",
+        subsequent_indent=" ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return "\r\n".join(lines) + "\r\n"
+
+
 def _to_header(address: str, name: str) -> str:
     if not name:
         return address
@@ -445,7 +463,7 @@ def prepare_column(
         named=named,
         anonymous=anonymous,
         head_from=_ascii(f"From: {sender(settings)}\r\n"),
-        head_subject=_ascii(email.policy.SMTP.fold("Subject", " ".join(view.title.split()))),
+        head_subject=_subject_header(view.title),
         head_list=_ascii(head_list),
         head_tail=head_tail.encode("ascii"),
         html_separator=f"\r\n--{boundary}\r\n{part.format('html')}\r\n\r\n".encode("ascii"),

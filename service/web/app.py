@@ -3,8 +3,6 @@ scheduler) and the headers every response carries."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,16 +14,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import __version__
-from ..config import Settings, SmtpTarget
+from ..config import Settings
 from ..context import build_context
 from ..db import make_engine
-from ..mail.capture import CaptureServer
-from ..mail.outbox import OutboxSender
+from ..runtime import background
 from . import api, dev, errors, pages
 from .templating import make_templates
 
 log = logging.getLogger(__name__)
-SHUTDOWN_GRACE = 10.0  # seconds for an SMTP hand-off in progress to finish
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -47,28 +43,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        capture = None
-        target = settings.smtp
-        if target is None:
-            capture = CaptureServer(settings.outbox_dir, settings.capture_port)
-            capture.start()
-            target = SmtpTarget("127.0.0.1", capture.port, timeout=settings.smtp_timeout)
-        sender = OutboxSender(app.state.engine, settings, target)
-        app.state.outbox = sender
-        app.state.smtp_target = target
-        task = asyncio.create_task(sender.run(), name="outbox-sender")
-        try:
+        async with background(app.state.engine, app.state.ctx, scheduler=scheduler) as runtime:
+            app.state.outbox = runtime.outbox
+            app.state.smtp_target = runtime.target
             yield
-        finally:
-            sender.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE)
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if capture is not None:
-                capture.stop()
 
     app = FastAPI(
         title="Broadside",

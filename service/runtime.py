@@ -1,0 +1,63 @@
+"""The long-running pieces a process needs besides requests: the SMTP target (relay or
+embedded capture server), the outbox sender and the daily scheduler. Shared by
+`broadside serve` (the app's lifespan) and `broadside worker`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from .config import Settings, SmtpTarget
+from .context import AppContext
+from .mail.capture import CaptureServer
+from .mail.outbox import OutboxSender
+from .scheduler import start_scheduler
+
+SHUTDOWN_GRACE = 10.0  # seconds for an SMTP hand-off in progress to finish
+
+
+@contextlib.contextmanager
+def smtp_target(settings: Settings) -> Iterator[SmtpTarget]:
+    """The configured relay; without one, the capture server (started, or shared with the
+    process that already runs it on CAPTURE_PORT)."""
+    relay = settings.smtp
+    if relay is not None:
+        yield relay
+        return
+    capture = CaptureServer(settings.outbox_dir, settings.capture_port)
+    capture.start()
+    try:
+        yield SmtpTarget("127.0.0.1", capture.port, timeout=settings.smtp_timeout)
+    finally:
+        capture.stop()
+
+
+@dataclass
+class Runtime:
+    target: SmtpTarget
+    outbox: OutboxSender
+
+
+@asynccontextmanager
+async def background(engine: Engine, ctx: AppContext, *, scheduler: bool) -> AsyncIterator[Runtime]:
+    with smtp_target(ctx.settings) as target:
+        sender = OutboxSender(engine, ctx.settings, target)
+        task = asyncio.create_task(sender.run(), name="outbox-sender")
+        daily = start_scheduler(engine, ctx, target) if scheduler else None
+        try:
+            yield Runtime(target, sender)
+        finally:
+            if daily is not None:
+                daily.shutdown(wait=False)
+            sender.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

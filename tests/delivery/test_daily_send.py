@@ -1,0 +1,245 @@
+"""The daily send end to end: the scheduled job delivers the seed column exactly once to
+every active reader, over a real SMTP server, with every header a mail provider reads."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.policy
+import logging
+from email import message_from_bytes
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from service.config import Settings
+from service.context import build_context
+from service.db import transaction
+from service.delivery import daily, sends
+from service.delivery.worker import SendWorker
+from service.models import Delivery, Send, Subscriber, SubscriberStatus
+from service.scheduler import daily_job, daily_trigger
+from service.web.app import create_app
+from tests.conftest import SEED
+from tests.smtp_server import SmtpTestServer
+
+SEED_DAY = dt.date(2016, 2, 4)
+AT_SEND_TIME = dt.datetime(2016, 2, 4, 6, 0, tzinfo=dt.UTC)
+
+
+def add_readers(engine: Engine, **by_status: int) -> dict[str, list[str]]:
+    """Readers by status, e.g. add_readers(engine, active=3, pending=1)."""
+    made: dict[str, list[str]] = {}
+    with transaction(engine) as session:
+        for status, count in by_status.items():
+            for i in range(count):
+                address = f"{status}{i}@example.com"
+                session.add(
+                    Subscriber(email=address, name=f"Reader {i}", status=SubscriberStatus(status))
+                )
+                made.setdefault(status, []).append(address)
+    return made
+
+
+def run_job(engine: Engine, settings: Settings, now: dt.datetime = AT_SEND_TIME) -> None:
+    ctx = build_context(settings)
+    assert settings.smtp is not None
+    asyncio.run(daily_job(engine, ctx, settings.smtp, clock=lambda: now)())
+
+
+def test_scheduled_job_delivers_once_to_each_active_reader_and_to_nobody_else(
+    engine: Engine, settings: Settings, smtp_server: SmtpTestServer
+) -> None:
+    readers = add_readers(engine, active=3, pending=1, unsubscribed=1, bounced=1)
+    run_job(engine, settings)
+    received = smtp_server.wait_for(3)
+    assert sorted(r.rcpt_tos[0] for r in received) == sorted(readers["active"])
+    run_job(engine, settings)  # the trigger firing again changes nothing
+    assert len(smtp_server.received) == 3
+    with Session(engine) as session:
+        send = session.exec(select(Send)).one()
+        assert send.status == "done" and send.total == 3 and send.finished_at is not None
+        assert sends.counts(session, send.id or 0) == sends.SendCounts(
+            total=3, sent=3, failed=0, pending=0
+        )
+
+
+def test_delivered_message_has_every_header_and_working_unsubscribe(
+    engine: Engine, settings: Settings, smtp_server: SmtpTestServer
+) -> None:
+    add_readers(engine, active=1)
+    run_job(engine, settings)
+    [mail] = smtp_server.wait_for(1)
+    assert mail.mail_from == "bounces@news.example.com"  # envelope sender, not From
+    msg = message_from_bytes(mail.data, policy=email.policy.default)
+    assert (
+        msg["Subject"] == "Syria Peace Talks Collapse as Russia Carpet Bombs Opposition in Aleppo"
+    )
+    assert msg["From"].addresses[0].display_name == "World View"
+    assert msg["From"].addresses[0].addr_spec == "worldview@news.example.com"
+    assert msg["To"].addresses[0].addr_spec == "active0@example.com"
+    assert msg["Date"].datetime is not None
+    assert (
+        msg["Message-ID"].startswith("<column.2016-02-04.")
+        and "@news.example.com>" in msg["Message-ID"]
+    )
+    assert "world-view.news.example.com" in msg["List-Id"]
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["Feedback-ID"]
+    assert "Return-Path" not in msg and "Reply-To" not in msg
+    raw_headers = mail.data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    assert "\r\nList-Unsubscribe: <https://news.example.com/unsubscribe/" in raw_headers
+    assert "<mailto:unsubscribe@news.example.com?subject=unsubscribe>" in raw_headers
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    for part in msg.iter_parts():
+        assert part["Content-Transfer-Encoding"] == "quoted-printable"
+    assert all(len(line) <= 76 for line in mail.data.split(b"\r\n\r\n", 1)[1].split(b"\r\n"))
+
+    unsubscribe = msg["List-Unsubscribe"].split("<", 1)[1].split(">", 1)[0]
+    path = unsubscribe.removeprefix("https://news.example.com")
+    with TestClient(create_app(settings, engine, scheduler=False)) as client:
+        assert "Unsubscribe" in client.get(path).text
+        assert client.post(path, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    with Session(engine) as session:
+        reader = session.exec(select(Subscriber)).one()
+    assert reader.status == SubscriberStatus.unsubscribed
+
+
+def test_retried_message_keeps_its_message_id(
+    engine: Engine, settings: Settings, smtp_server: SmtpTestServer
+) -> None:
+    add_readers(engine, active=1)
+    smtp_server.reply_to_rcpt("active0@example.com", "451 4.7.1 Greylisted, try later")
+    run_job(engine, settings)
+    [mail] = smtp_server.wait_for(1)
+    with Session(engine) as session:
+        delivery = session.exec(select(Delivery)).one()
+    assert delivery.status == "sent" and delivery.attempts == 2
+    assert (
+        mail.message["Message-ID"]
+        == f"<column.2016-02-04.{delivery.send_id}.{delivery.subscriber_id}@news.example.com>"
+    )
+
+
+def test_two_schedulers_firing_at_once_make_one_send(
+    engine: Engine, settings: Settings, smtp_server: SmtpTestServer
+) -> None:
+    add_readers(engine, active=20)
+    ctx = build_context(settings)
+    assert settings.smtp is not None
+
+    async def both() -> None:
+        await asyncio.gather(
+            daily.run_daily(engine, ctx, settings.smtp, SEED_DAY),  # type: ignore[arg-type]
+            daily.run_daily(engine, build_context(settings), settings.smtp, SEED_DAY),  # type: ignore[arg-type]
+        )
+
+    asyncio.run(both())
+    received = smtp_server.wait_for(20)
+    assert sorted(r.rcpt_tos[0] for r in received) == sorted(
+        f"active{i}@example.com" for i in range(20)
+    )
+    with Session(engine) as session:
+        assert len(session.exec(select(Send)).all()) == 1
+
+
+def test_readers_who_subscribe_after_the_start_wait_for_the_next_column(
+    engine: Engine, settings: Settings, smtp_server: SmtpTestServer
+) -> None:
+    add_readers(engine, active=2)
+    daily.refresh_columns(engine, settings)
+    with transaction(engine) as session:
+        column = sends.column_for(session, SEED_DAY)
+        assert column is not None
+        send, created = sends.start(session, column=column)
+    assert created and send.total == 2
+    add_readers(engine, pending=0, active=0)
+    with transaction(engine) as session:
+        session.add(Subscriber(email="late@example.com", status=SubscriberStatus.active))
+    assert settings.smtp is not None
+    asyncio.run(SendWorker(engine, build_context(settings), settings.smtp).run(send.id or 0))
+    assert not smtp_server.messages_to("late@example.com")
+    assert len(smtp_server.wait_for(2)) == 2
+
+
+def test_no_column_today_sends_nothing_and_says_so(
+    engine: Engine,
+    settings: Settings,
+    smtp_server: SmtpTestServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    add_readers(engine, active=2)
+    with caplog.at_level(logging.INFO, logger="service.delivery.daily"):
+        run_job(engine, settings, now=dt.datetime(2016, 2, 5, 6, 0, tzinfo=dt.UTC))
+    assert [r.message for r in caplog.records if "no column" in r.message] == [
+        "no column for 2016-02-05: nothing sent today"
+    ]
+    assert smtp_server.received == []
+    with Session(engine) as session:
+        assert session.exec(select(Send)).all() == []
+
+
+def test_catch_up_sends_within_grace_and_not_after(
+    engine: Engine, settings: Settings, smtp_server: SmtpTestServer
+) -> None:
+    add_readers(engine, active=1)
+    ctx = build_context(settings)
+    assert settings.smtp is not None
+    too_late = AT_SEND_TIME + settings.send_grace + dt.timedelta(minutes=1)
+    asyncio.run(daily.catch_up(engine, ctx, settings.smtp, too_late))
+    assert smtp_server.received == []
+    asyncio.run(daily.catch_up(engine, ctx, settings.smtp, AT_SEND_TIME + dt.timedelta(hours=2)))
+    assert len(smtp_server.wait_for(1)) == 1
+
+
+def test_catch_up_resumes_an_interrupted_send(
+    engine: Engine, settings: Settings, smtp_server: SmtpTestServer
+) -> None:
+    add_readers(engine, active=3)
+    daily.refresh_columns(engine, settings)
+    with transaction(engine) as session:
+        column = sends.column_for(session, SEED_DAY)
+        assert column is not None
+        sends.start(session, column=column)  # started, then the process died
+    assert settings.smtp is not None
+    next_day = dt.datetime(2016, 2, 5, 12, 0, tzinfo=dt.UTC)  # long past the grace
+    asyncio.run(daily.catch_up(engine, build_context(settings), settings.smtp, next_day))
+    assert len(smtp_server.wait_for(3)) == 3
+
+
+def test_daily_trigger_follows_send_time_across_daylight_saving(
+    database_url: str, tmp_path: object
+) -> None:
+    from tests.conftest import make_settings
+
+    settings = make_settings(
+        database_url, tmp_path / "var", send_time="06:00", timezone="Europe/Berlin"
+    )  # type: ignore[operator]
+    trigger = daily_trigger(settings)
+    before = dt.datetime(2026, 3, 27, 7, 0, tzinfo=settings.tz)  # CEST starts on 29 March
+    fires = []
+    for _ in range(3):
+        before = trigger.get_next_fire_time(None, before)
+        fires.append(before)
+        before = before + dt.timedelta(seconds=1)
+    assert [f.astimezone(settings.tz).hour for f in fires] == [6, 6, 6]
+    assert [f.astimezone(dt.UTC).hour for f in fires] == [5, 4, 4]  # CET, then CEST
+
+
+def test_seed_column_mail_contains_every_paragraph(
+    engine: Engine, settings: Settings, smtp_server: SmtpTestServer
+) -> None:
+    add_readers(engine, active=1)
+    run_job(engine, settings)
+    [mail] = smtp_server.wait_for(1)
+    text = mail.message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    html = mail.message.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+    flat_text = " ".join(text.split())
+    paragraphs = [line.strip() for line in SEED.read_text().splitlines() if len(line.strip()) > 120]
+    assert len(paragraphs) >= 10
+    for paragraph in paragraphs:
+        assert " ".join(paragraph.split()) in flat_text
+        assert paragraph.split(" ")[0] in html
+    assert len(html.encode()) < 100_000

@@ -1,0 +1,136 @@
+"""A newcomer in a real browser: subscribe, read the mail at /dev/outbox, confirm, unsubscribe."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from service.mail.capture import free_port
+from service.models import Subscriber
+from service.web.app import create_app
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
+STARTUP_TIMEOUT = 10.0  # seconds for uvicorn to run the lifespan and listen
+MAIL_TIMEOUT = 10.0  # seconds for the outbox sender to hand the mail to the capture server
+READER = "newcomer@example.com"
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip(
+            "Debian's chromium is not installed: run `apt-get install chromium` "
+            "to enable the browser test"
+        )
+    with sync_playwright() as playwright:
+        # Debian's build, never a downloaded one: `playwright install` is not part of setup.
+        browser = playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@contextmanager
+def serving(app: FastAPI, port: int) -> Iterator[None]:
+    """The app behind a real uvicorn on 127.0.0.1:`port`, in a thread, until the block ends."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not server.started:
+        # uvicorn returns from run() when the lifespan or the bind fails.
+        assert thread.is_alive(), "uvicorn stopped during start-up; see the log above"
+        assert time.monotonic() < deadline, "uvicorn did not start listening in time"
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(STARTUP_TIMEOUT)
+
+
+def status_of(engine: Engine, email: str) -> str:
+    with Session(engine) as session:
+        return session.exec(select(Subscriber).where(Subscriber.email == email)).one().status
+
+
+def open_confirmation_mail(page: Page, base_url: str) -> None:
+    """Reload /dev/outbox until the confirmation mail is listed, then open it."""
+    mail_link = page.get_by_role("link", name="Confirm your subscription to World View")
+    deadline = time.monotonic() + MAIL_TIMEOUT
+    page.goto(f"{base_url}/dev/outbox")
+    while mail_link.count() == 0:
+        assert time.monotonic() < deadline, "the confirmation mail never reached /dev/outbox"
+        page.wait_for_timeout(100)
+        page.reload()
+    mail_link.click()
+
+
+def test_newcomer_subscribes_confirms_and_unsubscribes_in_a_browser(
+    browser: Browser, database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    settings = make_settings(
+        database_url, tmp_path / "var", capture_port=free_port(), base_url=base_url
+    )
+    app = create_app(settings, engine, scheduler=False)
+    page = browser.new_page()
+    page.set_default_timeout(5_000)
+
+    with serving(app, port):
+        page.goto(f"{base_url}/")
+        page.get_by_label("E-mail address").fill(READER)
+        page.get_by_label("Name").fill("Nia")
+        page.get_by_role("button", name="Subscribe").click()
+        expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
+
+        open_confirmation_mail(page, base_url)
+        mail = page.frame_locator('iframe[title="HTML part of the mail"]')
+        # The mail's links target _top: the click leaves the viewer for the confirm page.
+        mail.get_by_role("link", name="Confirm my subscription").click()
+        page.wait_for_url(f"{base_url}/confirm/**")
+        expect(page.get_by_role("heading", name="Confirm your subscription")).to_be_visible()
+        expect(page.get_by_text(READER)).to_be_visible()
+        assert status_of(engine, READER) == "pending", "opening the link must not confirm"
+        screenshot = page.screenshot(path=tmp_path / "confirm.png", full_page=True)
+        assert screenshot.startswith(b"\x89PNG") and (tmp_path / "confirm.png").stat().st_size
+
+        page.get_by_role("button", name="Confirm subscription").click()
+        expect(page.get_by_role("heading", name="You're subscribed")).to_be_visible()
+        assert status_of(engine, READER) == "active"
+
+        with Session(engine) as session:
+            reader = session.exec(select(Subscriber).where(Subscriber.email == READER)).one()
+        assert reader.id is not None
+        page.goto(app.state.ctx.unsubscribe_url(reader.id))
+        expect(page.get_by_role("heading", name="Unsubscribe")).to_be_visible()
+        assert status_of(engine, READER) == "active", "opening the link must not unsubscribe"
+
+        page.get_by_role("button", name="Unsubscribe").click()
+        expect(page.get_by_role("heading", name="You're unsubscribed")).to_be_visible()
+        assert status_of(engine, READER) == "unsubscribed"
