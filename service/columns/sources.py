@@ -19,6 +19,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import feedparser
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from ..clock import utcnow
@@ -110,9 +111,13 @@ def store_column(
     statement = select(ColumnRecord).where(ColumnRecord.date == parsed.date).with_for_update()
     record = session.exec(statement).first()
     if record is None:
-        record = ColumnRecord(date=parsed.date, **fields)
-        action: Action = "created"
-    elif record.content_hash == fields["content_hash"]:
+        created = _insert_first(session, ColumnRecord(date=parsed.date, **fields))
+        if created is not None:
+            log.info("column created", extra={"date": str(parsed.date), "slug": created.slug})
+            return _outcome(created, "created", source_name)
+        # Another process created this date's column a moment ago: treat it as ours to compare.
+        record = session.exec(statement).one()
+    if record.content_hash == fields["content_hash"]:
         return _outcome(record, "unchanged", source_name)
     elif _has_send(session, record):
         log.warning("column changed after sending started", extra={"date": str(parsed.date)})
@@ -126,6 +131,16 @@ def store_column(
     session.flush()
     log.info("column %s", action, extra={"date": str(parsed.date), "slug": record.slug})
     return _outcome(record, action, source_name)
+
+
+def _insert_first(session: Session, record: ColumnRecord) -> ColumnRecord | None:
+    """Insert in a savepoint; None when a concurrent import won the unique date."""
+    try:
+        with session.begin_nested():
+            session.add(record)
+    except IntegrityError:
+        return None
+    return record
 
 
 def import_text(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import CursorResult, func, insert, literal, update
+from sqlalchemy import func, insert, literal, update
 from sqlalchemy import select as sql_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
@@ -72,9 +72,9 @@ def _snapshot(session: Session, send_id: int, now: dt.datetime) -> None:
         literal(now),
     ).where(col(Subscriber.status) == SubscriberStatus.active)
     columns = ["send_id", "subscriber_id", "email", "name", "status", "attempts", "next_attempt_at"]
-    result = session.execute(insert(Delivery).from_select(columns, active))
-    assert isinstance(result, CursorResult)
-    session.execute(update(Send).where(col(Send.id) == send_id).values(total=result.rowcount))
+    session.execute(insert(Delivery).from_select(columns, active))
+    total = session.exec(select(func.count()).where(col(Delivery.send_id) == send_id)).one()
+    session.execute(update(Send).where(col(Send.id) == send_id).values(total=total))
 
 
 def counts(session: Session, send_id: int) -> SendCounts:

@@ -18,7 +18,7 @@ from ..config import Settings
 from ..context import build_context
 from ..db import make_engine
 from ..runtime import background
-from . import api, dev, errors, pages
+from . import admin, api, columns, dev, errors, pages
 from .templating import make_templates
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ def create_app(
     errors.install(app)
     app.include_router(pages.router)
     app.include_router(api.router)
+    app.include_router(columns.router)
+    app.include_router(admin.router)
     if capture_mode:
         app.include_router(dev.router)
 

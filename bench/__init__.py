@@ -1,0 +1,1 @@
+"""Benchmarks of the product's own code paths; never imported by service/."""

@@ -1,0 +1,123 @@
+"""Operator endpoints under /api/v1/admin, behind the ADMIN_TOKEN bearer credential."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..columns import sources
+from ..columns.parse import ColumnFormatError
+from ..delivery import sends
+from .deps import SessionDep, SettingsDep
+
+bearer = HTTPBearer(auto_error=False, description="BROADSIDE_ADMIN_TOKEN")
+
+
+def require_admin(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    expected = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    if not expected:
+        raise HTTPException(503, "The admin API is off: set BROADSIDE_ADMIN_TOKEN to turn it on.")
+    given = credentials.credentials if credentials else ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(401, "A valid admin token is required.", {"WWW-Authenticate": "Bearer"})
+
+
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+class ColumnIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=1_000_000, description="the column's source")
+    format: Literal["worldview", "markdown"] = "worldview"
+    date: dt.date | None = Field(
+        default=None, description="required unless the front matter has one"
+    )
+    name: str = Field(default="api", max_length=200, description="where it came from, for the log")
+
+
+class ColumnOut(BaseModel):
+    id: int
+    slug: str
+    date: dt.date
+    action: Literal["created", "updated", "unchanged", "locked"]
+    url: str
+
+
+class SendOut(BaseModel):
+    id: int
+    date: dt.date
+    title: str
+    status: str
+    readers: int
+    sent: int
+    failed: int
+    remaining: int
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+@router.post(
+    "/columns",
+    response_model=ColumnOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"description": "updated or unchanged"},
+        409: {"description": "already sending"},
+        422: {"description": "cannot be parsed"},
+    },
+)
+def post_column(
+    body: ColumnIn, session: SessionDep, settings: SettingsDep, response: Response
+) -> ColumnOut:
+    """Add or edit a column (World View text or Markdown with front matter). Posting the same
+    column again changes nothing; an edit replaces the stored column until its send starts."""
+    try:
+        outcome = sources.import_text(
+            session, body.text, fmt=body.format, date=body.date, name=body.name
+        )
+    except (sources.ColumnFileError, ColumnFormatError) as exc:
+        raise HTTPException(422, str(exc)) from None
+    if outcome.action == "locked":
+        raise HTTPException(
+            409, f"The column for {outcome.date} has started sending; it can no longer change."
+        )
+    if outcome.action != "created":
+        response.status_code = status.HTTP_200_OK
+    return ColumnOut(
+        id=outcome.column_id,
+        slug=outcome.slug,
+        date=outcome.date,
+        action=outcome.action,
+        url=f"{settings.base_url}/columns/{outcome.slug}",
+    )
+
+
+@router.get("/sends", response_model=list[SendOut])
+def list_sends(
+    session: SessionDep, limit: Annotated[int, Field(ge=1, le=100)] = 20
+) -> list[SendOut]:
+    """The latest sends with their delivery counts."""
+    return [
+        SendOut(
+            id=send.id or 0,
+            date=column.date,
+            title=column.title,
+            status=send.status,
+            readers=send.total,
+            sent=counts.sent,
+            failed=counts.failed,
+            remaining=counts.pending,
+            started_at=send.created_at,
+            finished_at=send.finished_at,
+        )
+        for send, column, counts in sends.latest(session, limit)
+    ]

@@ -1,0 +1,140 @@
+"""The `broadside` command as a real process: one-line errors, import, send, preview, status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from service.models import Delivery
+from tests.conftest import ROOT, SEED
+from tests.delivery.test_daily_send import add_readers
+from tests.smtp_server import SmtpTestServer
+
+
+def broadside(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def cli_env(database_url: str, tmp_path: Path, smtp_server: SmtpTestServer) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROADSIDE_")}
+    env.update(
+        BROADSIDE_DATABASE_URL=database_url,
+        BROADSIDE_SMTP_URL=smtp_server.url,
+        BROADSIDE_SECRET_KEY="cli-test-secret-key-long-enough",
+        BROADSIDE_VAR_DIR=str(tmp_path / "var"),
+        BROADSIDE_COLUMNS_DIR=str(tmp_path / "columns"),
+        BROADSIDE_BASE_URL="https://news.example.com",
+        BROADSIDE_FROM_ADDRESS="worldview@news.example.com",
+        COLUMNS="200",
+    )
+    (tmp_path / "columns").mkdir()
+    return env
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BROADSIDE_TIMEZONE", "Nowhere/Nope"),
+        ("BROADSIDE_SMTP_URL", "ftp://x"),
+        ("BROADSIDE_SEND_TIME", "noon"),
+    ],
+)
+def test_bad_setting_is_one_line_naming_the_variable(
+    variable: str, value: str, cli_env: dict[str, str]
+) -> None:
+    assert_one_line_error(broadside("status", env={**cli_env, variable: value}), variable)
+
+
+def test_production_without_secret_refuses_to_start(cli_env: dict[str, str]) -> None:
+    env = {k: v for k, v in cli_env.items() if k != "BROADSIDE_SECRET_KEY"} | {
+        "BROADSIDE_ENV": "production"
+    }
+    assert_one_line_error(broadside("serve", env=env), "BROADSIDE_SECRET_KEY")
+
+
+def test_unreachable_database_is_one_line(cli_env: dict[str, str]) -> None:
+    env = cli_env | {"BROADSIDE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    assert_one_line_error(broadside("status", env=env), "database unreachable")
+
+
+def test_import_reports_each_file(cli_env: dict[str, str], tmp_path: Path) -> None:
+    good = tmp_path / "columns" / SEED.name
+    good.write_text(SEED.read_text())
+    undated = tmp_path / "columns" / "column-without-date.txt"
+    undated.write_text("World View: Something\n\nA paragraph.\n")
+    result = broadside("columns", "import", str(tmp_path / "columns"), env=cli_env)
+    assert result.returncode == 1
+    assert "created" in result.stdout and "2016-02-04" in result.stdout
+    assert "column-without-date.txt: no date" in result.stderr and "Traceback" not in result.stderr
+    again = broadside("columns", "import", str(good), env=cli_env)
+    assert again.returncode == 0 and "unchanged" in again.stdout
+
+
+def test_send_dry_run_then_send_then_status(
+    cli_env: dict[str, str], engine: Engine, smtp_server: SmtpTestServer, tmp_path: Path
+) -> None:
+    (tmp_path / "columns" / SEED.name).write_text(SEED.read_text())
+    add_readers(engine, active=3, pending=1)
+
+    dry = broadside("send", "--date", "2016-02-04", "--dry-run", env=cli_env)
+    assert dry.returncode == 0, dry.stderr
+    assert "would go to 3 active readers" in dry.stdout
+    assert smtp_server.received == []
+
+    sent = broadside("send", "--date", "2016-02-04", env=cli_env)
+    assert sent.returncode == 0, sent.stderr
+    assert "3 sent, 0 failed, 0 left" in sent.stdout
+    assert len(smtp_server.received) == 3
+
+    status = broadside("status", env=cli_env)
+    assert status.returncode == 0 and "2016-02-04" in status.stdout and "done" in status.stdout
+
+    again = broadside("send", "--date", "2016-02-04", env=cli_env)  # nothing sends twice
+    assert again.returncode == 0 and len(smtp_server.received) == 3
+
+
+def test_send_without_a_column_or_with_a_bad_date(cli_env: dict[str, str]) -> None:
+    assert_one_line_error(
+        broadside("send", "--date", "2016-02-05", env=cli_env), "no column for 2016-02-05"
+    )
+    assert_one_line_error(broadside("send", "--date", "tomorrow", env=cli_env), "--date")
+
+
+def test_preview_mails_one_copy_and_touches_no_subscriber(
+    cli_env: dict[str, str], engine: Engine, smtp_server: SmtpTestServer, tmp_path: Path
+) -> None:
+    (tmp_path / "columns" / SEED.name).write_text(SEED.read_text())
+    add_readers(engine, active=2)
+    result = broadside("preview", "--date", "2016-02-04", "--to", "editor@example.com", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert [r.rcpt_tos for r in smtp_server.received] == [["editor@example.com"]]
+    with Session(engine) as session:
+        assert session.exec(select(Delivery)).all() == []
+    assert_one_line_error(
+        broadside("preview", "--date", "2016-02-04", "--to", "not an address", env=cli_env), "--to"
+    )
