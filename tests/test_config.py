@@ -70,3 +70,11 @@ def test_smtp_url_forms() -> None:
     implicit = SmtpTarget.from_url("smtps://mail.example.com")
     assert implicit.implicit_tls and implicit.port == 465
     assert "p:ss" not in repr(plain)
+
+
+def test_readme_documents_every_setting() -> None:
+    from service.config import PROJECT_ROOT, Settings
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`BROADSIDE_{name.upper()}`" not in readme]
+    assert missing == []
