@@ -1,7 +1,10 @@
 # Everyday entry points: make run, make test, make test-slow, make lint, make bench.
 # Each one creates .venv and installs what it needs on a fresh machine (Python 3.11+ and make).
 
-PYTHON ?= $(shell command -v python3.13 || command -v python3.12 || command -v python3.11 || command -v python3)
+# The first interpreter on PATH that really runs and is 3.11 or newer (pyenv shims for
+# versions that are not selected exist but fail, so each candidate is tried).
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && command -v $$p && break; done)
 VENV := .venv
 BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-installed
@@ -10,7 +13,7 @@ DEV := $(VENV)/.dev-installed
 .PHONY: run serve worker test test-slow test-all lint format bench clean
 
 $(BIN)/python:
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Broadside needs Python 3.11 or newer: set PYTHON=/path/to/python3.11")'
+	@test -n "$(PYTHON)" || { echo "Broadside needs Python 3.11 or newer on PATH (or PYTHON=/path/to/python3.11)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 

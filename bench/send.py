@@ -96,6 +96,14 @@ def postgres_cpu_seconds() -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy (anything but idle and I/O wait), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
 def status_mb(field_name: str) -> float:
     """A memory line of /proc/self/status (VmRSS, VmHWM), in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -124,7 +132,8 @@ class RssSampler(threading.Thread):
 
 @dataclass
 class Meter:
-    """Wall time, CPU of this process, of the sink and of PostgreSQL, and RSS over a window."""
+    """Over one window: wall time; CPU of this process, the sink, PostgreSQL and everything
+    else on the machine; and this process's resident set."""
 
     sink_pid: int
     watch_postgres: bool
@@ -150,11 +159,13 @@ class Meter:
             "client_cpu_s": usage.ru_utime + usage.ru_stime,
             "sink_cpu_s": cpu_seconds(self.sink_pid),
             "db_cpu_s": postgres_cpu_seconds() if self.watch_postgres else 0.0,
+            "busy_cpu_s": machine_busy_seconds(),
         }
 
     def result(self, messages: int) -> dict[str, Any]:
         r = self.readings
         wall = r["wall_s"]
+        ours = r["client_cpu_s"] + r["sink_cpu_s"] + r["db_cpu_s"]
         return {
             "messages": messages,
             "wall_s": round(wall, 3),
@@ -162,6 +173,8 @@ class Meter:
             "client_cpu_pct": round(100 * r["client_cpu_s"] / wall, 1),
             "sink_cpu_pct": round(100 * r["sink_cpu_s"] / wall, 1),
             "db_cpu_pct": round(100 * r["db_cpu_s"] / wall, 1) if self.watch_postgres else None,
+            # Whatever else ran on the machine meanwhile: the noise to read the figures by.
+            "other_cpu_pct": round(max(0.0, 100 * (r["busy_cpu_s"] - ours) / wall), 1),
             "rss_before_mb": round(r["rss_before_mb"], 1),
             "rss_peak_mb": round(r["rss_peak_mb"], 1),
             "vm_hwm_mb": round(r["vm_hwm_mb"], 1),
@@ -532,6 +545,7 @@ def summarize(measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "client_cpu_pct",
                     "sink_cpu_pct",
                     "db_cpu_pct",
+                    "other_cpu_pct",
                     "rss_before_mb",
                     "rss_peak_mb",
                 )
@@ -550,8 +564,8 @@ def markdown(summary: list[dict[str, Any]], with_db: bool) -> str:
     db_head, db_rule = (" DB server CPU % |", "---:|") if with_db else ("", "")
     lines = [
         f"| readers N | path | messages/s | client CPU % | sink CPU % |{db_head}"
-        " RSS before MB | peak RSS MB | share of ceiling |",
-        f"|---:|---|---:|---:|---:|{db_rule}---:|---:|---:|",
+        " other load CPU % | RSS before MB | peak RSS MB | share of ceiling |",
+        f"|---:|---|---:|---:|---:|{db_rule}---:|---:|---:|---:|",
     ]
     for row in summary:
         for path, label in (("ceiling", "raw ceiling"), ("send_path", "send path")):
@@ -561,21 +575,25 @@ def markdown(summary: list[dict[str, Any]], with_db: bool) -> str:
             lines.append(
                 f"| {row['readers']:,} | {label} | {_cell(f['msgs_per_s'])} |"
                 f" {_cell(f['client_cpu_pct'])} | {_cell(f['sink_cpu_pct'])} |{db}"
-                f" {_cell(f['rss_before_mb'], 1)} | {_cell(f['rss_peak_mb'], 1)} | {share} |"
+                f" {_cell(f['other_cpu_pct'])} | {_cell(f['rss_before_mb'], 1)} |"
+                f" {_cell(f['rss_peak_mb'], 1)} | {share} |"
             )
     return "\n".join(lines)
 
 
-def progress(run: int, m: dict[str, Any]) -> str:
-    c, p = m["ceiling"], m["send_path"]
+def _figures(f: dict[str, Any]) -> str:
+    db = f", db {f['db_cpu_pct']:.0f}%" if f["db_cpu_pct"] is not None else ""
     return (
-        f"run {run} N={m['readers']:<7} ceiling {c['msgs_per_s']:8.1f} msg/s"
-        f" (client {c['client_cpu_pct']:.0f}%, sink {c['sink_cpu_pct']:.0f}%)"
-        f"  send path {p['msgs_per_s']:8.1f} msg/s (client {p['client_cpu_pct']:.0f}%,"
-        f" sink {p['sink_cpu_pct']:.0f}%"
-        + (f", db {p['db_cpu_pct']:.0f}%" if p["db_cpu_pct"] is not None else "")
-        + f")  ratio {m['ratio']:.2f}  peak RSS {p['rss_peak_mb']:.1f} MB"
-        f"  setup {sum(m['setup'].values()):.1f}s"
+        f"{f['msgs_per_s']:7.1f} msg/s (client {f['client_cpu_pct']:.0f}%,"
+        f" sink {f['sink_cpu_pct']:.0f}%{db}, other {f['other_cpu_pct']:.0f}%)"
+    )
+
+
+def progress(run: int, m: dict[str, Any]) -> str:
+    return (
+        f"run {run} N={m['readers']:<7} ceiling {_figures(m['ceiling'])}"
+        f"  send path {_figures(m['send_path'])}  ratio {m['ratio']:.2f}"
+        f"  peak RSS {m['send_path']['rss_peak_mb']:.1f} MB"
     )
 
 
