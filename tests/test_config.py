@@ -76,5 +76,7 @@ def test_readme_documents_every_setting() -> None:
     from service.config import PROJECT_ROOT, Settings
 
     readme = (PROJECT_ROOT / "README.md").read_text()
-    missing = [name for name in Settings.model_fields if f"`BROADSIDE_{name.upper()}`" not in readme]
+    missing = [
+        name for name in Settings.model_fields if f"`BROADSIDE_{name.upper()}`" not in readme
+    ]
     assert missing == []
