@@ -1,0 +1,140 @@
+"""The "having issues? let us know" flow: stored, pre-filled from a mail's link, rate-limited,
+bots dropped, and passed on by mail when FEEDBACK_NOTIFY is set."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from service.models import Feedback, Subscriber, SubscriberStatus
+from service.web.app import create_app
+from tests.conftest import make_settings
+from tests.smtp_server import SmtpTestServer
+
+
+@pytest.fixture
+def notify_client(
+    database_url: str, engine: Engine, tmp_path: Path, smtp_server: SmtpTestServer
+) -> Iterator[TestClient]:
+    settings = make_settings(
+        database_url,
+        tmp_path / "var",
+        smtp_url=smtp_server.url,
+        feedback_notify="editor@news.example.com",
+    )
+    with TestClient(create_app(settings, engine, scheduler=False)) as client:
+        yield client
+
+
+def stored(engine: Engine) -> list[Feedback]:
+    with Session(engine) as session:
+        return list(session.exec(select(Feedback)))
+
+
+def test_feedback_form_is_stored_and_mailed_to_the_editor(
+    notify_client: TestClient, engine: Engine, smtp_server: SmtpTestServer
+) -> None:
+    form = notify_client.get("/feedback")
+    assert form.status_code == 200 and "Having issues? Let us know" in form.text
+    for value in ("delivery", "commenting", "content", "other"):
+        assert f'value="{value}"' in form.text
+    sent = notify_client.post(
+        "/feedback",
+        data={
+            "category": "delivery",
+            "message": "The column arrives at noon, not 6 am.",
+            "reply_to": "Reader@Example.com",
+        },
+    )
+    assert sent.status_code == 200 and "Thank you" in sent.text
+    [row] = stored(engine)
+    assert (row.category, row.reply_to, row.subscriber_id) == (
+        "delivery",
+        "reader@example.com",
+        None,
+    )
+    [mail] = smtp_server.wait_for(1, to="editor@news.example.com")
+    assert mail.message["Subject"] == "[World View feedback] Delivery problem"
+    assert mail.message["Reply-To"] == "reader@example.com"
+    assert "The column arrives at noon" in mail.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def test_link_from_a_mail_identifies_the_subscriber(
+    notify_client: TestClient, engine: Engine
+) -> None:
+    with Session(engine) as session:
+        reader = Subscriber(email="ada@example.com", status=SubscriberStatus.active)
+        session.add(reader)
+        session.commit()
+        session.refresh(reader)
+    url = notify_client.app.state.ctx.feedback_url(reader.id)  # type: ignore[attr-defined]
+    token = urlsplit(url).query.removeprefix("t=")
+    form = notify_client.get(f"/feedback?t={token}")
+    assert "ada@example.com" in form.text and f'value="{token}"' in form.text
+    notify_client.post(
+        "/feedback", data={"category": "content", "message": "Typo in KEYS", "t": token}
+    )
+    assert stored(engine)[0].subscriber_id == reader.id
+    tampered = notify_client.get(f"/feedback?t={token[:-2]}xx")
+    assert tampered.status_code == 200 and "ada@example.com" not in tampered.text
+
+
+def test_honeypot_drops_bots_silently(
+    notify_client: TestClient, engine: Engine, smtp_server: SmtpTestServer
+) -> None:
+    page = notify_client.post(
+        "/feedback", data={"category": "other", "message": "Buy pills", "website": "spam.example"}
+    )
+    assert page.status_code == 200 and "Thank you" in page.text
+    api = notify_client.post(
+        "/api/v1/feedback", json={"category": "other", "message": "x", "website": "y"}
+    )
+    assert api.status_code == 202
+    assert stored(engine) == [] and smtp_server.received == []
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"category": "weather", "message": "hi"}, "Choose one of"),
+        ({"category": "other", "message": "   "}, "Tell us what went wrong"),
+        ({"category": "other", "message": "x" * 4001}, "under 4000"),
+        (
+            {"category": "other", "message": "hi", "reply_to": "nobody\r\nBcc: x@example.com"},
+            "line breaks",
+        ),
+        ({}, "Choose one of"),
+    ],
+)
+def test_bad_feedback_gets_a_clear_422(
+    data: dict[str, str], field: str, notify_client: TestClient, engine: Engine
+) -> None:
+    page = notify_client.post("/feedback", data=data)
+    assert page.status_code == 422 and field in page.text
+    assert stored(engine) == []
+
+
+def test_feedback_api_and_its_rate_limit(notify_client: TestClient, engine: Engine) -> None:
+    limit = notify_client.app.state.ctx.settings.feedback_per_ip_per_hour  # type: ignore[attr-defined]
+    codes = [
+        notify_client.post(
+            "/api/v1/feedback", json={"category": "other", "message": f"n{i}"}
+        ).status_code
+        for i in range(limit + 1)
+    ]
+    assert codes == [202] * limit + [429]
+    assert len(stored(engine)) == limit
+    assert (
+        notify_client.post("/feedback", data={"category": "other", "message": "more"}).status_code
+        == 429
+    )
+    unknown = notify_client.post(
+        "/api/v1/feedback", json={"category": "other", "message": "x", "extra": 1}
+    )
+    assert unknown.status_code == 422
