@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,24 @@ def make_settings(database_url: str, var_dir: Path, **overrides: object) -> Sett
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path, smtp_server: SmtpTestServer) -> Settings:
     return make_settings(database_url, tmp_path / "var", smtp_url=smtp_server.url)
+
+
+@pytest.fixture
+def make_client(
+    database_url: str, engine: Engine, tmp_path: Path, smtp_server: SmtpTestServer
+) -> Iterator[Callable[..., TestClient]]:
+    """A factory of app clients with settings overrides (admin token, feedback address…)."""
+    with ExitStack() as stack:
+
+        def make(**overrides: object) -> TestClient:
+            from service.web.app import create_app
+
+            settings = make_settings(
+                database_url, tmp_path / "var", smtp_url=smtp_server.url, **overrides
+            )
+            return stack.enter_context(TestClient(create_app(settings, engine, scheduler=False)))
+
+        yield make
 
 
 @pytest.fixture

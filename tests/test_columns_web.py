@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,8 +13,7 @@ from sqlmodel import Session, select
 from service.config import Settings
 from service.models import ColumnRecord, Send
 from service.web.app import create_app
-from tests.conftest import SEED, make_settings
-from tests.smtp_server import SmtpTestServer
+from tests.conftest import SEED
 
 ADMIN = {"Authorization": "Bearer admin-token-for-tests"}
 MARKDOWN = """---
@@ -30,17 +28,8 @@ Diplomats met *again* today.
 
 
 @pytest.fixture
-def admin_client(
-    database_url: str, engine: Engine, tmp_path: Path, smtp_server: SmtpTestServer
-) -> Iterator[TestClient]:
-    settings = make_settings(
-        database_url,
-        tmp_path / "var",
-        smtp_url=smtp_server.url,
-        admin_token="admin-token-for-tests",
-    )
-    with TestClient(create_app(settings, engine, scheduler=False)) as client:
-        yield client
+def admin_client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client(admin_token="admin-token-for-tests")
 
 
 def post_seed(client: TestClient) -> dict[str, object]:

@@ -3,8 +3,7 @@ bots dropped, and passed on by mail when FEEDBACK_NOTIFY is set."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
@@ -13,23 +12,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from service.models import Feedback, Subscriber, SubscriberStatus
-from service.web.app import create_app
-from tests.conftest import make_settings
 from tests.smtp_server import SmtpTestServer
 
 
 @pytest.fixture
-def notify_client(
-    database_url: str, engine: Engine, tmp_path: Path, smtp_server: SmtpTestServer
-) -> Iterator[TestClient]:
-    settings = make_settings(
-        database_url,
-        tmp_path / "var",
-        smtp_url=smtp_server.url,
-        feedback_notify="editor@news.example.com",
-    )
-    with TestClient(create_app(settings, engine, scheduler=False)) as client:
-        yield client
+def notify_client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client(feedback_notify="editor@news.example.com")
 
 
 def stored(engine: Engine) -> list[Feedback]:

@@ -119,18 +119,16 @@ def store_column(
         record = session.exec(statement).one()
     if record.content_hash == fields["content_hash"]:
         return _outcome(record, "unchanged", source_name)
-    elif _has_send(session, record):
+    if _has_send(session, record):
         log.warning("column changed after sending started", extra={"date": str(parsed.date)})
         return _outcome(record, "locked", source_name)
-    else:
-        for key, value in fields.items():
-            setattr(record, key, value)
-        record.updated_at = utcnow()
-        action = "updated"
+    for key, value in fields.items():
+        setattr(record, key, value)
+    record.updated_at = utcnow()
     session.add(record)
     session.flush()
-    log.info("column %s", action, extra={"date": str(parsed.date), "slug": record.slug})
-    return _outcome(record, action, source_name)
+    log.info("column updated", extra={"date": str(parsed.date), "slug": record.slug})
+    return _outcome(record, "updated", source_name)
 
 
 def _insert_first(session: Session, record: ColumnRecord) -> ColumnRecord | None:

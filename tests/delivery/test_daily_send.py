@@ -43,6 +43,16 @@ def add_readers(engine: Engine, **by_status: int) -> dict[str, list[str]]:
     return made
 
 
+def start_seed_send(engine: Engine, settings: Settings) -> Send:
+    """Import the seed column and start its send (snapshotting the active readers)."""
+    daily.refresh_columns(engine, settings)
+    with transaction(engine) as session:
+        column = sends.column_for(session, SEED_DAY)
+        assert column is not None
+        send, _created = sends.start(session, column=column)
+    return send
+
+
 def run_job(engine: Engine, settings: Settings, now: dt.datetime = AT_SEND_TIME) -> None:
     ctx = build_context(settings)
     assert settings.smtp is not None
@@ -149,12 +159,8 @@ def test_readers_who_subscribe_after_the_start_wait_for_the_next_column(
     engine: Engine, settings: Settings, smtp_server: SmtpTestServer
 ) -> None:
     add_readers(engine, active=2)
-    daily.refresh_columns(engine, settings)
-    with transaction(engine) as session:
-        column = sends.column_for(session, SEED_DAY)
-        assert column is not None
-        send, created = sends.start(session, column=column)
-    assert created and send.total == 2
+    send = start_seed_send(engine, settings)
+    assert send.total == 2
     add_readers(engine, pending=0, active=0)
     with transaction(engine) as session:
         session.add(Subscriber(email="late@example.com", status=SubscriberStatus.active))
@@ -198,11 +204,7 @@ def test_catch_up_resumes_an_interrupted_send(
     engine: Engine, settings: Settings, smtp_server: SmtpTestServer
 ) -> None:
     add_readers(engine, active=3)
-    daily.refresh_columns(engine, settings)
-    with transaction(engine) as session:
-        column = sends.column_for(session, SEED_DAY)
-        assert column is not None
-        sends.start(session, column=column)  # started, then the process died
+    start_seed_send(engine, settings)  # started, then the process died
     assert settings.smtp is not None
     next_day = dt.datetime(2016, 2, 5, 12, 0, tzinfo=dt.UTC)  # long past the grace
     asyncio.run(daily.catch_up(engine, build_context(settings), settings.smtp, next_day))

@@ -19,11 +19,11 @@ from sqlmodel import Session, select
 
 from service.context import build_context
 from service.db import transaction
-from service.delivery import daily, sends
+from service.delivery import sends
 from service.delivery.worker import SendWorker
 from service.models import Delivery, Subscriber, SubscriberStatus
 from tests.conftest import ROOT, make_settings
-from tests.delivery.test_daily_send import SEED_DAY, add_readers, run_job
+from tests.delivery.test_daily_send import SEED_DAY, add_readers, run_job, start_seed_send
 from tests.smtp_server import SmtpTestServer
 
 pytestmark = pytest.mark.slow
@@ -103,11 +103,7 @@ def test_several_workers_share_one_send_without_duplicates(
         database_url, tmp_path / "var", smtp_url=smtp_server.url, delivery_batch_size=10
     )
     readers = add_readers(engine, active=300)["active"]
-    daily.refresh_columns(engine, settings)
-    with transaction(engine) as session:
-        column = sends.column_for(session, SEED_DAY)
-        assert column is not None
-        send, _ = sends.start(session, column=column)
+    send = start_seed_send(engine, settings)
     assert settings.smtp is not None
 
     async def three_workers() -> list[sends.SendCounts]:
