@@ -72,6 +72,7 @@ RSS_SAMPLE_SECONDS = 0.02
 INSERT_CHUNK = 5_000  # readers per executemany: bounded memory at any N
 UNNAMED_EVERY = 10  # every tenth reader gave no name: the anonymous greeting variant
 QUICK_READERS = 1_000
+MEASUREMENT_TIMEOUT_SECONDS = 900  # a send that never finishes must not hang the bench
 DEFAULT_BATCH = Settings.model_fields["delivery_batch_size"].default
 
 
@@ -105,7 +106,7 @@ def machine_busy_seconds() -> float:
 
 
 def status_mb(field_name: str) -> float:
-    """A memory line of /proc/self/status (VmRSS, VmHWM), in MB."""
+    """A memory line of /proc/self/status (VmRSS, VmHWM), in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field_name + ":"):
             return int(line.split()[1]) / 1024
@@ -200,9 +201,14 @@ def in_fresh_process(job: Callable[..., dict[str, Any]], *args: Any) -> dict[str
     process.start()
     sender.close()
     try:
+        if not receiver.poll(MEASUREMENT_TIMEOUT_SECONDS):
+            process.kill()
+            raise TimeoutError
         status, value = receiver.recv()
     except EOFError:
         status, value = "error", "the process died without a word"
+    except TimeoutError:
+        status, value = "error", f"no result after {MEASUREMENT_TIMEOUT_SECONDS} s; killed"
     process.join()
     if status == "error" and process.exitcode:
         value += f" (exit code {process.exitcode})"
@@ -564,7 +570,7 @@ def markdown(summary: list[dict[str, Any]], with_db: bool) -> str:
     db_head, db_rule = (" DB server CPU % |", "---:|") if with_db else ("", "")
     lines = [
         f"| readers N | path | messages/s | client CPU % | sink CPU % |{db_head}"
-        " other load CPU % | RSS before MB | peak RSS MB | share of ceiling |",
+        " other load CPU % | RSS before MiB | peak RSS MiB | share of ceiling |",
         f"|---:|---|---:|---:|---:|{db_rule}---:|---:|---:|---:|",
     ]
     for row in summary:
@@ -593,7 +599,7 @@ def progress(run: int, m: dict[str, Any]) -> str:
     return (
         f"run {run} N={m['readers']:<7} ceiling {_figures(m['ceiling'])}"
         f"  send path {_figures(m['send_path'])}  ratio {m['ratio']:.2f}"
-        f"  peak RSS {m['send_path']['rss_peak_mb']:.1f} MB"
+        f"  peak RSS {m['send_path']['rss_peak_mb']:.1f} MiB"
     )
 
 
@@ -663,7 +669,7 @@ def main(argv: list[str] | None = None) -> None:
             "k": args.k,
             "batch_size": args.batch_size,
             "pinned": pin,
-            "machine": info,
+            "machine": {**info, "loadavg_at_end": os.getloadavg()},
             "summary": summary,
             "measurements": measurements,
         }

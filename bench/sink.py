@@ -71,7 +71,9 @@ class FastDataSMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
-        if not self.envelope.rcpt_tos:
+        envelope = self.envelope
+        assert envelope is not None  # aiosmtpd sets it at HELO/EHLO, checked just above
+        if not envelope.rcpt_tos:
             await self.push("503 Error: need RCPT command")
             return
         if arg:
@@ -87,7 +89,7 @@ class FastDataSMTP(SMTP):
         body = bytes(buf[:-3])
         body = body[1:] if body.startswith(b".") else body  # un-dot-stuff (RFC 5321 4.5.2)
         content = body.replace(b"\r\n.", b"\r\n")
-        self.envelope.content = self.envelope.original_content = content
+        envelope.content = envelope.original_content = content
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push(status)
