@@ -43,8 +43,9 @@ def column(request: Request, slug: str, session: SessionDep) -> HTMLResponse:
 def feed(request: Request, session: SessionDep) -> Response:
     """Atom (RFC 4287) of the latest columns."""
     base_url = request.app.state.ctx.settings.base_url
-    views = [column_view(r, base_url=base_url) for r in _latest(session, FEED_LIMIT)]
-    updated = max((r.updated_at for r in _latest(session, 1)), default=None)
+    records = _latest(session, FEED_LIMIT)
+    views = [column_view(r, base_url=base_url) for r in records]
+    updated = max((r.updated_at for r in records), default=None)
     templates = request.app.state.templates
     body = templates.get_template("pages/feed.xml").render(columns=views, updated=updated)
     return Response(body, media_type="application/atom+xml; charset=utf-8")
