@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import time, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "BROADSIDE_"
 # templates/ and migrations/ sit beside the package in a checkout (and in the image, at
@@ -22,6 +24,7 @@ if not (PROJECT_ROOT / "templates").is_dir():
     PROJECT_ROOT = Path.cwd()
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 HEADER_UNSAFE = frozenset("\r\n\0")
+LIST_ID_RE = re.compile(r"[^<>\r\n]*<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+>\s*|[A-Za-z0-9.-]+")
 
 
 class ConfigError(Exception):
@@ -69,12 +72,24 @@ class SmtpTarget:
 
 
 def _check_address(value: str | None) -> str | None:
+    """An address we can put in a header and an SMTP envelope without SMTPUTF8: ASCII only."""
     if value is None or value == "":
         return None
     try:
-        return validate_email(value, check_deliverability=False).normalized
+        checked = validate_email(value, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from exc
+    if not checked.normalized.isascii():
+        raise ValueError(
+            f"{value!r} is internationalised; write its domain in ASCII ({checked.ascii_email})"
+        )
+    return checked.normalized
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
 
 
 class Settings(BaseSettings):
@@ -93,6 +108,7 @@ class Settings(BaseSettings):
     # Outgoing mail
     smtp_url: SecretStr | None = None
     smtp_timeout: float = Field(30.0, gt=0)
+    relay_failure_threshold: int = Field(10, ge=1)
     capture_port: int = Field(2525, ge=0, le=65535)
     from_address: str = "worldview@example.com"
     from_name: str = "World View"
@@ -105,6 +121,8 @@ class Settings(BaseSettings):
 
     # Admin
     admin_token: SecretStr | None = None
+    old_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1"])
 
     # Schedule and columns
     send_time: time = time(6, 0)
@@ -119,6 +137,7 @@ class Settings(BaseSettings):
     notice_interval: timedelta = timedelta(days=1)
     subscribe_per_ip_per_hour: int = Field(10, ge=1)
     subscribe_per_address_per_hour: int = Field(3, ge=1)
+    subscribe_per_address_per_day: int = Field(5, ge=1)
     feedback_per_ip_per_hour: int = Field(5, ge=1)
     feedback_max_length: int = Field(4000, ge=100)
 
@@ -131,7 +150,9 @@ class Settings(BaseSettings):
     retry_initial_seconds: float = Field(30.0, gt=0)
     retry_max_seconds: float = Field(3600.0, gt=0)
     retry_deadline: timedelta = timedelta(hours=24)
+    resume_interval: timedelta = timedelta(minutes=1)
     outbox_poll_seconds: float = Field(2.0, gt=0)
+    outbox_lease_seconds: float = Field(300.0, gt=0)
 
     log_level: str = "INFO"
 
@@ -141,6 +162,11 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http:// or https:// URL")
+        # Every mail carries it in List-Unsubscribe, which must stay unencoded ASCII.
+        if not value.isascii() or HEADER_UNSAFE & set(value) or " " in value:
+            raise ValueError(
+                "must be ASCII without spaces: write an internationalised domain as xn--…"
+            )
         return value.rstrip("/")
 
     @field_validator("database_url")
@@ -160,7 +186,9 @@ class Settings(BaseSettings):
             return value
         return None
 
-    @field_validator("from_address", "reply_to", "envelope_from", "feedback_notify")
+    @field_validator(
+        "from_address", "reply_to", "envelope_from", "feedback_notify", "unsubscribe_mailto"
+    )
     @classmethod
     def _addresses(cls, value: str | None) -> str | None:
         return _check_address(value)
@@ -170,6 +198,38 @@ class Settings(BaseSettings):
     def _header_safe(cls, value: str | None) -> str | None:
         if value is not None and HEADER_UNSAFE & set(value):
             raise ValueError("must not contain line breaks")
+        return value
+
+    @field_validator("list_id")
+    @classmethod
+    def _list_id(cls, value: str | None) -> str | None:
+        # RFC 2919: an optional phrase, then <list-label.domain> in ASCII.
+        if value and not LIST_ID_RE.fullmatch(value):
+            raise ValueError("must look like 'Name <list.example.com>' (ASCII inside <>)")
+        return value
+
+    @field_validator("old_secret_keys", "trusted_proxies", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _comma_list(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item == "*":
+                raise ValueError("'*' would let any client choose its own address; list IPs")
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from exc
+        return value
+
+    @field_validator("resume_interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
         return value
 
     @field_validator("timezone")
@@ -182,11 +242,24 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _production_needs_secret(self) -> Settings:
+    def _consistent(self) -> Settings:
+        # Each message starts with the variable it is about: _explain names it from there.
         if self.env == "production" and self.secret_key is None:
             raise ValueError("SECRET_KEY must be set when BROADSIDE_ENV=production")
+        if self.env == "production" and self.smtp_url is None:
+            raise ValueError(
+                "SMTP_URL must be set when BROADSIDE_ENV=production "
+                "(without it mail is only captured, never delivered)"
+            )
         if self.secret_key is not None and len(self.secret_key.get_secret_value()) < 16:
             raise ValueError("SECRET_KEY must be at least 16 characters")
+        if any(len(key.get_secret_value()) < 16 for key in self.old_secret_keys):
+            raise ValueError("OLD_SECRET_KEYS must each be at least 16 characters")
+        if self.outbox_lease_seconds < 4 * self.smtp_timeout:
+            raise ValueError(
+                "OUTBOX_LEASE_SECONDS must be at least 4 × SMTP_TIMEOUT, "
+                "so that one hand-off fits in a lease"
+            )
         return self
 
     # Derived values
@@ -231,15 +304,19 @@ class Settings(BaseSettings):
         assert self.secret_key is not None, "load_settings() resolves the secret"
         return self.secret_key.get_secret_value().encode()
 
+    @property
+    def old_secrets(self) -> list[bytes]:
+        """Earlier secrets: links they signed still verify, nothing new is signed with them."""
+        return [key.get_secret_value().encode() for key in self.old_secret_keys]
+
 
 def _explain(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    field = str(first["loc"][0]).upper() if first["loc"] else "configuration"
     message = first["msg"].removeprefix("Value error, ")
-    name = f"{ENV_PREFIX}{field}" if first["loc"] else "configuration"
-    if not first["loc"] and message.startswith("SECRET_KEY"):
-        name = f"{ENV_PREFIX}SECRET_KEY"
-    return f"{name}: {message}"
+    if first["loc"]:
+        return f"{ENV_PREFIX}{str(first['loc'][0]).upper()}: {message}"
+    named = re.match(r"([A-Z][A-Z0-9_]+) ", message)
+    return f"{ENV_PREFIX}{named.group(1)}: {message}" if named else f"configuration: {message}"
 
 
 def _development_secret(var_dir: Path) -> SecretStr:

@@ -28,7 +28,8 @@ class SubscriberStatus(StrEnum):
     pending = "pending"
     active = "active"
     unsubscribed = "unsubscribed"
-    bounced = "bounced"
+    bounced = "bounced"  # a relay said the mailbox does not exist or cannot take mail
+    complained = "complained"  # the reader marked our mail as spam (set by bounce processing)
 
 
 class MailStatus(StrEnum):
@@ -38,10 +39,12 @@ class MailStatus(StrEnum):
     sending = "sending"  # claimed by a worker until lease_until
     sent = "sent"  # accepted by the SMTP server
     failed = "failed"  # permanent failure or retry deadline passed
+    skipped = "skipped"  # the reader left (unsubscribed, bounced) before the hand-off
 
 
 class SendStatus(StrEnum):
     sending = "sending"
+    paused = "paused"  # the relay refused mail for reasons of its own; see pause_reason
     done = "done"
 
 
@@ -51,6 +54,9 @@ class Subscriber(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=320, unique=True)  # normalized, lower case
     name: str = Field(default="", max_length=100)
+    # The name a subscribe request gave; it becomes `name` only once the address is confirmed,
+    # so nobody can put words into a mail to somebody else's address.
+    pending_name: str | None = Field(default=None, max_length=100)
     status: SubscriberStatus = Field(
         default=SubscriberStatus.pending, sa_type=String(16), index=True
     )
@@ -93,6 +99,7 @@ class OutboxMail(SQLModel, table=True):
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
     lease_until: datetime | None = Field(default=None, sa_type=DateTime())
+    claimed_by: str | None = Field(default=None, max_length=64)
     last_error: str | None = Field(default=None, max_length=1000)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
     sent_at: datetime | None = Field(default=None, sa_type=DateTime())
@@ -156,6 +163,10 @@ class Send(SQLModel, table=True):
     status: SendStatus = Field(default=SendStatus.sending, sa_type=String(16))
     total: int = 0
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    # The last time an operator resumed a paused send: the retry deadline counts from here.
+    resumed_at: datetime | None = Field(default=None, sa_type=DateTime())
+    paused_at: datetime | None = Field(default=None, sa_type=DateTime())
+    pause_reason: str | None = Field(default=None, max_length=1000)
     finished_at: datetime | None = Field(default=None, sa_type=DateTime())
 
 

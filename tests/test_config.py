@@ -36,6 +36,19 @@ def test_production_refuses_to_start_without_secret(tmp_path: Path) -> None:
         ("FROM_NAME", "World\r\nBcc: victim@example.com"),
         ("DATABASE_URL", "mysql://x"),
         ("DELIVERY_CONNECTIONS", "0"),
+        # Settings that would pass a loose check but break every mail at send time.
+        ("BASE_URL", "https://zeitung.bücher.example"),
+        ("FROM_ADDRESS", "kolumne@bücher.example"),
+        ("FROM_ADDRESS", "jörg@example.com"),
+        ("UNSUBSCRIBE_MAILTO", "not an address"),
+        ("REPLY_TO", "antwort@bücher.example"),
+        ("LIST_ID", "World View <wörld.example.com>"),
+        ("TRUSTED_PROXIES", "*"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8, proxy.example.com"),
+        ("OLD_SECRET_KEYS", "short"),
+        ("RESUME_INTERVAL", "0"),
+        ("RELAY_FAILURE_THRESHOLD", "0"),
+        ("OUTBOX_LEASE_SECONDS", "20"),
     ],
 )
 def test_bad_setting_names_the_variable(
@@ -46,6 +59,20 @@ def test_bad_setting_names_the_variable(
         load_settings(_env_file=None, var_dir=tmp_path)
     assert str(info.value).startswith(f"BROADSIDE_{variable}: ")
     assert "\n" not in str(info.value)
+
+
+def test_production_refuses_to_capture_mail_instead_of_delivering(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^BROADSIDE_SMTP_URL: .*production"):
+        load_settings(_env_file=None, var_dir=tmp_path, env="production", secret_key="s" * 32)
+
+
+def test_lists_are_comma_separated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROADSIDE_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7,::1")
+    monkeypatch.setenv("BROADSIDE_OLD_SECRET_KEYS", "first-old-secret-key,second-old-secret-key")
+    settings = load_settings(_env_file=None, var_dir=tmp_path)
+    assert settings.trusted_proxies == ["10.0.0.0/8", "192.168.1.7", "::1"]
+    assert settings.old_secrets == [b"first-old-secret-key", b"second-old-secret-key"]
+    assert "first-old" not in repr(settings)  # secrets never reach a log line
 
 
 def test_environment_and_dotenv_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
