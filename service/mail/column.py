@@ -5,12 +5,9 @@ from __future__ import annotations
 import binascii
 import dataclasses
 import datetime as dt
-import email.policy
-import email.utils
 import functools
 import re
 import secrets
-import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +19,7 @@ import jinja2
 from ..columns.model import ParsedColumn, Section, sections_from_json
 from ..config import TEMPLATES_DIR, Settings
 from ..models import ColumnRecord
-from .message import sender
+from .message import date_value, mailbox, one_line, sender, unstructured
 
 # Gmail clips an HTML part past ~102 KB behind "[Message clipped]", hiding the footer with the
 # unsubscribe link. Measured on the quoted-printable bytes (larger than the decoded HTML).
@@ -33,7 +30,6 @@ PERSONAL_ALLOWANCE = 2_000
 # The reader's values, each with the one-letter field name used in the per-line format strings.
 PERSONAL_FIELDS = {"name": "n", "email": "e", "unsubscribe_url": "u", "feedback_url": "f"}
 
-_CONTROLS = {c: " " for c in [*range(0x20), 0x7F]}
 # What may not appear in a URL, an address or a Message-ID that we put in a header: anything
 # outside visible ASCII (CR/LF would inject headers; non-ASCII is not allowed unencoded) and
 # the characters that end a <URI> or an HTML attribute.
@@ -153,7 +149,7 @@ def environment(templates_dir: Path) -> jinja2.Environment:
 
 def clean_name(name: str) -> str:
     """The reader's name on one line: control characters and runs of spaces become one space."""
-    return " ".join(name.translate(_CONTROLS).split())
+    return one_line(name)
 
 
 def render_column(
@@ -278,7 +274,7 @@ def _escape_attribute(value: str) -> str:
 
 
 def _ascii(header: str) -> str:
-    """Headers go out unencoded (no SMTPUTF8): anything else must be RFC 2047-encoded first."""
+    """Headers go out as ASCII (no SMTPUTF8): text is RFC 2047-encoded before it gets here."""
     if not header.isascii():
         raise ValueError(f"header is not ASCII: {header!r}")
     return header
@@ -288,9 +284,10 @@ def _list_id(identifier: str) -> str:
     """List-Id (RFC 2919): an optional phrase, RFC 2047-encoded when not ASCII, then <id>."""
     match = re.fullmatch(r"\s*(.*?)\s*<([^<>\s]+)>\s*", identifier)
     phrase, list_id = (match.group(1), match.group(2)) if match else ("", identifier.strip())
+    phrase = one_line(phrase)
     if not phrase:
         return f"List-Id: <{list_id}>\r\n"
-    return f"List-Id: {email.utils.formataddr((phrase, list_id), charset='utf-8')}\r\n"
+    return f"List-Id: {mailbox(phrase, list_id, indent=len('List-Id: '))}\r\n"
 
 
 @dataclass(frozen=True)
@@ -316,6 +313,7 @@ class PreparedColumn:
     closing: bytes
     unsubscribe_mailto: str  # <mailto:…?subject=unsubscribe>
     boundary: str
+    zone: dt.tzinfo  # TIMEZONE: the Date header's offset
 
     def message_bytes(
         self,
@@ -334,7 +332,7 @@ class PreparedColumn:
         if _HEADER_UNSAFE.search(f"{to}{unsubscribe_url}{feedback_url}{message_id[1:-1]}"):
             raise ValueError('address, URLs and Message-ID must be visible ASCII without <>"')
         if date_header is None:
-            date_header = _date_header(int(time.time()))
+            date_header = _date_header(int(time.time()), self.zone)
         elif "\r" in date_header or "\n" in date_header:
             raise ValueError("the Date header must be one line")
         head = (
@@ -374,57 +372,20 @@ class PreparedColumn:
 
 def _subject_header(title: str) -> str:
     """Subject folded between words (never right after the colon, which leaves readers a
-    leading space), or RFC 2047 encoded-words when the title is not ASCII."""
-    title = " ".join(title.split())
-    if not title.isascii():
-        return _ascii(email.policy.SMTP.fold("Subject", title))
-    lines = textwrap.wrap(
-        title,
-        width=78,
-        initial_indent="Subject: ",
-        subsequent_indent=" ",
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
-    return "\r\n".join(lines) + "\r\n"
+    leading space), or RFC 2047 encoded-words when the title is not ASCII: once per column."""
+    return f"Subject: {unstructured(title, indent=len('Subject: '))}\r\n"
 
 
 def _to_header(address: str, name: str) -> str:
-    if not name:
-        return address
-    if name.isascii():
-        return email.utils.formataddr((name, address))
-    return f"{encoded_words(name)} <{address}>"
+    """Per reader, so cheap for an ASCII name; `name` is clean_name()'d already."""
+    return mailbox(name, address, indent=len("To: "))
 
 
-def encoded_words(text: str) -> str:
-    """RFC 2047 B encoded-words of at most 75 characters, folded between them.
-
-    Decoders drop the white space between adjacent encoded-words, so each split falls just
-    after a space of the text where one is near, and the space travels inside the word.
-    """
-    chunks: list[str] = []
-    start = size = 0
-    last_space = -1
-    for i, char in enumerate(text):
-        width = len(char.encode())
-        if size + width > 45:  # 45 bytes make 60 base64 characters: 72 with the =?utf-8?b??=
-            cut = last_space + 1 if last_space >= start else i
-            chunks.append(text[start:cut])
-            start, size, last_space = cut, len(text[cut:i].encode()), -1
-        if char == " ":
-            last_space = i
-        size += width
-    chunks.append(text[start:])
-    return "\r\n ".join(
-        f"=?utf-8?b?{binascii.b2a_base64(c.encode(), newline=False).decode()}?=" for c in chunks
-    )
-
-
-@functools.lru_cache(maxsize=2)
-def _date_header(second: int) -> str:
-    """The Date value for a second; cached, as a whole batch goes out within the same few."""
-    return email.utils.format_datetime(dt.datetime.fromtimestamp(second, dt.UTC))
+@functools.lru_cache(maxsize=4)
+def _date_header(second: int, zone: dt.tzinfo) -> str:
+    """The Date value for a second in a zone; cached, as a whole batch goes out within the
+    same few seconds (the zone is in the key: two sends may use two zones)."""
+    return date_value(zone, second)
 
 
 def prepare_column(
@@ -470,6 +431,7 @@ def prepare_column(
         closing=f"\r\n--{boundary}--\r\n".encode("ascii"),
         unsubscribe_mailto=f"<mailto:{settings.list_unsubscribe_mailto}?subject=unsubscribe>",
         boundary=boundary,
+        zone=settings.tz,
     )
 
 
