@@ -34,3 +34,13 @@ class AlreadyConfirmed(DomainError):
 
 class NotFound(DomainError):
     """The thing a link or path points at does not exist."""
+
+
+class CannotResubscribe(DomainError):
+    """The goodbye page's button cannot bring this address back: it bounced, complained or
+    changed since; only a fresh double opt-in through the form can."""
+
+    def __init__(self, email: str, status: str) -> None:
+        super().__init__(f"{email} is {status}; subscribe again through the form")
+        self.email = email
+        self.status = status

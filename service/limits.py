@@ -19,6 +19,7 @@ def check_and_count(
     """Count one hit on `key`, or raise RateLimited if `limit` were already reached in `window`."""
     now = now or utcnow()
     since = now - window
+    _serialise(session, key)
     session.execute(delete(RateHit).where(col(RateHit.key) == key, col(RateHit.at) < since))
     hits = session.exec(
         select(func.count(), func.min(RateHit.at)).where(RateHit.key == key, RateHit.at >= since)
@@ -29,3 +30,11 @@ def check_and_count(
         raise RateLimited(max(1, int(retry_after) + 1))
     session.add(RateHit(key=key[:400], at=now))
     session.flush()
+
+
+def _serialise(session: Session, key: str) -> None:
+    """Make count-then-insert atomic per key until the caller's transaction ends. Under
+    PostgreSQL's READ COMMITTED, parallel requests would each count the same committed hits
+    and all pass; SQLite needs nothing, as BEGIN IMMEDIATE already serialises writers (db.py)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.exec(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))

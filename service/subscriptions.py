@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from .clock import utcnow
 from .context import AppContext, Requester
-from .errors import AlreadyConfirmed, InvalidInput, LinkUsed
+from .errors import AlreadyConfirmed, CannotResubscribe, InvalidInput, LinkUsed
 from .limits import check_and_count
 from .mail import message, outbox
 from .models import Consent, Subscriber, SubscriberStatus
@@ -25,7 +25,10 @@ from .tokens import Purpose, TokenError
 
 MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3: the longest path a relay must accept
 MAX_NAME = 100
-RATE_WINDOW = timedelta(hours=1)
+MAX_ID = 2**31 - 1  # the subscribers.id column; a larger number names nobody
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+EPOCH = datetime(1970, 1, 1)  # naive UTC, like every datetime we store
 
 
 def normalize_address(raw: str | None) -> str:
@@ -44,6 +47,14 @@ def normalize_address(raw: str | None) -> str:
     except EmailNotValidError as exc:
         raise InvalidInput("email", str(exc)) from None
     return (checked.ascii_email or checked.normalized).lower()
+
+
+def mailbox_key(address: str) -> str:
+    """One rate-limit key for the spellings of one mailbox: many providers ignore dots and
+    deliver `+tag` to the same inbox, so `a.b+news@x`, `ab+x@x` and `A.B@x` are one victim.
+    Only the limits use it; the stored address stays as typed."""
+    local, _, domain = address.lower().rpartition("@")
+    return f"{local.split('+', 1)[0].replace('.', '')}@{domain}"
 
 
 def clean_name(raw: str | None) -> str:
@@ -66,25 +77,12 @@ def subscribe(
     now: datetime | None = None,
 ) -> None:
     """Start (or restart) a double opt-in. The outcome is deliberately invisible to the
-    caller, so the answer never tells whether an address is known."""
+    caller, so the answer never tells whether an address is known. The name waits in
+    `pending_name` until the address confirms: until then it is only what a stranger typed."""
     now = now or utcnow()
     address = normalize_address(email)
     display_name = clean_name(name)
-    s = ctx.settings
-    check_and_count(
-        session,
-        f"subscribe:ip:{who.ip}",
-        limit=s.subscribe_per_ip_per_hour,
-        window=RATE_WINDOW,
-        now=now,
-    )
-    check_and_count(
-        session,
-        f"subscribe:address:{address}",
-        limit=s.subscribe_per_address_per_hour,
-        window=RATE_WINDOW,
-        now=now,
-    )
+    _count_subscribe_request(session, ctx, mailbox_key(address), who, now)
     subscriber = _find(session, address) or _create(session, address, now)
     if subscriber.status == SubscriberStatus.active:
         _notice_already_subscribed(session, ctx, subscriber, now)
@@ -92,10 +90,24 @@ def subscribe(
     if subscriber.status != SubscriberStatus.pending or subscriber.confirm_nonce is None:
         subscriber.confirm_nonce = secrets.token_urlsafe(9)  # old confirmation links die
     subscriber.status = SubscriberStatus.pending
-    subscriber.name = display_name or subscriber.name
+    subscriber.pending_name = display_name or None
     subscriber.updated_at = now
     _record(session, subscriber, "subscribe", who, now)
     _queue_confirmation(session, ctx, subscriber)
+
+
+def _count_subscribe_request(
+    session: Session, ctx: AppContext, mailbox: str, who: Requester, now: datetime
+) -> None:
+    """Per client, and per mailbox by the hour and by the day: no confirmation-mail bombing."""
+    s = ctx.settings
+    limits = [
+        (f"subscribe:ip:{who.ip}", s.subscribe_per_ip_per_hour, HOUR),
+        (f"subscribe:address:{mailbox}", s.subscribe_per_address_per_hour, HOUR),
+        (f"subscribe:address-day:{mailbox}", s.subscribe_per_address_per_day, DAY),
+    ]
+    for key, limit, window in limits:
+        check_and_count(session, key, limit=limit, window=window, now=now)
 
 
 def _find(session: Session, address: str) -> Subscriber | None:
@@ -136,9 +148,8 @@ def _notice_already_subscribed(
 def _queue_confirmation(session: Session, ctx: AppContext, subscriber: Subscriber) -> None:
     assert subscriber.id is not None and subscriber.confirm_nonce is not None
     token = ctx.tokens.make(Purpose.confirm, f"{subscriber.id}-{subscriber.confirm_nonce}")
-    rendered = ctx.mail.render(
+    rendered = ctx.mail.render(  # no name: whoever asked may not own the address
         "confirm",
-        name=subscriber.name,
         email=subscriber.email,
         confirm_url=ctx.confirm_url(token),
         valid_days=ctx.settings.confirm_token_days,
@@ -180,14 +191,12 @@ def pending_confirmation(session: Session, ctx: AppContext, token: str) -> Subsc
     Raises TokenExpired, TokenError, AlreadyConfirmed or LinkUsed."""
     payload = ctx.tokens.read(Purpose.confirm, token)
     subscriber_id, _, nonce = payload.partition("-")
-    subscriber = session.get(Subscriber, int(subscriber_id)) if subscriber_id.isdigit() else None
-    if subscriber is None:
-        raise TokenError(Purpose.confirm)
+    subscriber = _named(session, subscriber_id, Purpose.confirm)
     current = subscriber.confirm_nonce
     if (
         subscriber.status == SubscriberStatus.pending
         and current
-        and hmac.compare_digest(current, nonce)
+        and hmac.compare_digest(current.encode(), nonce.encode())
     ):
         return subscriber
     if subscriber.status == SubscriberStatus.active:
@@ -198,9 +207,12 @@ def pending_confirmation(session: Session, ctx: AppContext, token: str) -> Subsc
 def confirm(
     session: Session, ctx: AppContext, *, token: str, who: Requester, now: datetime | None = None
 ) -> Subscriber:
-    """Activate the subscription; the link is single-use (its nonce is cleared)."""
+    """Activate the subscription; the link is single-use (its nonce is cleared). The name
+    from the request becomes the reader's name now that the address has answered."""
     now = now or utcnow()
     subscriber = pending_confirmation(session, ctx, token)
+    subscriber.name = subscriber.pending_name or subscriber.name
+    subscriber.pending_name = None
     subscriber.status = SubscriberStatus.active
     subscriber.confirm_nonce = None
     subscriber.confirmed_at = now
@@ -216,8 +228,13 @@ def subscriber_for_link(
     session: Session, ctx: AppContext, token: str, purpose: Purpose
 ) -> Subscriber:
     """The subscriber an unsubscribe (or feedback) link names; raises TokenError/TokenExpired."""
-    payload = ctx.tokens.read(purpose, token)
-    subscriber = session.get(Subscriber, int(payload)) if payload.isdigit() else None
+    return _named(session, ctx.tokens.read(purpose, token), purpose)
+
+
+def _named(session: Session, subscriber_id: str, purpose: Purpose) -> Subscriber:
+    """The subscriber a verified token's payload names, or TokenError."""
+    number = int(subscriber_id) if subscriber_id.isascii() and subscriber_id.isdigit() else 0
+    subscriber = session.get(Subscriber, number) if 0 < number <= MAX_ID else None
     if subscriber is None:
         raise TokenError(purpose)
     return subscriber
@@ -238,6 +255,7 @@ def unsubscribe(
     if subscriber.status in (SubscriberStatus.active, SubscriberStatus.pending):
         subscriber.status = SubscriberStatus.unsubscribed
         subscriber.confirm_nonce = None
+        subscriber.pending_name = None
         subscriber.unsubscribed_at = now
         subscriber.updated_at = now
         _record(
@@ -246,19 +264,40 @@ def unsubscribe(
     return subscriber
 
 
+def resubscribe_token(ctx: AppContext, subscriber: Subscriber) -> str | None:
+    """The goodbye page's "subscribe again" token: short-lived and bound to this one
+    unsubscribe. None when the reader is not unsubscribed (a bounced address stays so)."""
+    if subscriber.status != SubscriberStatus.unsubscribed or subscriber.unsubscribed_at is None:
+        return None
+    return ctx.tokens.make(
+        Purpose.resubscribe, f"{subscriber.id}-{_stamp(subscriber.unsubscribed_at)}"
+    )
+
+
 def resubscribe(
     session: Session, ctx: AppContext, *, token: str, who: Requester, now: datetime | None = None
 ) -> Subscriber:
-    """Undo an unsubscribe from the goodbye page. The link came by mail to this address,
-    which is the proof of ownership a confirmation mail would ask for again."""
+    """Undo an unsubscribe from the goodbye page, within the token's short lifetime. That
+    page answered the unsubscribe link mailed to this address, which is the proof of
+    ownership a confirmation mail would ask for again. Anything else (a bounce, a
+    complaint, a later change) raises CannotResubscribe and needs a fresh double opt-in."""
     now = now or utcnow()
-    subscriber = subscriber_for_link(session, ctx, token, Purpose.unsubscribe)
-    if subscriber.status != SubscriberStatus.active:
-        subscriber.status = SubscriberStatus.active
-        subscriber.confirmed_at = subscriber.confirmed_at or now
-        subscriber.unsubscribed_at = None
-        subscriber.bounced_at = None
-        subscriber.bounce_reason = None
-        subscriber.updated_at = now
-        _record(session, subscriber, "resubscribe", who, now)
+    payload = ctx.tokens.read(Purpose.resubscribe, token)
+    subscriber_id, _, stamp = payload.partition("-")
+    subscriber = _named(session, subscriber_id, Purpose.resubscribe)
+    if subscriber.status == SubscriberStatus.active:
+        return subscriber  # the button pressed twice
+    left = subscriber.unsubscribed_at
+    if subscriber.status != SubscriberStatus.unsubscribed or left is None or _stamp(left) != stamp:
+        raise CannotResubscribe(subscriber.email, subscriber.status)
+    subscriber.status = SubscriberStatus.active
+    subscriber.confirmed_at = subscriber.confirmed_at or now
+    subscriber.unsubscribed_at = None
+    subscriber.updated_at = now
+    _record(session, subscriber, "resubscribe", who, now)
     return subscriber
+
+
+def _stamp(moment: datetime) -> str:
+    """Microseconds since 1970 in integers: SQLite and PostgreSQL both keep them exactly."""
+    return str((moment - EPOCH) // timedelta(microseconds=1))

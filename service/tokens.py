@@ -14,19 +14,28 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from enum import StrEnum
 
 from .config import Settings
 
 SIGNATURE_BYTES = 16  # 128 bits: forging one needs 2**128 tries
+SIGNATURE_CHARS = 22  # SIGNATURE_BYTES in unpadded URL-safe base64
 PAYLOAD_RE = re.compile(r"[A-Za-z0-9_-]{1,200}")
+# The whole token, checked before anything else is done with it: only the URL-safe ASCII
+# alphabet (hmac.compare_digest raises TypeError on a str with any other character, and
+# that was a 500), exactly three parts, and bounded, so 5,000 characters cost nothing.
+TOKEN_RE = re.compile(r"([A-Za-z0-9_-]{1,200})\.([0-9a-z]{1,12})\.([A-Za-z0-9_-]{22})")
+MAX_TOKEN = 200 + 1 + 12 + 1 + SIGNATURE_CHARS
+RESUBSCRIBE_LIFETIME = timedelta(days=2)  # the goodbye page's "subscribe again" button
 
 
 class Purpose(StrEnum):
     confirm = "confirm"
     unsubscribe = "unsubscribe"
     feedback = "feedback"
+    resubscribe = "resubscribe"
 
 
 class TokenError(Exception):
@@ -38,14 +47,19 @@ class TokenExpired(TokenError):
 
 
 class Tokens:
-    """Signs and checks tokens with the service secret."""
+    """Signs with the service secret; verifies under it and under retired ones, so that
+    rotating the secret does not break the links already sitting in readers' mailboxes."""
 
-    def __init__(self, secret: bytes, lifetimes: dict[Purpose, timedelta]) -> None:
-        self._macs = {
-            purpose: hmac.new(
-                hmac.new(secret, f"broadside.{purpose}".encode(), hashlib.sha256).digest(),
-                digestmod=hashlib.sha256,
-            )
+    def __init__(
+        self,
+        secret: bytes,
+        lifetimes: dict[Purpose, timedelta],
+        *,
+        old_secrets: Sequence[bytes] = (),
+    ) -> None:
+        self._signers = {purpose: _purpose_mac(secret, purpose) for purpose in Purpose}
+        self._verifiers = {
+            purpose: [self._signers[purpose], *(_purpose_mac(old, purpose) for old in old_secrets)]
             for purpose in Purpose
         }
         self._lifetimes = lifetimes
@@ -59,30 +73,40 @@ class Tokens:
         """A token for `payload`; pass `expires` to sign many tokens with one expiry."""
         if not PAYLOAD_RE.fullmatch(payload):
             raise ValueError("token payloads are URL-safe characters only")
-        signed = f"{payload}.{_b36(expires if expires is not None else self.expiry(purpose))}"
-        return f"{signed}.{self._sign(purpose, signed)}"
+        expires = self.expiry(purpose) if expires is None else expires
+        if expires < 0:
+            raise ValueError("a token cannot expire before 1970")
+        signed = f"{payload}.{_b36(expires)}"
+        return f"{signed}.{_signature(self._signers[purpose], signed).decode('ascii')}"
 
     def read(self, purpose: Purpose, token: str, now: float | None = None) -> str:
         """The payload, or TokenExpired / TokenError."""
-        payload, _, rest = token.partition(".")
-        expiry, _, signature = rest.partition(".")
-        if not (payload and expiry and signature) or len(token) > 400:
+        shape = TOKEN_RE.fullmatch(token) if len(token) <= MAX_TOKEN else None
+        if shape is None:
             raise TokenError(purpose)
+        payload, expiry, signature = shape.groups()
         signed = f"{payload}.{expiry}"
-        if not hmac.compare_digest(self._sign(purpose, signed), signature):
+        given = signature.encode("ascii")
+        if not any(
+            hmac.compare_digest(_signature(mac, signed), given) for mac in self._verifiers[purpose]
+        ):
             raise TokenError(purpose)
-        try:
-            expires = int(expiry, 36)
-        except ValueError as exc:
-            raise TokenError(purpose) from exc
-        if expires < (time.time() if now is None else now):
+        if int(expiry, 36) < (time.time() if now is None else now):
             raise TokenExpired(purpose)
         return payload
 
-    def _sign(self, purpose: Purpose, signed: str) -> str:
-        mac = self._macs[purpose].copy()
-        mac.update(signed.encode("ascii", "replace"))
-        return base64.urlsafe_b64encode(mac.digest()[:SIGNATURE_BYTES]).rstrip(b"=").decode()
+
+def _purpose_mac(secret: bytes, purpose: Purpose) -> hmac.HMAC:
+    """An HMAC keyed for one purpose, copied per token rather than re-derived."""
+    key = hmac.new(secret, f"broadside.{purpose}".encode(), hashlib.sha256).digest()
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
+def _signature(mac: hmac.HMAC, signed: str) -> bytes:
+    """The truncated signature of `signed` (ASCII, as the callers have checked)."""
+    one = mac.copy()
+    one.update(signed.encode("ascii"))
+    return base64.urlsafe_b64encode(one.digest()[:SIGNATURE_BYTES]).rstrip(b"=")
 
 
 def _b36(number: int) -> str:
@@ -96,7 +120,8 @@ def _b36(number: int) -> str:
 
 
 def tokens_for(settings: Settings) -> Tokens:
-    """The token service for these settings (lifetimes from the *_token_days settings)."""
+    """The token service for these settings: lifetimes from the *_token_days settings,
+    signing with SECRET_KEY and still accepting what OLD_SECRET_KEYS signed."""
     link_lifetime = timedelta(days=settings.unsubscribe_token_days)
     return Tokens(
         settings.secret,
@@ -104,5 +129,7 @@ def tokens_for(settings: Settings) -> Tokens:
             Purpose.confirm: timedelta(days=settings.confirm_token_days),
             Purpose.unsubscribe: link_lifetime,
             Purpose.feedback: link_lifetime,
+            Purpose.resubscribe: RESUBSCRIBE_LIFETIME,
         },
+        old_secrets=settings.old_secrets,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -12,7 +13,7 @@ from sqlmodel import Session, select
 from service.models import Consent, OutboxMail, Subscriber, SubscriberStatus
 from service.tokens import Purpose
 from tests.helpers import links, path_of
-from tests.smtp_server import SmtpTestServer
+from tests.smtp_server import Received, SmtpTestServer
 
 READER = "reader@example.com"
 
@@ -36,6 +37,38 @@ def subscribe_and_get_confirm_path(
 
 def unsubscribe_path(client: TestClient, subscriber_id: int) -> str:
     return path_of(client.app.state.ctx.unsubscribe_url(subscriber_id))  # type: ignore[attr-defined]
+
+
+def resubscribe_path(goodbye_page: str) -> str:
+    """The action of the goodbye page's "Subscribe again" form."""
+    [action] = re.findall(r'action="(/resubscribe/[^"]+)"', goodbye_page)
+    return str(action)
+
+
+def add_reader(
+    engine: Engine, status: SubscriberStatus = SubscriberStatus.active, name: str = "Ada"
+) -> int:
+    with Session(engine) as session:
+        reader = Subscriber(email=READER, name=name, status=status)
+        session.add(reader)
+        session.commit()
+        session.refresh(reader)
+        assert reader.id is not None
+        return reader.id
+
+
+def set_status(engine: Engine, status: SubscriberStatus) -> None:
+    """What bounce or complaint processing does to a reader."""
+    with Session(engine) as session:
+        reader = session.exec(select(Subscriber).where(Subscriber.email == READER)).one()
+        reader.status = status
+        session.add(reader)
+        session.commit()
+
+
+def consent_actions(engine: Engine) -> list[str]:
+    with Session(engine) as session:
+        return [c.action for c in session.exec(select(Consent).order_by(Consent.id))]
 
 
 def test_whole_lifecycle_subscribe_confirm_unsubscribe_resubscribe(
@@ -64,12 +97,10 @@ def test_whole_lifecycle_subscribe_confirm_unsubscribe_resubscribe(
     assert subscriber(engine).status == SubscriberStatus.unsubscribed  # type: ignore[union-attr]
     assert app_client.post(unsubscribe).status_code == 200  # twice is fine
 
-    again = app_client.post(f"{unsubscribe}/resubscribe")
-    assert again.status_code == 200
+    again = app_client.post(resubscribe_path(bye.text))
+    assert again.status_code == 200 and "Welcome back" in again.text
     assert subscriber(engine).status == SubscriberStatus.active  # type: ignore[union-attr]
-    with Session(engine) as session:
-        actions = [c.action for c in session.exec(select(Consent).order_by(Consent.id))]
-    assert actions == ["subscribe", "confirm", "unsubscribe", "resubscribe"]
+    assert consent_actions(engine) == ["subscribe", "confirm", "unsubscribe", "resubscribe"]
 
 
 def test_no_mail_is_sent_after_unsubscribe(
@@ -298,6 +329,141 @@ def test_api_confirm_and_unsubscribe(
     assert gone.json() == {"email": READER, "status": "unsubscribed"}
 
 
+# Names: only a confirmed address gets one ---------------------------------------------
+
+
+def text_of(mail: Received) -> str:
+    return "\n".join(
+        part.get_content()  # type: ignore[attr-defined]
+        for part in mail.message.walk()
+        if part.get_content_maintype() == "text"
+    )
+
+
+def test_confirmation_mail_does_not_echo_the_name_given(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    name = "Claim your prize at evil.example"
+    app_client.post("/subscribe", data={"email": READER, "name": name})
+    [mail] = smtp_server.wait_for(1, to=READER)
+    assert "evil.example" not in text_of(mail) and "Hello," in text_of(mail)
+    assert mail.message["To"].addresses[0].display_name == ""
+    reader = subscriber(engine)
+    assert reader is not None and (reader.name, reader.pending_name) == ("", name)
+
+
+def test_the_name_becomes_the_readers_when_the_address_confirms(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    app_client.post(subscribe_and_get_confirm_path(app_client, smtp_server))
+    reader = subscriber(engine)
+    assert reader is not None and (reader.name, reader.pending_name) == ("Ada", None)
+
+
+def test_a_subscribe_request_never_renames_an_active_reader(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    add_reader(engine, SubscriberStatus.active, name="Ada")
+    page = app_client.post("/subscribe", data={"email": READER, "name": "Mallory"})
+    assert page.status_code == 200
+    [notice] = smtp_server.wait_for(1, to=READER)
+    assert "Mallory" not in text_of(notice)
+    reader = subscriber(engine)
+    assert reader is not None and (reader.name, reader.pending_name) == ("Ada", None)
+
+
+@pytest.mark.parametrize(("given", "after_confirming"), [("Mallory", "Mallory"), ("", "Ada")])
+def test_a_returning_reader_keeps_their_name_until_they_confirm(
+    given: str,
+    after_confirming: str,
+    app_client: TestClient,
+    smtp_server: SmtpTestServer,
+    engine: Engine,
+) -> None:
+    add_reader(engine, SubscriberStatus.unsubscribed, name="Ada")
+    app_client.post("/subscribe", data={"email": READER, "name": given})
+    [mail] = smtp_server.wait_for(1, to=READER)
+    assert "Mallory" not in text_of(mail)
+    reader = subscriber(engine)
+    assert reader is not None and reader.name == "Ada"
+    assert reader.status == SubscriberStatus.pending
+    [url] = links(mail, "/confirm/")
+    assert app_client.post(path_of(url)).status_code == 200
+    reader = subscriber(engine)
+    assert reader is not None and (reader.name, reader.pending_name) == (after_confirming, None)
+
+
+# Subscribing again after unsubscribing ------------------------------------------------
+
+
+def test_the_unsubscribe_link_no_longer_resubscribes(
+    app_client: TestClient, engine: Engine
+) -> None:
+    unsubscribe = unsubscribe_path(app_client, add_reader(engine))
+    app_client.post(unsubscribe)
+    page = app_client.post(f"{unsubscribe}/resubscribe")
+    assert page.status_code == 200 and 'action="/subscribe"' in page.text
+    assert READER in page.text  # the form is filled in; a confirmation mail follows
+    assert subscriber(engine).status == SubscriberStatus.unsubscribed  # type: ignore[union-attr]
+    assert consent_actions(engine) == ["unsubscribe"]
+
+
+def test_the_resubscribe_link_changes_nothing_on_get(
+    app_client: TestClient, engine: Engine
+) -> None:
+    bye = app_client.post(unsubscribe_path(app_client, add_reader(engine)))
+    resubscribe = resubscribe_path(bye.text)
+    assert app_client.get(resubscribe).status_code == 405
+    assert app_client.head(resubscribe).status_code == 405
+    assert subscriber(engine).status == SubscriberStatus.unsubscribed  # type: ignore[union-attr]
+
+
+def test_an_expired_resubscribe_token_is_refused(app_client: TestClient, engine: Engine) -> None:
+    bye = app_client.post(unsubscribe_path(app_client, add_reader(engine)))
+    payload = resubscribe_path(bye.text).removeprefix("/resubscribe/").split(".")[0]
+    ctx = app_client.app.state.ctx  # type: ignore[attr-defined]
+    old = ctx.tokens.make(Purpose.resubscribe, payload, expires=int(time.time()) - 1)
+    page = app_client.post(f"/resubscribe/{old}")
+    assert page.status_code == 410 and "expired" in page.text and 'action="/subscribe"' in page.text
+    assert subscriber(engine).status == SubscriberStatus.unsubscribed  # type: ignore[union-attr]
+
+
+def test_the_resubscribe_token_lives_two_days(app_client: TestClient, engine: Engine) -> None:
+    bye = app_client.post(unsubscribe_path(app_client, add_reader(engine)))
+    expiry = resubscribe_path(bye.text).split(".")[1]
+    lifetime = int(expiry, 36) - time.time()
+    assert 2 * 86400 - 60 < lifetime <= 2 * 86400
+
+
+@pytest.mark.parametrize("status", [SubscriberStatus.bounced, SubscriberStatus.complained])
+def test_a_bounced_or_complained_reader_is_not_reactivated(
+    status: SubscriberStatus, app_client: TestClient, engine: Engine
+) -> None:
+    bye = app_client.post(unsubscribe_path(app_client, add_reader(engine)))
+    set_status(engine, status)  # a late bounce or complaint about an earlier mail
+    page = app_client.post(resubscribe_path(bye.text))
+    assert page.status_code == 409 and 'action="/subscribe"' in page.text
+    assert "Nothing has changed" in page.text
+    assert subscriber(engine).status == status  # type: ignore[union-attr]
+    assert consent_actions(engine) == ["unsubscribe"]
+    goodbye = app_client.post(unsubscribe_path(app_client, subscriber(engine).id or 0))  # type: ignore[union-attr]
+    assert goodbye.status_code == 200 and "/resubscribe/" not in goodbye.text
+
+
+def test_a_resubscribe_token_undoes_only_its_own_unsubscribe(
+    app_client: TestClient, engine: Engine
+) -> None:
+    unsubscribe = unsubscribe_path(app_client, add_reader(engine))
+    first = resubscribe_path(app_client.post(unsubscribe).text)
+    assert app_client.post(first).status_code == 200
+    assert app_client.post(first).status_code == 200  # pressed twice: still welcome
+    app_client.post(unsubscribe)
+    stale = app_client.post(first)
+    assert stale.status_code == 409
+    assert subscriber(engine).status == SubscriberStatus.unsubscribed  # type: ignore[union-attr]
+    assert consent_actions(engine) == ["unsubscribe", "resubscribe", "unsubscribe"]
+
+
 def test_subscription_bombing_is_limited_per_address(
     app_client: TestClient, smtp_server: SmtpTestServer
 ) -> None:
@@ -392,7 +558,8 @@ def test_healthz_and_openapi(app_client: TestClient) -> None:
         "/api/v1/unsubscriptions",
     } <= set(schema["paths"])
     docs = app_client.get("/docs")
-    assert docs.status_code == 200 and "content-security-policy" not in docs.headers
+    # Swagger UI's inline script is allowed by its hash, nothing else inline.
+    assert docs.status_code == 200 and "'sha256-" in docs.headers["content-security-policy"]
 
 
 def test_unknown_page_is_a_404_page_not_a_traceback(app_client: TestClient) -> None:
@@ -403,5 +570,6 @@ def test_unknown_page_is_a_404_page_not_a_traceback(app_client: TestClient) -> N
 
 def test_pages_carry_security_headers(app_client: TestClient) -> None:
     headers = app_client.get("/").headers
-    assert headers["Referrer-Policy"] == "no-referrer"
+    # Tokens never leave for other sites; same-origin keeps our own forms' Origin header.
+    assert headers["Referrer-Policy"] == "same-origin"
     assert "frame-ancestors" in headers["Content-Security-Policy"]

@@ -83,15 +83,32 @@ async def unsubscribe(
         return PlainTextResponse(
             f"Unsubscribed: {subscriber.email} will get no more mail from us.\n"
         )
-    return page(request, "goodbye", email=subscriber.email, token=token)
+    return page(
+        request,
+        "goodbye",
+        email=subscriber.email,
+        resubscribe_token=subscriptions.resubscribe_token(ctx, subscriber),
+    )
 
 
-@router.post("/unsubscribe/{token}/resubscribe", response_class=HTMLResponse)
+@router.post("/resubscribe/{token}", response_class=HTMLResponse)
 def resubscribe(
     request: Request, token: str, session: SessionDep, ctx: ContextDep, who: RequesterDep
 ) -> HTMLResponse:
+    """The goodbye page's button, with the short-lived token that page was given."""
     subscriber = subscriptions.resubscribe(session, ctx, token=token, who=who)
     return page(request, "resubscribed", email=subscriber.email)
+
+
+@router.post("/unsubscribe/{token}/resubscribe", response_class=HTMLResponse)
+def resubscribe_by_form(
+    request: Request, token: str, session: SessionDep, ctx: ContextDep
+) -> HTMLResponse:
+    """Where older goodbye pages and the page of an address that already left post. An
+    unsubscribe link lives for two years, too long to stand in for a confirmation mail,
+    so this changes nothing and offers the double opt-in instead."""
+    subscriber = subscriptions.subscriber_for_link(session, ctx, token, Purpose.unsubscribe)
+    return page(request, "subscribe_again", email=subscriber.email, status=subscriber.status)
 
 
 @router.get("/feedback", response_class=HTMLResponse)
