@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -20,6 +16,7 @@ from service.mail.capture import free_port
 from service.models import Subscriber
 from service.web.app import create_app
 from tests.conftest import make_settings
+from tests.web.live import serving
 
 pytestmark = pytest.mark.browser
 
@@ -32,7 +29,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-quic",
 ]
-STARTUP_TIMEOUT = 10.0  # seconds for uvicorn to run the lifespan and listen
 MAIL_TIMEOUT = 10.0  # seconds for the outbox sender to hand the mail to the capture server
 READER = "newcomer@example.com"
 
@@ -52,25 +48,6 @@ def browser() -> Iterator[Browser]:
         )
         yield browser
         browser.close()
-
-
-@contextmanager
-def serving(app: FastAPI, port: int) -> Iterator[None]:
-    """The app behind a real uvicorn on 127.0.0.1:`port`, in a thread, until the block ends."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while not server.started:
-        # uvicorn returns from run() when the lifespan or the bind fails.
-        assert thread.is_alive(), "uvicorn stopped during start-up; see the log above"
-        assert time.monotonic() < deadline, "uvicorn did not start listening in time"
-        time.sleep(0.05)
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        thread.join(STARTUP_TIMEOUT)
 
 
 def status_of(engine: Engine, email: str) -> str:
@@ -101,8 +78,15 @@ def test_newcomer_subscribes_confirms_and_unsubscribes_in_a_browser(
     app = create_app(settings, engine, scheduler=False)
     page = browser.new_page()
     page.set_default_timeout(5_000)
+    refused: list[str] = []  # what the security policy blocked, as Chromium reports it
 
-    with serving(app, port):
+    def on_console(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text or "Refused to" in message.text:
+            refused.append(message.text)
+
+    page.on("console", on_console)
+
+    with serving(app, settings, port):
         page.goto(f"{base_url}/")
         page.get_by_label("E-mail address").fill(READER)
         page.get_by_label("Name").fill("Nia")
@@ -111,7 +95,8 @@ def test_newcomer_subscribes_confirms_and_unsubscribes_in_a_browser(
 
         open_confirmation_mail(page, base_url)
         mail = page.frame_locator('iframe[title="HTML part of the mail"]')
-        # The mail's links target _top: the click leaves the viewer for the confirm page.
+        # The mail is shown from srcdoc, since no page of ours may be framed, and its links
+        # target _top: the click leaves the viewer for the confirm page.
         mail.get_by_role("link", name="Confirm my subscription").click()
         page.wait_for_url(f"{base_url}/confirm/**")
         expect(page.get_by_role("heading", name="Confirm your subscription")).to_be_visible()
@@ -134,3 +119,4 @@ def test_newcomer_subscribes_confirms_and_unsubscribes_in_a_browser(
         page.get_by_role("button", name="Unsubscribe").click()
         expect(page.get_by_role("heading", name="You're unsubscribed")).to_be_visible()
         assert status_of(engine, READER) == "unsubscribed"
+    assert refused == [], "nothing on these pages breaks the security policy"

@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import feedback, subscriptions
 from .deps import ContextDep, RequesterDep, SessionDep
+from .errors import EDGE_RESPONSES
 
-router = APIRouter(prefix="/api/v1", tags=["readers"])
+router = APIRouter(prefix="/api/v1", tags=["readers"], responses=EDGE_RESPONSES)
 
 
 class Strict(BaseModel):

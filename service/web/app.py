@@ -1,17 +1,18 @@
 """create_app: the FastAPI application, its lifespan (capture server, outbox sender,
-scheduler) and the headers every response carries."""
+scheduler) and the checks every request passes at the edge."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp
 
 from .. import __version__
 from ..config import Settings
@@ -19,29 +20,29 @@ from ..context import build_context
 from ..db import make_engine
 from ..runtime import background
 from . import admin, api, columns, dev, errors, pages
+from .body_limit import BodyLimit
+from .cross_site import CrossSiteWrites
+from .security_headers import SecurityHeaders
 from .templating import make_templates
 
 log = logging.getLogger(__name__)
 
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    # Our URLs carry tokens: never leak them to other sites through Referer.
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "SAMEORIGIN",
-    "Content-Security-Policy": (
-        "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: https:; "
-        "frame-ancestors 'self'; form-action 'self'; base-uri 'self'"
-    ),
-}
 
-DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+class Broadside(FastAPI):
+    """FastAPI with the security headers outside its error middleware, so that the 500 page
+    it renders carries them too (middleware added with add_middleware runs inside it)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 def create_app(
     settings: Settings, engine: Engine | None = None, *, scheduler: bool = True
 ) -> FastAPI:
     """The app; `scheduler=False` leaves the daily send to a separate `broadside worker`."""
-    capture_mode = settings.smtp is None
+    # The mail viewer shows every captured mail to anyone who can reach the server: only in
+    # development (production refuses to start without SMTP_URL anyway).
+    dev_outbox = settings.smtp is None and settings.env == "development"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,7 +51,7 @@ def create_app(
             app.state.smtp_target = runtime.target
             yield
 
-    app = FastAPI(
+    app = Broadside(
         title="Broadside",
         version=__version__,
         lifespan=lifespan,
@@ -64,8 +65,11 @@ def create_app(
     app.include_router(api.router)
     app.include_router(columns.router)
     app.include_router(admin.router)
-    if capture_mode:
+    if dev_outbox:
         app.include_router(dev.router)
+    # The last added runs first: a cross-site post is refused before its body is read.
+    app.add_middleware(BodyLimit)
+    app.add_middleware(CrossSiteWrites, base_url=settings.base_url)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> JSONResponse:
@@ -77,16 +81,5 @@ def create_app(
             log.warning("health check: database unreachable: %s", exc.__class__.__name__)
             return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
         return JSONResponse({"status": "ok", "database": "ok"})
-
-    @app.middleware("http")
-    async def security_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            if name == "Content-Security-Policy" and request.url.path in DOCS_PATHS:
-                continue  # FastAPI's /docs page loads Swagger UI from its CDN
-            response.headers.setdefault(name, value)
-        return response
 
     return app

@@ -1,5 +1,5 @@
 """/dev/outbox: the mails the embedded capture server kept, for development without a relay.
-Only mounted when no SMTP_URL is set."""
+Only mounted in development (BROADSIDE_ENV) when no SMTP_URL is set."""
 
 from __future__ import annotations
 
@@ -39,18 +39,16 @@ def outbox_mail(request: Request, name: str, settings: SettingsDep) -> HTMLRespo
         mail=mail,
         mail_headers=mail_headers,
         text=mail.part("plain"),
-        has_html=mail.part("html") is not None,
+        html=_framed(mail.part("html")),
     )
 
 
-@router.get("/{name}/html")
-def outbox_mail_html(name: str, settings: SettingsDep) -> Response:
-    """The HTML part alone, for the viewer's iframe; links open in the whole window."""
-    html = _mail(settings, name).part("html")
+def _framed(html: str | None) -> str | None:
+    """The HTML part for the viewer's sandboxed srcdoc frame (no script, no same-origin
+    access; the page's policy forbids framing any URL of ours): links open in the window."""
     if html is None:
-        raise NotFound(name)
-    html = HEAD_RE.sub(lambda m: m.group(0) + '<base target="_top">', html, count=1)
-    return HTMLResponse(html)
+        return None
+    return HEAD_RE.sub(lambda m: m.group(0) + '<base target="_top">', html, count=1)
 
 
 @router.get("/{name}/raw")

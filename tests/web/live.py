@@ -1,0 +1,37 @@
+"""The app behind a real uvicorn server, configured as `broadside serve` configures it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from service.config import Settings
+from service.mail.capture import free_port
+from service.web import server
+
+STARTUP_TIMEOUT = 10.0  # seconds for uvicorn to run the lifespan and listen
+
+
+@contextmanager
+def serving(app: FastAPI, settings: Settings, port: int | None = None) -> Iterator[str]:
+    """Run `app` on 127.0.0.1 in a thread until the block ends; yields its base URL."""
+    port = port or free_port()
+    running = uvicorn.Server(server.config(settings, app, "127.0.0.1", port))
+    thread = threading.Thread(target=running.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not running.started:
+        # uvicorn returns from run() when the lifespan or the bind fails.
+        assert thread.is_alive(), "uvicorn stopped during start-up; see the log above"
+        assert time.monotonic() < deadline, "uvicorn did not start listening in time"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        running.should_exit = True
+        thread.join(STARTUP_TIMEOUT)
