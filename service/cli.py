@@ -55,9 +55,12 @@ def database_errors() -> Iterator[None]:
     try:
         yield
     except OperationalError as exc:
-        raise fail(
-            f"database unreachable: {str(exc.orig).splitlines()[0] if exc.orig else exc}"
-        ) from None
+        reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+        if "no such table" in reason or ("relation" in reason and "does not exist" in reason):
+            raise fail(
+                f"the database has no schema yet ({reason}): run `broadside db upgrade`"
+            ) from None
+        raise fail(f"database unreachable: {reason}") from None
     except SQLAlchemyError as exc:
         raise fail(
             f"database error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
@@ -89,14 +92,16 @@ def serve(
     """Run the web server with the outbox sender and (by default) the daily scheduler."""
     import uvicorn
 
+    from .web import server
     from .web.app import create_app
 
     settings = settings_or_exit()
     application = create_app(settings, scheduler=scheduler)
     err.print(f"Broadside on http://{host}:{port}  (public URL {settings.base_url})")
-    uvicorn.run(
-        application, host=host, port=port, log_level=settings.log_level.lower(), proxy_headers=True
-    )
+    running = uvicorn.Server(server.config(settings, application, host, port))
+    running.run()
+    if not running.started:  # the port is taken or the start-up failed; uvicorn said why
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -149,6 +154,8 @@ def send(
 ) -> None:
     """Send a day's column to every active reader now, in the foreground, with progress."""
     from . import console
+    from .delivery.daily import ColumnNotSendable
+    from .delivery.worker import LeaseLost
 
     settings = settings_or_exit()
     day = _day(date, settings)
@@ -164,8 +171,25 @@ def send(
         if dry_run:
             console.print_plan(plan)
             return
-        counts = asyncio.run(console.send_with_progress(engine, settings, plan))
-    raise typer.Exit(0 if counts.done else 1)
+        try:
+            outcome = asyncio.run(console.send_with_progress(engine, settings, plan))
+        except ColumnNotSendable as exc:
+            raise fail(str(exc), 1) from None
+        except LeaseLost as exc:
+            raise fail(f"the database stopped answering mid-send ({exc}); run again", 1) from None
+    again = f"`broadside send --date {day.isoformat()}`"
+    if outcome.paused:
+        raise fail(
+            f"send {outcome.send_id} paused: {outcome.paused}. No reader was changed; "
+            f"fix the relay, then run {again} to resume",
+            1,
+        )
+    if not outcome.counts.done:
+        raise fail(
+            f"send {outcome.send_id} stopped with {outcome.counts.pending} left; "
+            f"run {again} to finish it",
+            1,
+        )
 
 
 @app.command()
@@ -196,13 +220,16 @@ def preview(
 
 
 @app.command()
-def status(limit: Annotated[int, typer.Option(help="how many sends to show")] = 10) -> None:
-    """The latest sends with their counts."""
+def status(
+    limit: Annotated[int, typer.Option(help="how many sends to show")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+) -> None:
+    """The latest sends with their counts, and why a paused send is paused."""
     from . import console
 
     settings = settings_or_exit()
     engine = make_engine(settings.database_url)
-    guarded(lambda: console.print_status(engine, limit))
+    guarded(lambda: console.print_status(engine, limit, as_json=as_json))
 
 
 columns_app = typer.Typer(no_args_is_help=True, help="Columns: import and list.")
@@ -218,7 +245,7 @@ def columns_import(
 
     settings = settings_or_exit()
     engine = make_engine(settings.database_url)
-    failures = guarded(lambda: console.import_columns(engine, paths))
+    failures = guarded(lambda: console.import_columns(engine, settings, paths))
     raise typer.Exit(1 if failures else 0)
 
 

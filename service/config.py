@@ -225,6 +225,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item!r} is not an IP address or CIDR network") from exc
         return value
 
+    @field_validator(
+        "send_grace", "notice_interval", "retry_deadline", "resume_interval", mode="before"
+    )
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        # Durations are ISO 8601 ("PT6H") or plain seconds ("21600"), as the README says;
+        # pydantic reads a bare number from a string as days-or-nothing, so convert it here.
+        if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+            return timedelta(seconds=float(value))
+        return value
+
     @field_validator("resume_interval")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import secrets
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +24,14 @@ from .config import Settings
 from .context import build_context
 from .db import transaction
 from .delivery import daily, sends
-from .delivery.worker import SendWorker
+from .delivery.daily import Dispatcher
 from .mail.column import column_view, prepare_column
 from .mail.smtp import SmtpConnection, SmtpFailure
 from .models import ColumnRecord, Send, Subscriber, SubscriberStatus
-from .runtime import smtp_target
+from .runtime import SHUTDOWN_GRACE, smtp_target
 
 out = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
 PROGRESS_EVERY = 0.5  # seconds
 
 
@@ -65,23 +68,68 @@ def print_plan(p: Plan) -> None:
         out.print(f"would go to {p.readers} active readers; nothing sent (--dry-run)")
 
 
-async def send_with_progress(engine: Engine, settings: Settings, p: Plan) -> sends.SendCounts:
+@dataclass(frozen=True)
+class SendOutcome:
+    send_id: int
+    counts: sends.SendCounts
+    paused: str | None = None  # the relay's reason, when the send paused
+    stopped: bool = False  # a signal stopped it before the end
+
+
+async def send_with_progress(engine: Engine, settings: Settings, p: Plan) -> SendOutcome:
+    """Start (or resume, or un-pause) the send of the plan's column and deliver it here,
+    with a progress bar. SIGTERM or Ctrl-C stops it gracefully: the hand-offs in progress
+    finish and are recorded, the rest is given back, within SHUTDOWN_GRACE seconds."""
     assert p.column is not None
     ctx = build_context(settings)
-    with transaction(engine) as session:
-        send, created = sends.start(session, column=p.column)
-        send_id = send.id or 0
+    if p.send is not None and p.send.status == "paused":
+        with transaction(engine) as session:
+            sends.resume(session, p.send.id or 0)
+        out.print(f"un-pausing send {p.send.id} (paused: {p.send.pause_reason})")
+    send, created = await asyncio.to_thread(daily.start_send, engine, settings, p.column)
+    send_id = send.id or 0
     out.print(f"{'starting' if created else 'resuming'} send {send_id}: [bold]{p.column.title}[/]")
     with smtp_target(settings) as target:
-        task = asyncio.create_task(SendWorker(engine, ctx, target).run(send_id))
+        dispatcher = Dispatcher(engine, ctx, target)
+        task = asyncio.create_task(dispatcher.resume(send_id))
+        stopped = _stop_on_signals(dispatcher, task)
         await _show_progress(engine, send_id, task)
-        counts = await task
-    out.print(f"send {send_id}: {counts.sent} sent, {counts.failed} failed, {counts.pending} left")
-    return counts
+        try:
+            await task
+        except sends.SendPaused as paused:
+            return SendOutcome(send_id, _counts(engine, send_id), paused=paused.reason)
+        except asyncio.CancelledError:
+            if not stopped.is_set():
+                raise
+    counts = _counts(engine, send_id)
+    out.print(
+        f"send {send_id}: {counts.sent} sent, {counts.failed} failed, "
+        f"{counts.skipped} skipped, {counts.pending} left"
+    )
+    return SendOutcome(send_id, counts, stopped=stopped.is_set())
+
+
+def _stop_on_signals(dispatcher: Dispatcher, task: asyncio.Task[object]) -> asyncio.Event:
+    """SIGTERM/SIGINT: stop gracefully, and cancel what still runs after SHUTDOWN_GRACE."""
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+
+    def stop() -> None:
+        if stopped.is_set():
+            task.cancel()  # a second signal: do not wait any longer
+            return
+        stopped.set()
+        err_console.print("stopping: finishing the messages in progress…")
+        dispatcher.stop()
+        loop.call_later(SHUTDOWN_GRACE, task.cancel)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    return stopped
 
 
 async def _show_progress(
-    engine: Engine, send_id: int, task: asyncio.Task[sends.SendCounts]
+    engine: Engine, send_id: int, task: asyncio.Task[sends.SendCounts | None]
 ) -> None:
     columns = (
         TextColumn("[bold]send {task.fields[send]}"),
@@ -141,9 +189,12 @@ async def preview(settings: Settings, column: ColumnRecord, address: str) -> str
     return None
 
 
-def print_status(engine: Engine, limit: int) -> None:
+def print_status(engine: Engine, limit: int, *, as_json: bool = False) -> None:
     with transaction(engine) as session:
         rows = sends.latest(session, limit)
+    if as_json:
+        out.print_json(json.dumps([_status_record(*row) for row in rows]))
+        return
     if not rows:
         out.print("no sends yet")
         return
@@ -155,6 +206,7 @@ def print_status(engine: Engine, limit: int) -> None:
         "readers",
         "sent",
         "failed",
+        "skipped",
         "remaining",
         "started (UTC)",
         "finished (UTC)",
@@ -168,21 +220,52 @@ def print_status(engine: Engine, limit: int) -> None:
             str(send.total),
             str(counts.sent),
             str(counts.failed),
+            str(counts.skipped),
             str(counts.pending),
-            send.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            send.finished_at.strftime("%Y-%m-%d %H:%M:%S") if send.finished_at else "",
+            _when(send.created_at),
+            _when(send.finished_at),
         )
     out.print(table)
+    for send, column, _counts in rows:
+        if send.status == "paused":
+            out.print(
+                f"[bold red]send {send.id} is paused[/] since {_when(send.paused_at)} UTC: "
+                f"{send.pause_reason}\n  fix the relay, then resume it with "
+                f"`broadside send --date {column.date.isoformat()}`",
+                soft_wrap=True,
+            )
 
 
-def import_columns(engine: Engine, paths: list[Path]) -> int:
+def _when(moment: dt.datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+def _status_record(send: Send, column: ColumnRecord, counts: sends.SendCounts) -> dict[str, object]:
+    return {
+        "send": send.id,
+        "date": column.date.isoformat(),
+        "title": column.title,
+        "status": send.status,
+        "pause_reason": send.pause_reason,
+        "readers": send.total,
+        "sent": counts.sent,
+        "failed": counts.failed,
+        "skipped": counts.skipped,
+        "remaining": counts.pending,
+        "started_at": send.created_at.isoformat(),
+        "finished_at": send.finished_at.isoformat() if send.finished_at else None,
+    }
+
+
+def import_columns(engine: Engine, settings: Settings, paths: list[Path]) -> int:
     """Import and report; returns how many files failed."""
+    check = sources.mail_size_check(settings)
     with transaction(engine) as session:
-        outcomes, errors = sources.import_paths(session, paths)
+        outcomes, errors = sources.import_paths(session, paths, check=check)
     for outcome in outcomes:
         out.print(
             f"{outcome.action:>9}  {outcome.date.isoformat()}  {outcome.slug}  ({outcome.name})"
         )
     for error in errors:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", soft_wrap=True, highlight=False)
+        err_console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
     return len(errors)

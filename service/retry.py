@@ -1,9 +1,18 @@
-"""When to try a transient failure again: exponential backoff with jitter."""
+"""When, and by whom, failed or abandoned work is tried again: exponential backoff with
+jitter, and the names that leases (ledger and outbox claims) are held under."""
 
 from __future__ import annotations
 
+import os
 import random
+import secrets
+import socket
 from datetime import datetime, timedelta
+
+
+def worker_name() -> str:
+    """A name for one lease holder: host, process and a random part (unique per holder)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def next_attempt(

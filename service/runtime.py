@@ -14,11 +14,14 @@ from sqlalchemy.engine import Engine
 
 from .config import Settings, SmtpTarget
 from .context import AppContext
+from .delivery.daily import Dispatcher
 from .mail.capture import CaptureServer
 from .mail.outbox import OutboxSender
 from .scheduler import start_scheduler
 
-SHUTDOWN_GRACE = 10.0  # seconds for an SMTP hand-off in progress to finish
+# Seconds for the hand-offs in progress to finish at a stop (SIGTERM); what is still running
+# then is cancelled, so a stop never takes longer than this (docker's default is 10 s).
+SHUTDOWN_GRACE = 8.0
 
 
 @contextlib.contextmanager
@@ -41,20 +44,26 @@ def smtp_target(settings: Settings) -> Iterator[SmtpTarget]:
 class Runtime:
     target: SmtpTarget
     outbox: OutboxSender
+    dispatcher: Dispatcher
 
 
 @asynccontextmanager
 async def background(engine: Engine, ctx: AppContext, *, scheduler: bool) -> AsyncIterator[Runtime]:
+    """The outbox sender and (with `scheduler`) the daily send and its heal, for as long as
+    the caller runs; at the end, everything in progress stops within SHUTDOWN_GRACE."""
     with smtp_target(ctx.settings) as target:
         sender = OutboxSender(engine, ctx.settings, target)
+        dispatcher = Dispatcher(engine, ctx, target)
         task = asyncio.create_task(sender.run(), name="outbox-sender")
-        daily = start_scheduler(engine, ctx, target) if scheduler else None
+        daily = start_scheduler(dispatcher) if scheduler else None
         try:
-            yield Runtime(target, sender)
+            yield Runtime(target, sender, dispatcher)
         finally:
             if daily is not None:
                 daily.shutdown(wait=False)
             sender.stop()
+            dispatcher.stop()
+            await dispatcher.wait(SHUTDOWN_GRACE)
             try:
                 await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE)
             except TimeoutError:

@@ -1,4 +1,5 @@
-"""APScheduler wiring only: when the daily send runs, not what it does."""
+"""APScheduler wiring only: when the daily send runs and when unfinished sends are resumed,
+not what either does."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from collections.abc import Awaitable, Callable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy.engine import Engine
+from apscheduler.triggers.interval import IntervalTrigger
 
-from .config import Settings, SmtpTarget
-from .context import AppContext
+from .config import Settings
 from .delivery import daily
+from .delivery.daily import ColumnNotSendable, Dispatcher
+from .delivery.sends import SendPaused
 
 log = logging.getLogger(__name__)
 JOB_ID = "daily-column"
+HEAL_JOB_ID = "resume-unfinished"
 
 
 def daily_trigger(settings: Settings) -> CronTrigger:
@@ -32,51 +35,67 @@ def system_clock() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def daily_job(
-    engine: Engine, ctx: AppContext, target: SmtpTarget, clock: Clock = system_clock
-) -> Callable[[], Awaitable[None]]:
+def daily_job(dispatcher: Dispatcher, clock: Clock = system_clock) -> Callable[[], Awaitable[None]]:
     """The job the trigger fires; `clock` says what "today" is (tests pass their own)."""
 
     async def job() -> None:
         now = clock()
         try:
-            await daily.run_daily(engine, ctx, target, daily.local_day(ctx.settings, now))
-        except Exception:  # the scheduler must live to fire tomorrow; the send resumes then
-            log.exception("daily send failed; unfinished deliveries resume at the next start")
+            await dispatcher.run_daily(daily.local_day(dispatcher.ctx.settings, now))
+        except SendPaused as paused:
+            log.warning("daily send waits for the operator: %s", paused)
+        except ColumnNotSendable as exc:
+            log.error("daily send not started: %s", exc)
+        except Exception:  # the scheduler must live on; the heal job retries within the grace
+            log.exception("daily send failed; the next heal resumes it")
 
     return job
 
 
-def start_scheduler(
-    engine: Engine, ctx: AppContext, target: SmtpTarget, clock: Clock = system_clock
-) -> AsyncIOScheduler:
-    """Schedule the daily send, and catch up at once on anything missed while down."""
-    scheduler = AsyncIOScheduler(timezone=ctx.settings.tz)
-    job = daily_job(engine, ctx, target, clock)
+def heal_job(dispatcher: Dispatcher, clock: Clock = system_clock) -> Callable[[], Awaitable[None]]:
+    async def job() -> None:
+        try:
+            await dispatcher.heal(clock())
+        except Exception:  # the database is down, say: try again at the next interval
+            log.exception("looking for unfinished sends failed; trying again later")
+
+    return job
+
+
+def start_scheduler(dispatcher: Dispatcher, clock: Clock = system_clock) -> AsyncIOScheduler:
+    """Schedule the daily send and the periodic heal, and catch up at once on anything
+    missed while down."""
+    settings = dispatcher.ctx.settings
+    scheduler = AsyncIOScheduler(timezone=settings.tz)
     scheduler.add_job(
-        job,
-        daily_trigger(ctx.settings),
+        daily_job(dispatcher, clock),
+        daily_trigger(settings),
         id=JOB_ID,
         max_instances=1,
         coalesce=True,
-        misfire_grace_time=int(ctx.settings.send_grace.total_seconds()),
+        misfire_grace_time=int(settings.send_grace.total_seconds()),
+    )
+    scheduler.add_job(
+        heal_job(dispatcher, clock),
+        IntervalTrigger(seconds=settings.resume_interval.total_seconds()),
+        id=HEAL_JOB_ID,
+        max_instances=1,
+        coalesce=True,
     )
 
     async def startup() -> None:
         try:
-            await daily.catch_up(engine, ctx, target, clock())
+            await dispatcher.catch_up(clock())
         except Exception:
-            log.exception("catching up at start-up failed")
+            log.exception("catching up at start-up failed; the heal job tries again")
 
     scheduler.add_job(startup, id="catch-up", next_run_time=dt.datetime.now(dt.UTC))
     scheduler.start()
-    next_run = daily_trigger(ctx.settings).get_next_fire_time(
-        None, dt.datetime.now(ctx.settings.tz)
-    )
+    next_run = daily_trigger(settings).get_next_fire_time(None, dt.datetime.now(settings.tz))
     log.info(
         "daily column scheduled at %s %s; next send %s",
-        ctx.settings.send_time.strftime("%H:%M"),
-        ctx.settings.timezone,
+        settings.send_time.strftime("%H:%M"),
+        settings.timezone,
         next_run,
     )
     return scheduler

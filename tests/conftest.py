@@ -42,8 +42,10 @@ SEED = ROOT / "seeds" / "world-view-2016-02-04.txt"
 
 def _postgres_database(base_url: str) -> tuple[str, Engine]:
     """A fresh database on the server of `base_url`, for this run only."""
-    admin = create_engine(
-        make_url(base_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    admin = create_engine(  # pre-ping: the fault suite restarts the server mid-run
+        make_url(base_url).set(drivername="postgresql+psycopg"),
+        isolation_level="AUTOCOMMIT",
+        pool_pre_ping=True,
     )
     name = f"broadside_test_{os.getpid()}_{secrets.token_hex(4)}"
     with admin.connect() as conn:  # fails loudly when PostgreSQL is unreachable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from email.message import EmailMessage
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
-from aiosmtpd.smtp import Envelope, Session
+from aiosmtpd.smtp import AuthResult, Envelope, Session
 
 from service.mail.capture import free_port
 
@@ -37,6 +38,9 @@ class Recorder:
         # address whose list is empty is accepted.
         self.rcpt_replies: dict[str, list[str]] = {}
         self.drop_every: int = 0  # drop the connection at DATA on every Nth message
+        self.rcpt_reply_all: str | None = None  # refuse every RCPT with this ("554 5.7.1 …")
+        self.data_reply: str | None = None  # answer every DATA with this instead of 250
+        self.data_delay: float = 0.0  # seconds to think before answering DATA
         self._data_count = 0
 
     async def handle_RCPT(
@@ -48,6 +52,8 @@ class Recorder:
         options: list[str],
     ) -> str:
         with self.lock:
+            if self.rcpt_reply_all:
+                return self.rcpt_reply_all
             replies = self.rcpt_replies.get(address.lower())
             if replies:
                 reply = (
@@ -60,7 +66,11 @@ class Recorder:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         with self.lock:
+            if self.data_reply:
+                return self.data_reply
             self._data_count += 1
             drop = self.drop_every and self._data_count % self.drop_every == 0
         if drop:
@@ -82,19 +92,41 @@ class Recorder:
 class SmtpTestServer:
     """Start, stop and restart on the same port; wait for mail to arrive."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
         self.handler = Recorder()
         self.port = 0
+        self.credentials = credentials  # when set, AUTH is required (plain text, no TLS)
         self._controller: Controller | None = None
 
     def start(self) -> None:
         if not self.port:
             self.port = free_port()
+        auth: dict[str, object] = {}
+        if self.credentials is not None:
+            auth = {
+                "auth_required": True,
+                "auth_require_tls": False,
+                "authenticator": self._authenticate,
+            }
         controller = Controller(
-            self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10
+            self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10, **auth
         )
         controller.start()
         self._controller = controller
+
+    def _authenticate(
+        self,
+        _server: SMTPServer,
+        _session: Session,
+        _envelope: Envelope,
+        _mechanism: str,
+        data: object,
+    ) -> AuthResult:
+        login = getattr(data, "login", b"") or b""
+        password = getattr(data, "password", b"") or b""
+        expected = self.credentials or ("", "")
+        ok = (login.decode(), password.decode()) == expected
+        return AuthResult(success=ok, handled=False)
 
     def stop(self) -> None:
         if self._controller is not None:
@@ -131,3 +163,6 @@ class SmtpTestServer:
             self.handler.received.clear()
             self.handler.rcpt_replies.clear()
             self.handler.drop_every = 0
+            self.handler.rcpt_reply_all = None
+            self.handler.data_reply = None
+            self.handler.data_delay = 0.0

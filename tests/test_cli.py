@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from service.models import Delivery
-from tests.conftest import ROOT, SEED
+from tests import processes
+from tests.conftest import SEED
 from tests.delivery.test_daily_send import add_readers
 from tests.smtp_server import SmtpTestServer
 
@@ -20,31 +19,15 @@ from tests.smtp_server import SmtpTestServer
 def broadside(
     *args: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return processes.run(*args, env=env, timeout=timeout)
 
 
 @pytest.fixture
 def cli_env(database_url: str, tmp_path: Path, smtp_server: SmtpTestServer) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BROADSIDE_")}
-    env.update(
-        BROADSIDE_DATABASE_URL=database_url,
-        BROADSIDE_SMTP_URL=smtp_server.url,
-        BROADSIDE_SECRET_KEY="cli-test-secret-key-long-enough",
-        BROADSIDE_VAR_DIR=str(tmp_path / "var"),
-        BROADSIDE_COLUMNS_DIR=str(tmp_path / "columns"),
-        BROADSIDE_BASE_URL="https://news.example.com",
-        BROADSIDE_FROM_ADDRESS="worldview@news.example.com",
-        COLUMNS="200",
-    )
     (tmp_path / "columns").mkdir()
-    return env
+    return processes.environment(
+        database_url, tmp_path / "var", smtp_server.url, columns_dir=tmp_path / "columns"
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -108,7 +91,7 @@ def test_send_dry_run_then_send_then_status(
 
     sent = broadside("send", "--date", "2016-02-04", env=cli_env)
     assert sent.returncode == 0, sent.stderr
-    assert "3 sent, 0 failed, 0 left" in sent.stdout
+    assert "3 sent, 0 failed, 0 skipped, 0 left" in sent.stdout
     assert len(smtp_server.received) == 3
 
     status = broadside("status", env=cli_env)

@@ -66,6 +66,16 @@ def test_production_refuses_to_capture_mail_instead_of_delivering(tmp_path: Path
         load_settings(_env_file=None, var_dir=tmp_path, env="production", secret_key="s" * 32)
 
 
+def test_durations_are_iso_8601_or_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROADSIDE_SEND_GRACE", "5400")
+    monkeypatch.setenv("BROADSIDE_RESUME_INTERVAL", "1.5")
+    monkeypatch.setenv("BROADSIDE_RETRY_DEADLINE", "PT2H")
+    settings = load_settings(_env_file=None, var_dir=tmp_path)
+    assert settings.send_grace == timedelta(minutes=90)
+    assert settings.resume_interval == timedelta(seconds=1.5)
+    assert settings.retry_deadline == timedelta(hours=2)
+
+
 def test_lists_are_comma_separated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BROADSIDE_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7,::1")
     monkeypatch.setenv("BROADSIDE_OLD_SECRET_KEYS", "first-old-secret-key,second-old-secret-key")

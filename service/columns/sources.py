@@ -11,6 +11,7 @@ import re
 import unicodedata
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 from html.parser import HTMLParser
@@ -23,6 +24,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from ..clock import utcnow
+from ..config import Settings
+from ..mail.column import ColumnTooLarge, ColumnView, prepare_column
 from ..models import ColumnRecord, Send
 from .markdown import parse_markdown
 from .model import Block, ParsedColumn, Section
@@ -42,6 +45,8 @@ TITLE_MAX, BYLINE_MAX, PERMALINK_MAX, NAME_MAX = 500, 500, 1000, 500
 
 Action = Literal["created", "updated", "unchanged", "locked"]
 Format = Literal["worldview", "markdown"]
+# Raises ValueError (with a reason for the operator) for a column that cannot be stored.
+ColumnCheck = Callable[[ParsedColumn], None]
 _DATE_IN_NAME = re.compile(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)")
 
 
@@ -99,10 +104,31 @@ def read_column_file(path: Path) -> tuple[ParsedColumn, str]:
     return parsed, text
 
 
+def mail_size_check(settings: Settings) -> ColumnCheck:
+    """The check that a column can be mailed: rendered as a reader would get it, its HTML part
+    must stay under Gmail's clipping limit (the unsubscribe link sits at the end)."""
+
+    def check(parsed: ParsedColumn) -> None:
+        assert parsed.date is not None
+        view = ColumnView.from_parsed(parsed, slug=slug_for(parsed.date, parsed.title))
+        try:
+            prepare_column(view, settings)
+        except ColumnTooLarge as exc:
+            raise ValueError(f"too large to mail: {exc}; shorten the column") from exc
+
+    return check
+
+
 def store_column(
-    session: Session, parsed: ParsedColumn, *, source_text: str, source_name: str
+    session: Session,
+    parsed: ParsedColumn,
+    *,
+    source_text: str,
+    source_name: str,
+    check: ColumnCheck | None = None,
 ) -> ImportOutcome:
-    """Create or update the column of parsed.date; one that has started sending is kept."""
+    """Create or update the column of parsed.date; one that has started sending is kept.
+    `check` runs on a new or changed column before it is stored (ColumnFileError if it fails)."""
     if parsed.date is None:
         raise ValueError("parsed.date must be set before storing a column")
     source_text = _storable(source_text)
@@ -111,6 +137,7 @@ def store_column(
     statement = select(ColumnRecord).where(ColumnRecord.date == parsed.date).with_for_update()
     record = session.exec(statement).first()
     if record is None:
+        _run_check(check, parsed, source_name)
         created = _insert_first(session, ColumnRecord(date=parsed.date, **fields))
         if created is not None:
             log.info("column created", extra={"date": str(parsed.date), "slug": created.slug})
@@ -122,6 +149,7 @@ def store_column(
     if _has_send(session, record):
         log.warning("column changed after sending started", extra={"date": str(parsed.date)})
         return _outcome(record, "locked", source_name)
+    _run_check(check, parsed, source_name)
     for key, value in fields.items():
         setattr(record, key, value)
     record.updated_at = utcnow()
@@ -129,6 +157,15 @@ def store_column(
     session.flush()
     log.info("column updated", extra={"date": str(parsed.date), "slug": record.slug})
     return _outcome(record, "updated", source_name)
+
+
+def _run_check(check: ColumnCheck | None, parsed: ParsedColumn, name: str) -> None:
+    if check is None:
+        return
+    try:
+        check(parsed)
+    except ValueError as exc:
+        raise ColumnFileError(name, str(exc)) from exc
 
 
 def _insert_first(session: Session, record: ColumnRecord) -> ColumnRecord | None:
@@ -142,7 +179,13 @@ def _insert_first(session: Session, record: ColumnRecord) -> ColumnRecord | None
 
 
 def import_text(
-    session: Session, text: str, *, fmt: Format, date: dt.date | None, name: str
+    session: Session,
+    text: str,
+    *,
+    fmt: Format,
+    date: dt.date | None,
+    name: str,
+    check: ColumnCheck | None = None,
 ) -> ImportOutcome:
     """Import a column posted as text (admin API); `date` overrides the front matter's."""
     if fmt not in ("worldview", "markdown"):
@@ -153,11 +196,11 @@ def import_text(
     parsed.date = date or parsed.date
     if parsed.date is None:
         raise ColumnFileError(name, "no date: give a date or put one in the front matter")
-    return store_column(session, parsed, source_text=text, source_name=name)
+    return store_column(session, parsed, source_text=text, source_name=name, check=check)
 
 
 def import_paths(
-    session: Session, paths: list[Path]
+    session: Session, paths: list[Path], *, check: ColumnCheck | None = None
 ) -> tuple[list[ImportOutcome], list[ColumnFileError]]:
     """Import files and folders (not recursive); a bad file is reported, the others go on."""
     files, errors = _column_files(paths)
@@ -167,15 +210,18 @@ def import_paths(
         try:
             parsed, text = read_column_file(path)
             _claim_date(first_for_date, parsed, str(path))
+            outcome = store_column(
+                session, parsed, source_text=text, source_name=str(path), check=check
+            )
         except ColumnFileError as exc:
             errors.append(exc)
             continue
-        outcomes.append(store_column(session, parsed, source_text=text, source_name=str(path)))
+        outcomes.append(outcome)
     return outcomes, errors
 
 
 def poll_feed(
-    session: Session, url_or_path: str
+    session: Session, url_or_path: str, *, check: ColumnCheck | None = None
 ) -> tuple[list[ImportOutcome], list[ColumnFileError]]:
     """Import every entry of an RSS/Atom feed (an http(s) URL or a local file)."""
     try:
@@ -194,10 +240,13 @@ def poll_feed(
         try:
             parsed, source_text = _column_from_entry(entry, label)
             _claim_date(first_for_date, parsed, label)
+            outcome = store_column(
+                session, parsed, source_text=source_text, source_name=name, check=check
+            )
         except ColumnFileError as exc:
             errors.append(exc)
             continue
-        outcomes.append(store_column(session, parsed, source_text=source_text, source_name=name))
+        outcomes.append(outcome)
     return outcomes, errors
 
 

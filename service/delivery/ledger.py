@@ -1,7 +1,10 @@
 """The delivery ledger's writes: claim a batch, renew or release claims, record outcomes.
 
 Each function is one short transaction and one statement per kind of change, never an
-ORM object per message: a send of a million readers writes its ledger in batches.
+ORM object per message: a send of a million readers writes its ledger in batches. Every
+write after the claim is conditional on `claimed_by = me AND status = 'sending'`, so a worker
+that lost its lease (it stalled, another worker took its rows over) cannot overwrite what the
+new owner does.
 """
 
 from __future__ import annotations
@@ -9,12 +12,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from sqlalchemy import Table, and_, bindparam, or_, update
+from sqlalchemy import Table, and_, bindparam, exists, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from ..db import transaction
-from ..models import Delivery, MailStatus, Subscriber, SubscriberStatus
+from ..models import Delivery, MailStatus, Send, SendStatus, Subscriber, SubscriberStatus
+
+LEFT_BEFORE_HAND_OFF = "not sent: the reader was no longer subscribed at hand-off time"
 
 
 @dataclass(frozen=True)
@@ -42,15 +47,19 @@ class Outcomes:
 def _claimable(send_id: int, now: dt.datetime):  # type: ignore[no-untyped-def]
     due = and_(col(Delivery.status) == MailStatus.pending, col(Delivery.next_attempt_at) <= now)
     abandoned = and_(col(Delivery.status) == MailStatus.sending, col(Delivery.lease_until) < now)
-    return and_(col(Delivery.send_id) == send_id, or_(due, abandoned))
+    sending = exists().where(col(Send.id) == send_id, col(Send.status) == SendStatus.sending)
+    return and_(col(Delivery.send_id) == send_id, or_(due, abandoned), sending)
 
 
 def claim_batch(
     engine: Engine, *, send_id: int, worker: str, now: dt.datetime, limit: int, lease: dt.timedelta
 ) -> list[Claim]:
-    """Lease up to `limit` due rows to `worker`. On PostgreSQL, FOR UPDATE SKIP LOCKED lets
-    several workers claim from one send without waiting on or taking each other's rows;
-    SQLite has one writer at a time (BEGIN IMMEDIATE), which gives the same guarantee."""
+    """Lease up to `limit` due rows of a send that is not paused to `worker`.
+
+    Rows of readers who left since the snapshot (unsubscribed, bounced) are marked `skipped`
+    instead (design rule: a reader who leaves mid-send gets nothing more). On PostgreSQL,
+    FOR UPDATE SKIP LOCKED lets several workers claim from one send without waiting on or
+    taking each other's rows; SQLite has one writer at a time (BEGIN IMMEDIATE)."""
     with transaction(engine) as session:
         ids = list(
             session.exec(
@@ -63,9 +72,20 @@ def claim_batch(
         )
         if not ids:
             return []
+        gone = select(Subscriber.id).where(col(Subscriber.status) != SubscriberStatus.active)
+        session.execute(
+            update(Delivery)
+            .where(col(Delivery.id).in_(ids), col(Delivery.subscriber_id).in_(gone))
+            .values(
+                status=MailStatus.skipped,
+                lease_until=None,
+                claimed_by=None,
+                last_error=LEFT_BEFORE_HAND_OFF,
+            )
+        )
         rows = session.execute(
             update(Delivery)
-            .where(col(Delivery.id).in_(ids))
+            .where(col(Delivery.id).in_(ids), col(Delivery.status) != MailStatus.skipped)
             .values(
                 status=MailStatus.sending,
                 claimed_by=worker,
@@ -83,24 +103,24 @@ def claim_batch(
     return sorted((Claim(*row) for row in rows), key=lambda c: c.id)
 
 
+def _mine(worker: str):  # type: ignore[no-untyped-def]
+    return and_(col(Delivery.claimed_by) == worker, col(Delivery.status) == MailStatus.sending)
+
+
 def renew(engine: Engine, *, worker: str, until: dt.datetime) -> None:
     """Extend this worker's leases so that a slow send is not taken over while alive."""
     with transaction(engine) as session:
-        session.execute(
-            update(Delivery)
-            .where(col(Delivery.claimed_by) == worker, col(Delivery.status) == MailStatus.sending)
-            .values(lease_until=until)
-        )
+        session.execute(update(Delivery).where(_mine(worker)).values(lease_until=until))
 
 
-def release(engine: Engine, *, ids: list[int], now: dt.datetime) -> None:
+def release(engine: Engine, *, worker: str, ids: list[int], now: dt.datetime) -> None:
     """Give back claimed rows that were never handed to SMTP (a clean stop)."""
     if not ids:
         return
     with transaction(engine) as session:
         session.execute(
             update(Delivery)
-            .where(col(Delivery.id).in_(ids), col(Delivery.status) == MailStatus.sending)
+            .where(col(Delivery.id).in_(ids), _mine(worker))
             .values(
                 status=MailStatus.pending,
                 lease_until=None,
@@ -111,20 +131,38 @@ def release(engine: Engine, *, ids: list[int], now: dt.datetime) -> None:
         )
 
 
+def reclaim_own(engine: Engine, *, send_id: int, worker: str, now: dt.datetime) -> int:
+    """Free rows that an earlier run of this same worker left `sending` (it was aborted by a
+    database error, say): no run of ours holds them now, so waiting for their lease to expire
+    would only delay the send. A message among them may have reached the relay just before
+    the abort, which is the same bound as a crash: at most one per connection."""
+    with transaction(engine) as session:
+        result = session.execute(
+            update(Delivery)
+            .where(col(Delivery.send_id) == send_id, _mine(worker))
+            .values(status=MailStatus.pending, lease_until=None, claimed_by=None)
+        )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 # The hot path writes through Core statements built once, on a plain connection: the ORM's
 # bulk-update bookkeeping and rebuilding statements per call tripled the ledger's cost.
 _deliveries: Table = Delivery.__table__  # type: ignore[attr-defined]
 _subscribers: Table = Subscriber.__table__  # type: ignore[attr-defined]
+_OWNED = and_(
+    _deliveries.c.claimed_by == bindparam("worker"),
+    _deliveries.c.status == MailStatus.sending.value,
+)
 _MARK_SENT = (
     update(_deliveries)
-    .where(_deliveries.c.id.in_(bindparam("ids", expanding=True)))
+    .where(_deliveries.c.id.in_(bindparam("ids", expanding=True)), _OWNED)
     .values(
         status=MailStatus.sent.value, sent_at=bindparam("now"), lease_until=None, last_error=None
     )
 )
 _MARK_RETRY = (
     update(_deliveries)
-    .where(_deliveries.c.id == bindparam("row_id"))
+    .where(_deliveries.c.id == bindparam("row_id"), _OWNED)
     .values(
         status=MailStatus.pending.value,
         lease_until=None,
@@ -134,15 +172,21 @@ _MARK_RETRY = (
 )
 _MARK_FAILED = (
     update(_deliveries)
-    .where(_deliveries.c.id == bindparam("row_id"))
+    .where(_deliveries.c.id == bindparam("row_id"), _OWNED)
     .values(status=MailStatus.failed.value, lease_until=None, last_error=bindparam("why"))
 )
-# A permanent (5xx) refusal marks the reader bounced: later sends skip them.
+# A refusal about the reader's mailbox marks the reader bounced: later sends skip them. Only
+# when this worker's own failed mark above took effect (the row is still ours).
 _SUPPRESS = (
     update(_subscribers)
     .where(
         _subscribers.c.id == bindparam("sub_id"),
         _subscribers.c.status == SubscriberStatus.active.value,
+        exists().where(
+            _deliveries.c.id == bindparam("row_id"),
+            _deliveries.c.claimed_by == bindparam("worker"),
+            _deliveries.c.status == MailStatus.failed.value,
+        ),
     )
     .values(
         status=SubscriberStatus.bounced.value,
@@ -153,24 +197,29 @@ _SUPPRESS = (
 )
 
 
-def record(engine: Engine, outcomes: Outcomes, now: dt.datetime) -> None:
+def record(engine: Engine, outcomes: Outcomes, *, worker: str, now: dt.datetime) -> None:
     """Write a group of outcomes in one transaction (one statement per kind)."""
     gave_up = outcomes.failed + [(i, why) for i, _sub, why in outcomes.bounced]
     with engine.begin() as conn:
         if outcomes.sent:
-            conn.execute(_MARK_SENT, {"ids": outcomes.sent, "now": now})
+            conn.execute(_MARK_SENT, {"ids": outcomes.sent, "now": now, "worker": worker})
         if outcomes.retry:
             conn.execute(
                 _MARK_RETRY,
-                [{"row_id": i, "when": when, "why": why} for i, when, why in outcomes.retry],
+                [
+                    {"row_id": i, "when": when, "why": why, "worker": worker}
+                    for i, when, why in outcomes.retry
+                ],
             )
         if gave_up:
-            conn.execute(_MARK_FAILED, [{"row_id": i, "why": why} for i, why in gave_up])
+            conn.execute(
+                _MARK_FAILED, [{"row_id": i, "why": why, "worker": worker} for i, why in gave_up]
+            )
         if outcomes.bounced:
             conn.execute(
                 _SUPPRESS,
                 [
-                    {"sub_id": sub, "why": why[:1000], "now": now}
-                    for _i, sub, why in outcomes.bounced
+                    {"sub_id": sub, "row_id": i, "why": why[:1000], "now": now, "worker": worker}
+                    for i, sub, why in outcomes.bounced
                 ],
             )

@@ -1,4 +1,4 @@
-"""Start a send (unique per column) and snapshot its recipients; read its counts."""
+"""Start a send (unique per column) and snapshot its recipients; pause, resume, count it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from ..clock import utcnow
+from ..errors import DomainError
 from ..models import (
     ColumnRecord,
     Delivery,
@@ -28,14 +29,28 @@ class SendCounts:
     sent: int
     failed: int
     pending: int  # waiting, deferred for a retry, or being handed over right now
+    skipped: int = 0  # the reader left between the snapshot and the hand-off
 
     @property
     def done(self) -> bool:
         return self.pending == 0
 
 
+class SendPaused(DomainError):
+    """The relay refused mail for reasons of its own; the send waits for the operator."""
+
+    def __init__(self, send_id: int, reason: str) -> None:
+        super().__init__(f"send {send_id} is paused: {reason}")
+        self.send_id = send_id
+        self.reason = reason
+
+
 def column_for(session: Session, day: dt.date) -> ColumnRecord | None:
     return session.exec(select(ColumnRecord).where(ColumnRecord.date == day)).first()
+
+
+def for_column(session: Session, column_id: int) -> Send | None:
+    return session.exec(select(Send).where(Send.column_id == column_id)).first()
 
 
 def start(
@@ -85,8 +100,15 @@ def counts(session: Session, send_id: int) -> SendCounts:
     ).all()
     by_status = {status: number for status, number in rows}
     sent, failed = by_status.get(MailStatus.sent, 0), by_status.get(MailStatus.failed, 0)
+    skipped = by_status.get(MailStatus.skipped, 0)
     pending = by_status.get(MailStatus.pending, 0) + by_status.get(MailStatus.sending, 0)
-    return SendCounts(total=sent + failed + pending, sent=sent, failed=failed, pending=pending)
+    return SendCounts(
+        total=sent + failed + pending + skipped,
+        sent=sent,
+        failed=failed,
+        pending=pending,
+        skipped=skipped,
+    )
 
 
 def finish_if_done(session: Session, send_id: int, now: dt.datetime | None = None) -> bool:
@@ -102,9 +124,44 @@ def finish_if_done(session: Session, send_id: int, now: dt.datetime | None = Non
 
 
 def unfinished(session: Session) -> list[Send]:
+    """Sends still going out (paused ones wait for the operator and are not listed)."""
     return list(
         session.exec(select(Send).where(Send.status == SendStatus.sending).order_by(col(Send.id)))
     )
+
+
+def pause(session: Session, send_id: int, reason: str, now: dt.datetime | None = None) -> bool:
+    """Stop a send from going out until `resume`; True if this call paused it."""
+    result = session.execute(
+        update(Send)
+        .where(col(Send.id) == send_id, col(Send.status) == SendStatus.sending)
+        .values(status=SendStatus.paused, paused_at=now or utcnow(), pause_reason=reason[:1000])
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def resume(session: Session, send_id: int, now: dt.datetime | None = None) -> bool:
+    """Let a paused send go out again, at once: the rows it deferred are due now, and the
+    retry deadline counts from this moment. True if it was paused."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Send)
+        .where(col(Send.id) == send_id, col(Send.status) == SendStatus.paused)
+        .values(status=SendStatus.sending, resumed_at=now, paused_at=None, pause_reason=None)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    session.execute(
+        update(Delivery)
+        .where(col(Delivery.send_id) == send_id, col(Delivery.status) == MailStatus.pending)
+        .values(next_attempt_at=now)
+    )
+    return True
+
+
+def retry_deadline(send: Send, allowed: dt.timedelta) -> dt.datetime:
+    """Transient failures are retried until this moment (from the start or the last resume)."""
+    return (send.resumed_at or send.created_at) + allowed
 
 
 def latest(session: Session, limit: int = 10) -> list[tuple[Send, ColumnRecord, SendCounts]]:

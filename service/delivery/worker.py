@@ -8,7 +8,8 @@ K messages (one per connection) were accepted by the relay but not yet recorded;
 rows' leases expire and they are sent again. Every other row is either recorded as sent
 or was never handed over. The commits are grouped: whatever the K connections finish
 while one commit runs goes into the next, so the ledger costs one transaction per group,
-not per message.
+not per message. A worker that cannot renew its leases stops at once (another worker may
+take its rows over), and every outcome it writes is conditional on still owning the row.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
-import secrets
-import socket
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,19 +30,30 @@ from ..config import SmtpTarget
 from ..context import AppContext
 from ..db import transaction
 from ..mail.column import PreparedColumn, column_view, prepare_column
-from ..mail.smtp import SmtpConnection, SmtpFailure
-from ..models import ColumnRecord, Send
-from ..retry import next_attempt
+from ..mail.smtp import Fault, SmtpConnection, SmtpFailure
+from ..models import ColumnRecord, Send, SendStatus
+from ..retry import next_attempt, worker_name
 from ..tokens import Purpose
 from . import ledger, sends
 from .ledger import Claim, Outcomes
 
 log = logging.getLogger(__name__)
 IDLE_POLL = 1.0  # seconds between looks when the rest of the send is deferred or elsewhere
+# With a rate limit, claim no more than this many seconds of work ahead, so that a claimed
+# row is handed over soon after the claim checked that its reader is still subscribed.
+CLAIM_AHEAD_SECONDS = 5.0
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
+def rate_limiter(rate: float) -> AsyncLimiter | None:
+    """`rate` messages per second, any positive rate (0 = unlimited). AsyncLimiter cannot
+    hold less than one message, so a slow rate is one message per 1/rate seconds."""
+    if rate <= 0:
+        return None
+    return AsyncLimiter(rate, 1) if rate >= 1 else AsyncLimiter(1, 1 / rate)
+
+
+class LeaseLost(Exception):
+    """This worker could not renew its leases; its run stops before others take its rows."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,6 @@ class Job:
     """What every message of this send shares, computed once."""
 
     send_id: int
-    created_at: dt.datetime
     prepared: PreparedColumn
     message_domain: str
     token_expiry: int
@@ -62,8 +71,9 @@ class GroupCommit:
     """Collects outcomes from all connections and writes them in one transaction at a time;
     `add` returns once the outcome is durable."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, worker: str) -> None:
         self.engine = engine
+        self.worker = worker
         self._batch = Outcomes()
         self._done: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()
@@ -77,7 +87,9 @@ class GroupCommit:
             if self._done is done:
                 batch, self._batch, self._done = self._batch, Outcomes(), None
                 try:
-                    await asyncio.to_thread(ledger.record, self.engine, batch, utcnow())
+                    await asyncio.to_thread(
+                        ledger.record, self.engine, batch, worker=self.worker, now=utcnow()
+                    )
                 except BaseException as exc:
                     done.set_exception(exc)
                     done.exception()  # mark retrieved; the waiters below re-raise it
@@ -87,7 +99,8 @@ class GroupCommit:
 
 
 class SendWorker:
-    """Delivers the rows of one send that this process can claim, until none are left."""
+    """Delivers the rows of one send that this process can claim, until none are left,
+    the send is paused, or `stop()` is called."""
 
     def __init__(
         self, engine: Engine, ctx: AppContext, target: SmtpTarget, name: str | None = None
@@ -98,30 +111,43 @@ class SendWorker:
         self.target = target
         self.name = name or worker_name()
         self._outage = False
+        self._stopping = asyncio.Event()
+        self._relay_streak = 0  # consecutive refusals about the relay, across connections
+        self._pause_reason: str | None = None
+        self._unsent: list[int] = []
+
+    def stop(self) -> None:
+        """Finish the hand-offs in progress, give back the rest, and return from run()."""
+        self._stopping.set()
 
     def _job(self, send_id: int) -> Job:
         with transaction(self.engine) as session:
             send = session.get(Send, send_id)
             assert send is not None, f"send {send_id} does not exist"
+            if send.status == SendStatus.paused:
+                raise sends.SendPaused(send_id, send.pause_reason or "paused")
             column = session.get(ColumnRecord, send.column_id)
             assert column is not None
         prepared = prepare_column(column_view(column), self.settings)
         return Job(
             send_id=send_id,
-            created_at=send.created_at,
             prepared=prepared,
             message_domain=f"{column.date.isoformat()}.{send_id}",
-            deadline=send.created_at + self.settings.retry_deadline,
+            deadline=sends.retry_deadline(send, self.settings.retry_deadline),
             token_expiry=self.ctx.tokens.expiry(Purpose.unsubscribe),
         )
 
     async def run(self, send_id: int) -> sends.SendCounts:
-        """Deliver until the send is finished (by this worker or others); return its counts."""
+        """Deliver until the send is finished (by this worker or others) or stopped; return
+        its counts. Raises SendPaused when the relay keeps refusing us."""
         job = await asyncio.to_thread(self._job, send_id)
+        await asyncio.to_thread(
+            ledger.reclaim_own, self.engine, send_id=send_id, worker=self.name, now=utcnow()
+        )
         s = self.settings
         queue: asyncio.Queue[Claim | None] = asyncio.Queue(maxsize=s.delivery_batch_size)
-        commit = GroupCommit(self.engine)
-        limiter = AsyncLimiter(s.delivery_rate, 1) if s.delivery_rate > 0 else None
+        commit = GroupCommit(self.engine, self.name)
+        limiter = rate_limiter(s.delivery_rate)
         connections = [
             SmtpConnection(self.target, s.delivery_max_per_connection)
             for _ in range(s.delivery_connections)
@@ -130,38 +156,34 @@ class SendWorker:
             asyncio.create_task(self._deliver_from(queue, conn, job, commit, limiter))
             for conn in connections
         ]
+        claimer = asyncio.create_task(self._claim_into(queue, job, len(senders)))
         lease_keeper = asyncio.create_task(self._keep_leases())
-        claimer = asyncio.create_task(self._claim_into(queue, job))
+        tasks = [claimer, lease_keeper, *senders]
         try:
-            # A sender that dies (the database went away) must stop the claimer too.
-            finished, _ = await asyncio.wait(
-                [claimer, *senders], return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in finished:
-                task.result()
-            for _ in senders:
-                await queue.put(None)
-            await asyncio.gather(*senders)
+            await _until_senders_finish(tasks, senders)
         finally:
-            for task in (claimer, lease_keeper, *senders):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(claimer, lease_keeper, *senders, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._release_unsent(queue)
             for conn in connections:
                 await conn.close()
         return await asyncio.to_thread(self._finish, send_id)
 
-    async def _claim_into(self, queue: asyncio.Queue[Claim | None], job: Job) -> None:
+    async def _claim_into(self, queue: asyncio.Queue[Claim | None], job: Job, senders: int) -> None:
         s = self.settings
         lease = dt.timedelta(seconds=s.delivery_lease_seconds)
-        while True:
+        limit = s.delivery_batch_size
+        if s.delivery_rate > 0:
+            limit = min(limit, max(senders, math.ceil(s.delivery_rate * CLAIM_AHEAD_SECONDS)))
+        while not self._stopping.is_set():
             claims = await asyncio.to_thread(
                 ledger.claim_batch,
                 self.engine,
                 send_id=job.send_id,
                 worker=self.name,
                 now=utcnow(),
-                limit=s.delivery_batch_size,
+                limit=limit,
                 lease=lease,
             )
             for claim in claims:
@@ -170,17 +192,32 @@ class SendWorker:
                 continue
             await queue.join()  # our own in-flight outcomes are recorded before we look again
             if await asyncio.to_thread(self._nothing_left, job.send_id):
-                return
-            await asyncio.sleep(IDLE_POLL)
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_POLL):
+                    await self._stopping.wait()
+        for _ in range(senders):
+            await queue.put(None)
 
     def _nothing_left(self, send_id: int) -> bool:
+        """True when no row is left to try, or the send was paused (by any worker)."""
         with transaction(self.engine) as session:
+            send = session.get(Send, send_id)
+            if send is not None and send.status == SendStatus.paused:
+                self._pause_reason = self._pause_reason or send.pause_reason or "paused"
+                return True
             return sends.counts(session, send_id).done
 
     def _finish(self, send_id: int) -> sends.SendCounts:
         with transaction(self.engine) as session:
-            sends.finish_if_done(session, send_id)
-            return sends.counts(session, send_id)
+            if self._pause_reason is not None:
+                sends.pause(session, send_id, self._pause_reason)
+            else:
+                sends.finish_if_done(session, send_id)
+            counts = sends.counts(session, send_id)
+        if self._pause_reason is not None:
+            raise sends.SendPaused(send_id, self._pause_reason)
+        return counts
 
     async def _deliver_from(
         self,
@@ -192,8 +229,11 @@ class SendWorker:
     ) -> None:
         while (claim := await queue.get()) is not None:
             try:
-                if limiter is not None:
+                if limiter is not None and not self._stopping.is_set():
                     await limiter.acquire()
+                if self._stopping.is_set():
+                    self._unsent.append(claim.id)
+                    continue
                 await commit.add(await self._hand_off(conn, job, claim))
             finally:
                 queue.task_done()
@@ -212,6 +252,7 @@ class SendWorker:
             await conn.send(self.settings.mail_from, claim.email, data)
         except SmtpFailure as failure:
             return await self._failed(job, claim, failure)
+        self._relay_streak = 0
         if self._outage:
             self._outage = False
             log.info("SMTP relay reachable again; send %s continues", job.send_id)
@@ -230,11 +271,16 @@ class SendWorker:
     async def _failed(
         self, job: Job, claim: Claim, failure: SmtpFailure
     ) -> Callable[[Outcomes], None]:
-        """5xx: failed and the reader suppressed. 4xx and outages: retried with backoff until
-        the deadline; an outage is logged once and pauses this connection, not the send."""
-        if failure.permanent:
+        """A refusal about the reader's mailbox: failed and the reader suppressed. A refusal
+        about the relay: retried like a 4xx, and after RELAY_FAILURE_THRESHOLD of them in a
+        row the send pauses; no reader changes state. 4xx and outages: retried with backoff
+        until the deadline; an outage is logged once and pauses this connection briefly."""
+        if failure.fault is Fault.recipient:
+            self._relay_streak = 0
             log.info("delivery %s to %s refused for good: %s", claim.id, claim.email, failure)
             return lambda o: o.bounced.append((claim.id, claim.subscriber_id, failure.reason))
+        if failure.fault is Fault.relay:
+            self._relay_problem(job, failure)
         now = utcnow()
         s = self.settings
         when = next_attempt(
@@ -250,18 +296,52 @@ class SendWorker:
             await asyncio.sleep(min(s.retry_initial_seconds, 5.0))
         return lambda o: o.retry.append((claim.id, when, failure.reason))
 
+    def _relay_problem(self, job: Job, failure: SmtpFailure) -> None:
+        self._relay_streak += 1
+        threshold = self.settings.relay_failure_threshold
+        if self._relay_streak < threshold or self._pause_reason is not None:
+            return
+        self._pause_reason = f"the relay refused {threshold} messages in a row: {failure.reason}"
+        log.error(
+            "send %s paused: %s. No reader was changed; fix the relay (credentials, account, "
+            "policy), then resume with `broadside send --date …`",
+            job.send_id,
+            self._pause_reason,
+        )
+        self._stopping.set()
+
     async def _keep_leases(self) -> None:
         period = self.settings.delivery_lease_seconds / 3
         while True:
             await asyncio.sleep(period)
             until = utcnow() + dt.timedelta(seconds=self.settings.delivery_lease_seconds)
-            await asyncio.to_thread(ledger.renew, self.engine, worker=self.name, until=until)
+            try:
+                await asyncio.to_thread(ledger.renew, self.engine, worker=self.name, until=until)
+            except Exception as exc:
+                log.error(
+                    "worker %s cannot renew its leases (%s); stopping its run", self.name, exc
+                )
+                raise LeaseLost(str(exc)) from exc
 
     async def _release_unsent(self, queue: asyncio.Queue[Claim | None]) -> None:
-        unsent = []
+        unsent, self._unsent = self._unsent, []
         while not queue.empty():
             claim = queue.get_nowait()
             if claim is not None:
                 unsent.append(claim.id)
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(ledger.release, self.engine, ids=unsent, now=utcnow())
+        with contextlib.suppress(Exception):  # if this fails too, the leases expire instead
+            await asyncio.to_thread(
+                ledger.release, self.engine, worker=self.name, ids=unsent, now=utcnow()
+            )
+
+
+async def _until_senders_finish(
+    tasks: list[asyncio.Task[None]], senders: list[asyncio.Task[None]]
+) -> None:
+    """Wait for every sender to drain; the first task to fail (the database went away, the
+    leases could not be renewed) fails the whole run."""
+    watched = set(tasks)
+    while not all(task.done() for task in senders):
+        done, watched = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()

@@ -2,9 +2,11 @@
 
 A request that changes a subscriber adds its mail to the `outbox` table in the same
 transaction, so the mail exists exactly when the change does. The sender below delivers
-due rows over SMTP; a relay that is down only delays them (retried with backoff, no
-deadline: the mail goes out when SMTP is back). Rows are claimed with a lease, so a
-crashed process's rows are picked up again and several processes can share the table.
+due rows over SMTP; a relay that is down or refuses us only delays them (retried with
+backoff, no deadline: the mail goes out when SMTP is back). Rows are claimed with a lease
+(OUTBOX_LEASE_SECONDS) that is renewed right before each hand-off, and every write after
+the claim is conditional on still owning the row: a crashed process's rows are picked up
+again, and a slow relay never lets a second process send the same mail.
 """
 
 from __future__ import annotations
@@ -24,13 +26,12 @@ from ..clock import utcnow
 from ..config import Settings, SmtpTarget
 from ..db import transaction
 from ..models import MailStatus, OutboxMail
-from ..retry import next_attempt
+from ..retry import next_attempt, worker_name
 from .message import to_bytes
-from .smtp import SmtpConnection, SmtpFailure
+from .smtp import Fault, SmtpConnection, SmtpFailure
 
 log = logging.getLogger(__name__)
 CLAIM_LIMIT = 50
-LEASE = timedelta(minutes=5)
 
 
 def enqueue(session: Session, settings: Settings, *, kind: str, to: str, msg: EmailMessage) -> None:
@@ -50,7 +51,9 @@ class Claimed:
     attempts: int
 
 
-def claim_due(engine: Engine, now: datetime, limit: int = CLAIM_LIMIT) -> list[Claimed]:
+def claim_due(
+    engine: Engine, now: datetime, *, worker: str, lease: timedelta, limit: int = CLAIM_LIMIT
+) -> list[Claimed]:
     """Lease up to `limit` due rows (pending and due, or sending with an expired lease)."""
     with transaction(engine) as session:
         due = (
@@ -70,16 +73,38 @@ def claim_due(engine: Engine, now: datetime, limit: int = CLAIM_LIMIT) -> list[C
         rows = list(session.exec(due))
         for row in rows:
             row.status = MailStatus.sending
-            row.lease_until = now + LEASE
+            row.claimed_by = worker
+            row.lease_until = now + lease
             row.attempts += 1
         return [
             Claimed(r.id or 0, r.recipient, r.envelope_from, r.message, r.attempts) for r in rows
         ]
 
 
-def _finish(engine: Engine, mail_id: int, **values: object) -> None:
+def _owned(mail_id: int, worker: str):  # type: ignore[no-untyped-def]
+    return (
+        (col(OutboxMail.id) == mail_id)
+        & (col(OutboxMail.claimed_by) == worker)
+        & (col(OutboxMail.status) == MailStatus.sending)
+    )
+
+
+def renew(engine: Engine, mail_id: int, *, worker: str, until: datetime) -> bool:
+    """Extend the lease of one claimed mail; False if it is no longer ours to send."""
     with transaction(engine) as session:
-        session.execute(update(OutboxMail).where(col(OutboxMail.id) == mail_id).values(**values))
+        result = session.execute(
+            update(OutboxMail).where(_owned(mail_id, worker)).values(lease_until=until)
+        )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _finish(engine: Engine, mail_id: int, worker: str, **values: object) -> None:
+    with transaction(engine) as session:
+        session.execute(
+            update(OutboxMail)
+            .where(_owned(mail_id, worker))
+            .values(lease_until=None, claimed_by=None, **values)
+        )
 
 
 class OutboxSender:
@@ -93,6 +118,8 @@ class OutboxSender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outage = False
         self._stopping = False
+        self.name = worker_name()
+        self.lease = timedelta(seconds=settings.outbox_lease_seconds)
 
     def notify(self) -> None:
         """Wake the sender now (safe to call from any thread, or before it runs)."""
@@ -120,11 +147,18 @@ class OutboxSender:
 
     async def deliver_due(self, now: datetime | None = None) -> int:
         """Send what is due now; returns how many rows were handled."""
-        claimed = await asyncio.to_thread(claim_due, self.engine, now or utcnow())
+        claimed = await asyncio.to_thread(
+            claim_due, self.engine, now or utcnow(), worker=self.name, lease=self.lease
+        )
         if not claimed:
             return 0
         async with SmtpConnection(self.target) as conn:
             for index, mail in enumerate(claimed):
+                until = utcnow() + self.lease
+                if not await asyncio.to_thread(
+                    renew, self.engine, mail.id, worker=self.name, until=until
+                ):
+                    continue  # its lease ran out while earlier mails were slow: another has it
                 try:
                     await conn.send(mail.envelope_from, mail.recipient, mail.message)
                 except SmtpFailure as failure:
@@ -138,26 +172,26 @@ class OutboxSender:
                     _finish,
                     self.engine,
                     mail.id,
+                    self.name,
                     status=MailStatus.sent,
                     sent_at=utcnow(),
-                    lease_until=None,
                     last_error=None,
                 )
                 self._recovered()
         return len(claimed)
 
     async def _failed(self, mail: Claimed, failure: SmtpFailure) -> None:
-        if failure.permanent:
+        """Only a refusal about the recipient's mailbox is final; a relay that refuses us
+        (credentials, policy) is the operator's to fix, and the mail waits for it."""
+        if failure.fault is Fault.recipient:
             log.warning(
                 "outbox mail %s to %s refused for good: %s", mail.id, mail.recipient, failure
             )
             values: dict[str, object] = {"status": MailStatus.failed}
         else:
-            if failure.connection_lost and not self._outage:
+            if (failure.fault is Fault.relay or failure.connection_lost) and not self._outage:
                 self._outage = True
-                log.warning(
-                    "SMTP relay unreachable (%s); outbox mail waits and is retried", failure
-                )
+                log.warning("SMTP relay trouble (%s); outbox mail waits and is retried", failure)
             values = {
                 "status": MailStatus.pending,
                 "next_attempt_at": next_attempt(
@@ -168,7 +202,7 @@ class OutboxSender:
                 ),
             }
         await asyncio.to_thread(
-            _finish, self.engine, mail.id, lease_until=None, last_error=failure.reason, **values
+            _finish, self.engine, mail.id, self.name, last_error=failure.reason, **values
         )
 
     def _recovered(self) -> None:

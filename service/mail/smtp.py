@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from dataclasses import dataclass
+from enum import StrEnum
 
 import aiosmtplib
 
@@ -15,52 +17,96 @@ log = logging.getLogger(__name__)
 QUIT_TIMEOUT = 5.0
 
 
+class Fault(StrEnum):
+    """Whose problem a failed hand-off is; it decides what happens to the reader."""
+
+    recipient = "recipient"  # this mailbox cannot take mail: the reader is suppressed
+    relay = "relay"  # the relay refuses us (credentials, policy, content): the operator's
+    transient = "transient"  # 4xx, an outage, a timeout: try again later
+
+
 @dataclass(eq=False)
 class SmtpFailure(Exception):
-    """A hand-off that did not succeed, sorted once: permanent (5xx to this recipient or
-    this message) or transient (4xx, refused or dropped connection, timeout)."""
+    """A hand-off that did not succeed, sorted once (see `classify`)."""
 
-    permanent: bool
+    fault: Fault
     reason: str
     code: int | None = None
     connection_lost: bool = False
+
+    @property
+    def permanent(self) -> bool:
+        """Retrying will not help this recipient (the reader's mailbox is the problem)."""
+        return self.fault is Fault.recipient
 
     def __str__(self) -> str:
         return self.reason
 
 
+# RFC 3463 enhanced status codes: class.subject.detail at the start of the reply text.
+_ENHANCED = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})(?!\S)")
+# X.1.x is about addresses and X.2.x about the mailbox, but 5.1.7/5.1.8 name the SENDER's
+# address or domain (Postfix's reject_unknown_sender_domain answers RCPT with 550 5.1.8).
+_SENDER_DETAILS = frozenset({(1, 7), (1, 8)})
+# RFC 5321 4.2.2 basic codes that name the mailbox, for relays without enhanced codes:
+# 550 mailbox unavailable, 551 user not local, 553 mailbox name not allowed. 552 is left out:
+# at RCPT it also means "too many recipients" on older relays.
+_MAILBOX_CODES = frozenset({550, 551, 553})
+
+
+def sort_reply(stage: str, code: int, message: str) -> Fault:
+    """Design rule 3: a 5xx is the reader's only when it is about their mailbox, at RCPT.
+    Everything else a relay refuses with 5xx (relay access denied, bad HELO, a paused
+    account, a content filter at DATA) is about us, and must not suppress the reader."""
+    if code < 500:
+        return Fault.transient
+    if stage != "RCPT":
+        return Fault.relay
+    enhanced = _ENHANCED.match(message)
+    if enhanced is None:
+        return Fault.recipient if code in _MAILBOX_CODES else Fault.relay
+    subject, detail = int(enhanced.group(2)), int(enhanced.group(3))
+    if subject in (1, 2) and (subject, detail) not in _SENDER_DETAILS:
+        return Fault.recipient
+    return Fault.relay
+
+
 def classify(exc: BaseException) -> SmtpFailure:
-    """Sort an aiosmtplib or socket error into a permanent or transient failure."""
+    """Sort an aiosmtplib or socket error into a recipient, relay or transient failure."""
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         first = exc.recipients[0] if exc.recipients else None
-        code = first.code if first else None
-        message = first.message if first else str(exc)
-        return SmtpFailure(_is_permanent(code), _reason("RCPT", code, message), code)
+        if first is None:
+            return SmtpFailure(Fault.relay, f"RCPT refused: {exc}")
+        return _reply("RCPT", first.code, first.message)
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        return _reply("RCPT", exc.code, exc.message)
     if isinstance(exc, aiosmtplib.SMTPSenderRefused):
-        # Our envelope sender was refused: a problem with us, never with the reader.
-        return SmtpFailure(False, _reason("MAIL FROM", exc.code, exc.message), exc.code)
+        return _reply("MAIL FROM", exc.code, exc.message)
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        return SmtpFailure(False, _reason("AUTH", exc.code, exc.message), exc.code, True)
+        return _reply("AUTH", exc.code, exc.message, connection_lost=True)
+    if isinstance(exc, aiosmtplib.SMTPHeloError):
+        return _reply("EHLO", exc.code, exc.message, connection_lost=True)
+    if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
+        return _reply("connect", exc.code, exc.message, connection_lost=True)
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPConnectError):
-        return SmtpFailure(False, f"connection failed: {exc}", None, True)
+        return SmtpFailure(Fault.transient, f"connection failed: {exc}", None, True)
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError | TimeoutError):
-        return SmtpFailure(False, f"timeout: {exc or 'no answer'}", None, True)
+        return SmtpFailure(Fault.transient, f"timeout: {exc or 'no answer'}", None, True)
+    if isinstance(exc, aiosmtplib.SMTPDataError):
+        return _reply("DATA", exc.code, exc.message)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        closing = exc.code == 421  # RFC 5321 4.2.2: the server is closing the channel
-        return SmtpFailure(
-            _is_permanent(exc.code), _reason("DATA", exc.code, exc.message), exc.code, closing
-        )
+        # RFC 5321 4.2.2: 421 means the server is closing the channel.
+        return _reply("SMTP", exc.code, exc.message, connection_lost=exc.code == 421)
+    if isinstance(exc, ValueError):  # aiosmtplib refuses an address it cannot write
+        return SmtpFailure(Fault.recipient, f"address cannot be sent: {exc}"[:1000])
     if isinstance(exc, OSError | aiosmtplib.SMTPException):
-        return SmtpFailure(False, f"connection failed: {exc}", None, True)
+        return SmtpFailure(Fault.transient, f"connection failed: {exc}", None, True)
     raise exc
 
 
-def _is_permanent(code: int | None) -> bool:
-    return code is not None and 500 <= code < 600
-
-
-def _reason(stage: str, code: int | None, message: str) -> str:
-    return f"{stage} {code}: {message}"[:1000]
+def _reply(stage: str, code: int, message: str, *, connection_lost: bool = False) -> SmtpFailure:
+    reason = f"{stage} {code}: {message}"[:1000]
+    return SmtpFailure(sort_reply(stage, code, message), reason, code, connection_lost)
 
 
 class SmtpConnection:

@@ -14,6 +14,7 @@ from ..columns import sources
 from ..columns.parse import ColumnFormatError
 from ..delivery import sends
 from .deps import SessionDep, SettingsDep
+from .errors import EDGE_RESPONSES, Problem
 
 bearer = HTTPBearer(auto_error=False, description="BROADSIDE_ADMIN_TOKEN")
 
@@ -30,7 +31,16 @@ def require_admin(
         raise HTTPException(401, "A valid admin token is required.", {"WWW-Authenticate": "Bearer"})
 
 
-router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/api/v1/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses={
+        **EDGE_RESPONSES,
+        401: {"model": Problem, "description": "no or a wrong admin token"},
+        503: {"model": Problem, "description": "the admin API is off, or the database is down"},
+    },
+)
 
 
 class ColumnIn(BaseModel):
@@ -60,7 +70,12 @@ class SendOut(BaseModel):
     readers: int
     sent: int
     failed: int
+    skipped: int = Field(description="readers who left between the snapshot and the hand-off")
     remaining: int
+    pause_reason: str | None = Field(
+        description="why a paused send is paused (the relay's reply); resume with "
+        "`broadside send --date D`"
+    )
     started_at: dt.datetime
     finished_at: dt.datetime | None
 
@@ -72,7 +87,7 @@ class SendOut(BaseModel):
     responses={
         200: {"description": "updated or unchanged"},
         409: {"description": "already sending"},
-        422: {"description": "cannot be parsed"},
+        422: {"description": "cannot be parsed, or too large to mail"},
     },
 )
 def post_column(
@@ -82,7 +97,12 @@ def post_column(
     column again changes nothing; an edit replaces the stored column until its send starts."""
     try:
         outcome = sources.import_text(
-            session, body.text, fmt=body.format, date=body.date, name=body.name
+            session,
+            body.text,
+            fmt=body.format,
+            date=body.date,
+            name=body.name,
+            check=sources.mail_size_check(settings),
         )
     except (sources.ColumnFileError, ColumnFormatError) as exc:
         raise HTTPException(422, str(exc)) from None
@@ -115,7 +135,9 @@ def list_sends(
             readers=send.total,
             sent=counts.sent,
             failed=counts.failed,
+            skipped=counts.skipped,
             remaining=counts.pending,
+            pause_reason=send.pause_reason,
             started_at=send.created_at,
             finished_at=send.finished_at,
         )

@@ -18,6 +18,7 @@ from service.config import Settings
 from service.context import build_context
 from service.db import transaction
 from service.delivery import daily, sends
+from service.delivery.daily import Dispatcher
 from service.delivery.worker import SendWorker
 from service.models import Delivery, Send, Subscriber, SubscriberStatus
 from service.scheduler import daily_job, daily_trigger
@@ -53,10 +54,25 @@ def start_seed_send(engine: Engine, settings: Settings) -> Send:
     return send
 
 
-def run_job(engine: Engine, settings: Settings, now: dt.datetime = AT_SEND_TIME) -> None:
-    ctx = build_context(settings)
+def dispatcher(engine: Engine, settings: Settings) -> Dispatcher:
     assert settings.smtp is not None
-    asyncio.run(daily_job(engine, ctx, settings.smtp, clock=lambda: now)())
+    return Dispatcher(engine, build_context(settings), settings.smtp)
+
+
+def run_job(engine: Engine, settings: Settings, now: dt.datetime = AT_SEND_TIME) -> None:
+    """What the cron trigger does at SEND_TIME on `now`'s day."""
+    asyncio.run(daily_job(dispatcher(engine, settings), clock=lambda: now)())
+
+
+def catch_up(engine: Engine, settings: Settings, now: dt.datetime) -> None:
+    """What a process does at start-up, waiting for the runs it starts."""
+
+    async def start_and_wait() -> None:
+        runs = dispatcher(engine, settings)
+        await runs.catch_up(now)
+        await runs.wait(None)
+
+    asyncio.run(start_and_wait())
 
 
 def test_scheduled_job_delivers_once_to_each_active_reader_and_to_nobody_else(
@@ -137,13 +153,11 @@ def test_two_schedulers_firing_at_once_make_one_send(
     engine: Engine, settings: Settings, smtp_server: SmtpTestServer
 ) -> None:
     add_readers(engine, active=20)
-    ctx = build_context(settings)
-    assert settings.smtp is not None
 
     async def both() -> None:
         await asyncio.gather(
-            daily.run_daily(engine, ctx, settings.smtp, SEED_DAY),  # type: ignore[arg-type]
-            daily.run_daily(engine, build_context(settings), settings.smtp, SEED_DAY),  # type: ignore[arg-type]
+            dispatcher(engine, settings).run_daily(SEED_DAY),
+            dispatcher(engine, settings).run_daily(SEED_DAY),
         )
 
     asyncio.run(both())
@@ -191,12 +205,10 @@ def test_catch_up_sends_within_grace_and_not_after(
     engine: Engine, settings: Settings, smtp_server: SmtpTestServer
 ) -> None:
     add_readers(engine, active=1)
-    ctx = build_context(settings)
-    assert settings.smtp is not None
     too_late = AT_SEND_TIME + settings.send_grace + dt.timedelta(minutes=1)
-    asyncio.run(daily.catch_up(engine, ctx, settings.smtp, too_late))
+    catch_up(engine, settings, too_late)
     assert smtp_server.received == []
-    asyncio.run(daily.catch_up(engine, ctx, settings.smtp, AT_SEND_TIME + dt.timedelta(hours=2)))
+    catch_up(engine, settings, AT_SEND_TIME + dt.timedelta(hours=2))
     assert len(smtp_server.wait_for(1)) == 1
 
 
@@ -205,9 +217,8 @@ def test_catch_up_resumes_an_interrupted_send(
 ) -> None:
     add_readers(engine, active=3)
     start_seed_send(engine, settings)  # started, then the process died
-    assert settings.smtp is not None
     next_day = dt.datetime(2016, 2, 5, 12, 0, tzinfo=dt.UTC)  # long past the grace
-    asyncio.run(daily.catch_up(engine, build_context(settings), settings.smtp, next_day))
+    catch_up(engine, settings, next_day)
     assert len(smtp_server.wait_for(3)) == 3
 
 

@@ -1,32 +1,27 @@
-"""Faults during a send: throttling (4xx), refusals (5xx), dropped connections, several
-workers on one send, and a real `broadside send` killed mid-send."""
+"""Faults during a send: throttling (4xx), refusals (5xx), dropped and stalled connections,
+a relay that goes away for 30 s or refuses everything, and several workers on one send."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
-import signal
-import subprocess
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from service.context import build_context
-from service.db import transaction
 from service.delivery import sends
 from service.delivery.worker import SendWorker
 from service.models import Delivery, Subscriber, SubscriberStatus
-from tests.conftest import ROOT, make_settings
+from tests import processes
+from tests.conftest import make_settings
 from tests.delivery.test_daily_send import SEED_DAY, add_readers, run_job, start_seed_send
+from tests.faults.relay import FaultyRelay
 from tests.smtp_server import SmtpTestServer
-
-pytestmark = pytest.mark.slow
 
 
 def test_throttled_refused_and_dropped_deliveries_end_correctly(
@@ -123,61 +118,82 @@ def test_several_workers_share_one_send_without_duplicates(
     assert len(workers) == 3  # the work really was shared
 
 
-def _subprocess_env(
-    database_url: str, tmp_path: Path, smtp_url: str, connections: int
-) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BROADSIDE_")}
-    env.update(
-        BROADSIDE_DATABASE_URL=database_url,
-        BROADSIDE_SMTP_URL=smtp_url,
-        BROADSIDE_SECRET_KEY="crash-test-secret-key-long-enough",
-        BROADSIDE_VAR_DIR=str(tmp_path / "var"),
-        BROADSIDE_COLUMNS_DIR=str(ROOT / "seeds"),
-        BROADSIDE_BASE_URL="https://news.example.com",
-        BROADSIDE_FROM_ADDRESS="worldview@news.example.com",
-        BROADSIDE_DELIVERY_CONNECTIONS=str(connections),
-        BROADSIDE_DELIVERY_RATE="500",
-        BROADSIDE_DELIVERY_LEASE_SECONDS="2",
-        BROADSIDE_LOG_LEVEL="WARNING",
-    )
-    return env
+def _address_of(relay: FaultyRelay, readers: list[str]) -> tuple[set[str], set[str]]:
+    unknown = {a for a in readers if relay.faulty.unknown(a)}
+    return unknown, set(readers) - unknown
 
 
-def test_killed_send_resumes_without_losing_anyone(
-    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+@pytest.fixture
+def faulty_relay() -> Iterator[FaultyRelay]:
+    relay = FaultyRelay()
+    relay.start()
+    yield relay
+    relay.stop()
+
+
+def test_every_deliverable_reader_gets_the_column_once_through_a_misbehaving_relay(
+    engine: Engine, database_url: str, tmp_path: Path, faulty_relay: FaultyRelay
 ) -> None:
-    readers, connections = 2000, 4
-    with transaction(engine) as session:
-        session.execute(
-            insert(Subscriber),
-            [
-                {"email": f"reader{i:05d}@example.com", "name": "", "status": "active"}
-                for i in range(readers)
-            ],
-        )
-    env = _subprocess_env(database_url, tmp_path, smtp_server.url, connections)
-    command = [sys.executable, "-m", "service.cli", "send", "--date", SEED_DAY.isoformat()]
-
-    first = subprocess.Popen(
-        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    readers = processes.add_readers(engine, 2000)
+    unknown, deliverable = _address_of(faulty_relay, readers)
+    assert unknown and len(unknown) < 60
+    env = processes.environment(
+        database_url,
+        tmp_path / "var",
+        faulty_relay.url,
+        smtp_timeout=1,  # the stalled DATA answers after 3 s
+        retry_initial_seconds=0.2,
+        retry_max_seconds=2,
+        delivery_rate=150,
     )
-    smtp_server.wait_for(600, timeout=60)
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=10)
-    at_kill = len(smtp_server.received)
-    assert 0 < at_kill < readers, "the kill must land mid-send"
+    send = processes.start("send", "--date", SEED_DAY.isoformat(), env=env, log=tmp_path / "log")
+    assert processes.wait_until(lambda: len(faulty_relay.received) >= 600, timeout=60)
+    faulty_relay.handler.data_reply = "421 4.3.0 Shutting down"  # nothing half-taken
+    time.sleep(0.2)
+    faulty_relay.stop()  # the relay is gone for 30 s mid-send
+    time.sleep(30)
+    faulty_relay.handler.data_reply = None
+    faulty_relay.start()
+    assert send.wait(timeout=240) == 0, (tmp_path / "log").read_text()[-2000:]
 
-    second = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=120)
-    assert second.returncode == 0, second.stderr.decode()[-2000:]
+    got = processes.received(faulty_relay)
+    assert set(got) == deliverable
+    assert set(got.values()) == {1}, "somebody got the column twice"
+    subscribers, rows = processes.ledger_states(engine)
+    assert {a for a, s in subscribers.items() if s == SubscriberStatus.bounced} == unknown
+    assert {a for a, s in rows.items() if s == "failed"} == unknown
+    assert {a for a, s in rows.items() if s == "sent"} == deliverable
 
-    got = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
-    assert len(got) == readers, "somebody was missed"
-    duplicates = sum(got.values()) - readers
-    assert duplicates <= connections, (
-        f"{duplicates} duplicates; at most the {connections} in flight"
+
+def test_a_relay_that_refuses_everything_pauses_the_send_until_it_accepts_again(
+    engine: Engine, database_url: str, tmp_path: Path, faulty_relay: FaultyRelay
+) -> None:
+    readers = processes.add_readers(engine, 1500)
+    unknown, deliverable = _address_of(faulty_relay, readers)
+    env = processes.environment(
+        database_url,
+        tmp_path / "var",
+        faulty_relay.url,
+        smtp_timeout=1,
+        retry_initial_seconds=0.2,
+        retry_max_seconds=2,
+        delivery_rate=150,
     )
-    with transaction(engine) as session:
-        send = sends.latest(session, 1)[0]
-    assert send[0].status == "done"
-    assert send[2] == sends.SendCounts(total=readers, sent=readers, failed=0, pending=0)
-    time.sleep(0)  # keep the server log readable in the failure report above
+    command = ("send", "--date", SEED_DAY.isoformat())
+    send = processes.start(*command, env=env, log=tmp_path / "log")
+    assert processes.wait_until(lambda: len(faulty_relay.received) >= 300, timeout=60)
+    faulty_relay.handler.rcpt_reply_all = "554 5.7.1 <relay>: Relay access denied"
+    assert send.wait(timeout=60) == 1  # paused, not wedged
+    assert "paused" in (tmp_path / "log").read_text()
+    subscribers, _rows = processes.ledger_states(engine)
+    bounced = {a for a, s in subscribers.items() if s == SubscriberStatus.bounced}
+    assert bounced <= unknown  # only mailboxes that do not exist, never the relay's refusal
+    status = processes.run("status", "--json", env=env)
+    assert '"status": "paused"' in status.stdout and "Relay access denied" in status.stdout
+
+    faulty_relay.handler.rcpt_reply_all = None
+    assert processes.run(*command, env=env, timeout=240).returncode == 0
+    got = processes.received(faulty_relay)
+    assert set(got) == deliverable and set(got.values()) == {1}
+    subscribers, _rows = processes.ledger_states(engine)
+    assert {a for a, s in subscribers.items() if s == SubscriberStatus.bounced} == unknown

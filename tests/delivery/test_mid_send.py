@@ -1,0 +1,206 @@
+"""What changes while a send is going out: a reader who leaves, a slow rate, a send that a
+dead process left unfinished, a worker that loses its leases."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, select
+
+from service.context import build_context
+from service.db import make_engine, transaction
+from service.delivery import ledger, sends
+from service.delivery.worker import LeaseLost, SendWorker
+from service.models import Delivery, MailStatus, Subscriber, SubscriberStatus
+from service.web.app import create_app
+from tests.conftest import make_settings
+from tests.delivery.test_daily_send import add_readers, run_job, start_seed_send
+from tests.smtp_server import SmtpTestServer
+
+
+def _leave(engine: Engine, address: str) -> None:
+    with transaction(engine) as session:
+        reader = session.exec(select(Subscriber).where(Subscriber.email == address)).one()
+        reader.status = SubscriberStatus.unsubscribed
+
+
+def test_a_reader_who_leaves_after_the_snapshot_gets_nothing(
+    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    settings = make_settings(database_url, tmp_path / "var", smtp_url=smtp_server.url)
+    [stays, leaves, later] = add_readers(engine, active=3)["active"]
+    smtp_server.reply_to_rcpt(later, "451 4.7.1 Try again later")  # deferred to a retry
+    send = start_seed_send(engine, settings)
+    _leave(engine, leaves)  # between the snapshot and the hand-off
+    assert settings.smtp is not None
+    worker = SendWorker(engine, build_context(settings), settings.smtp)
+
+    async def leave_during_the_backoff() -> sends.SendCounts:
+        run = asyncio.create_task(worker.run(send.id or 0))
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if smtp_server.messages_to(stays):
+                break
+        _leave(engine, later)  # left while their delivery waited for its retry
+        return await run
+
+    counts = asyncio.run(leave_during_the_backoff())
+
+    assert [r.rcpt_tos[0] for r in smtp_server.received] == [stays]
+    assert counts == sends.SendCounts(total=3, sent=1, failed=0, pending=0, skipped=2)
+    with Session(engine) as session:
+        rows = {d.email: d for d in session.exec(select(Delivery))}
+    assert rows[leaves].status == rows[later].status == MailStatus.skipped
+    assert "no longer subscribed" in (rows[leaves].last_error or "")
+
+
+def test_a_rate_below_one_message_a_second_still_sends(
+    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    settings = make_settings(
+        database_url, tmp_path / "var", smtp_url=smtp_server.url, delivery_rate=0.8
+    )
+    add_readers(engine, active=2)
+    started = time.monotonic()
+    run_job(engine, settings)
+    assert len(smtp_server.received) == 2
+    assert time.monotonic() - started >= 1.0  # the second message waited its turn
+
+
+def test_serve_resumes_an_unfinished_send_without_a_restart(
+    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    settings = make_settings(
+        database_url,
+        tmp_path / "var",
+        smtp_url=smtp_server.url,
+        resume_interval=0.5,
+        send_time=(now + dt.timedelta(hours=12)).strftime("%H:%M"),  # nothing due today
+        timezone="UTC",
+    )
+    add_readers(engine, active=3)
+    with TestClient(create_app(settings, engine, scheduler=True)):
+        time.sleep(1.0)  # the start-up catch-up found nothing to do
+        paused = start_seed_send(engine, settings)
+        with transaction(engine) as session:
+            sends.pause(session, paused.id or 0, "554 5.7.1 Relay access denied")
+        time.sleep(1.5)
+        assert smtp_server.received == []  # a paused send waits for the operator
+        with transaction(engine) as session:
+            sends.resume(session, paused.id or 0)  # now an unfinished send nobody runs
+        received = smtp_server.wait_for(3, timeout=10)
+    assert len(received) == 3
+
+
+def _claim(engine: Engine, send_id: int, worker: str, at: dt.datetime) -> list[ledger.Claim]:
+    return ledger.claim_batch(
+        engine, send_id=send_id, worker=worker, now=at, limit=10, lease=dt.timedelta(seconds=1)
+    )
+
+
+def test_a_worker_that_lost_its_rows_cannot_overwrite_them(
+    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    settings = make_settings(database_url, tmp_path / "var", smtp_url=smtp_server.url)
+    add_readers(engine, active=3)
+    send = start_seed_send(engine, settings)
+    with transaction(engine) as session:  # claimable now, whatever the clock
+        session.execute(Delivery.__table__.update().values(next_attempt_at=dt.datetime(1999, 1, 1)))  # type: ignore[attr-defined]
+    then = dt.datetime(2000, 1, 1)
+    stale = _claim(engine, send.id or 0, "stale", then)
+    later = then + dt.timedelta(seconds=10)  # the stale worker's leases ran out
+    owner = _claim(engine, send.id or 0, "owner", later)  # and another took the rows over
+    assert [c.id for c in owner] == [c.id for c in stale]
+    first, second, third = (c.id for c in stale)
+    now = later
+    late = ledger.Outcomes(
+        sent=[first],
+        retry=[(second, now, "451 later")],
+        bounced=[(third, stale[2].subscriber_id, "550 5.1.1 gone")],
+    )
+    ledger.record(engine, late, worker="stale", now=now)
+    ledger.release(engine, worker="stale", ids=[first, second, third], now=now)
+    with Session(engine) as session:
+        rows = list(session.exec(select(Delivery).order_by(Delivery.id)))
+        readers = list(session.exec(select(Subscriber)))
+    assert [(r.status, r.claimed_by) for r in rows] == [("sending", "owner")] * 3
+    assert {r.status for r in readers} == {SubscriberStatus.active}
+
+    ledger.record(engine, ledger.Outcomes(sent=[first, second, third]), worker="owner", now=now)
+    with Session(engine) as session:
+        assert {r.status for r in session.exec(select(Delivery))} == {"sent"}
+
+
+def test_a_worker_that_cannot_renew_its_leases_stops_before_others_take_over(
+    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    connections = 2
+    settings = make_settings(
+        database_url,
+        tmp_path / "var",
+        smtp_url=smtp_server.url,
+        delivery_lease_seconds=1.5,  # renewed every 0.5 s
+        delivery_batch_size=40,
+        delivery_connections=connections,
+    )
+    readers = add_readers(engine, active=160)["active"]
+    send = start_seed_send(engine, settings)
+    # Slow enough that claimed rows wait longer than a lease: without the abort, the healthy
+    # worker would take them over while the stale one still sends them.
+    smtp_server.handler.data_delay = 0.1
+    assert settings.smtp is not None
+    failing = make_engine(database_url)
+
+    @event.listens_for(failing, "before_cursor_execute")
+    def renewal_fails(_conn, _cursor, statement, parameters, _context, _many) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("UPDATE deliveries SET lease_until"):
+            raise OperationalError(statement, parameters, Exception("injected: server gone"))
+
+    stale = SendWorker(failing, build_context(settings), settings.smtp, name="stale")
+    healthy = SendWorker(engine, build_context(settings), settings.smtp, name="healthy")
+
+    async def both() -> tuple[BaseException | sends.SendCounts, ...]:
+        first = asyncio.create_task(stale.run(send.id or 0))
+        await asyncio.sleep(0.1)
+        return tuple(await asyncio.gather(first, healthy.run(send.id or 0), return_exceptions=True))
+
+    try:
+        stale_result, healthy_result = asyncio.run(both())
+    finally:
+        failing.dispose()
+
+    got = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    assert sorted(got) == sorted(readers)
+    duplicates = sum(got.values()) - len(readers)
+    assert duplicates <= connections, (
+        f"{duplicates} duplicates; at most the {connections} in flight"
+    )
+    assert isinstance(stale_result, LeaseLost)
+    assert healthy_result == sends.SendCounts(total=160, sent=160, failed=0, pending=0)
+
+
+@pytest.mark.parametrize("rate", [0.5, 2.5])
+def test_any_positive_rate_makes_a_limiter(rate: float) -> None:
+    from service.delivery.worker import rate_limiter
+
+    limiter = rate_limiter(rate)
+    assert limiter is not None
+
+    async def two() -> float:
+        assert limiter is not None
+        started = time.monotonic()
+        await limiter.acquire()
+        await limiter.acquire()
+        return time.monotonic() - started
+
+    assert asyncio.run(two()) >= 0  # acquiring never raises, whatever the rate

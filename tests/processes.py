@@ -1,0 +1,114 @@
+"""Real `broadside` processes for the tests, and what the ledger and the SMTP server say
+about a send."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from service.db import transaction
+from service.models import Delivery, MailStatus, Subscriber
+from tests.conftest import ROOT, SEED
+from tests.smtp_server import SmtpTestServer
+
+
+def environment(
+    database_url: str, var_dir: Path, smtp_url: str, **settings: object
+) -> dict[str, str]:
+    """The environment of a broadside process: BROADSIDE_* from `settings` (upper-cased)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROADSIDE_")}
+    env.update(
+        BROADSIDE_DATABASE_URL=database_url,
+        BROADSIDE_SMTP_URL=smtp_url,
+        BROADSIDE_SECRET_KEY="fault-suite-secret-key-long-enough",
+        BROADSIDE_VAR_DIR=str(var_dir),
+        BROADSIDE_COLUMNS_DIR=str(ROOT / "seeds"),
+        BROADSIDE_BASE_URL="https://news.example.com",
+        BROADSIDE_FROM_ADDRESS="worldview@news.example.com",
+        BROADSIDE_LOG_LEVEL="WARNING",
+        COLUMNS="200",
+    )
+    env.update({f"BROADSIDE_{key.upper()}": str(value) for key, value in settings.items()})
+    return env
+
+
+def start(*args: str, env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start `broadside ARGS` (stderr into `log` when given, so a long run cannot block)."""
+    errors = log.open("ab") if log is not None else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=errors,
+    )
+
+
+def run(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def add_readers(engine: Engine, count: int) -> list[str]:
+    addresses = [f"reader{i:06d}@example.com" for i in range(count)]
+    with transaction(engine) as session:
+        session.execute(
+            insert(Subscriber),
+            [{"email": a, "name": "", "status": "active"} for a in addresses],
+        )
+    return addresses
+
+
+def todays_column(folder: Path, today: dt.date) -> None:
+    """The seed column, dated `today`, in a folder of its own (for the scheduler's send)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"world-view-{today.isoformat()}.txt").write_text(SEED.read_text())
+
+
+def ledger_states(engine: Engine) -> tuple[dict[str, str], dict[str, str]]:
+    """Each reader's status and each delivery's status, by address."""
+    with Session(engine) as session:
+        readers = {s.email: s.status for s in session.exec(select(Subscriber)).scalars()}
+        rows = {d.email: d.status for d in session.exec(select(Delivery)).scalars()}
+    return readers, rows
+
+
+def received(server: SmtpTestServer) -> collections.Counter[str]:
+    return collections.Counter(r.rcpt_tos[0] for r in server.received)
+
+
+def recorded_sent(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(Delivery.email).where(Delivery.status == MailStatus.sent))
+        return {row[0] for row in rows}
+
+
+def unrecorded(engine: Engine, server: SmtpTestServer) -> int:
+    """Messages the relay accepted beyond what the ledger records as sent: each kill adds at
+    most the connections in flight; a resend of one of them leaves the count unchanged."""
+    sent = recorded_sent(engine)
+    return sum(count - (address in sent) for address, count in received(server).items())
+
+
+def wait_until(condition: object, timeout: float, every: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(every)
+    return bool(condition())  # type: ignore[operator]

@@ -1,0 +1,94 @@
+"""The transactional outbox: leases renewed per mail so that a slow relay never lets a second
+process send the same mail, and a relay that refuses us only delays mail, never drops it."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from service.config import Settings
+from service.db import transaction
+from service.mail import message, outbox
+from service.models import MailStatus, OutboxMail
+from tests.conftest import make_settings
+from tests.smtp_server import SmtpTestServer
+
+
+def queue_mails(engine: Engine, settings: Settings, count: int) -> list[str]:
+    addresses = [f"reader{i}@example.com" for i in range(count)]
+    rendered = message.Rendered(subject="Please confirm", text="Hello\n", html="<p>Hello</p>")
+    with transaction(engine) as session:
+        for address in addresses:
+            msg = message.build(settings, to=address, rendered=rendered)
+            outbox.enqueue(session, settings, kind="confirm", to=address, msg=msg)
+    return addresses
+
+
+def test_a_slow_relay_never_lets_two_processes_send_one_mail(
+    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    settings = make_settings(
+        database_url,
+        tmp_path / "var",
+        smtp_url=smtp_server.url,
+        smtp_timeout=0.5,
+        outbox_lease_seconds=2.0,
+    )
+    addresses = queue_mails(engine, settings, 8)
+    smtp_server.handler.data_delay = 0.4  # 8 mails take longer than one lease
+    assert settings.smtp is not None
+    first = outbox.OutboxSender(engine, settings, settings.smtp)
+    second = outbox.OutboxSender(engine, settings, settings.smtp)
+
+    async def two_processes() -> None:
+        rounds = asyncio.create_task(first.deliver_due())
+        for _ in range(60):  # the second process looks every 0.1 s while the first works
+            await asyncio.sleep(0.1)
+            await second.deliver_due()
+        await rounds
+
+    asyncio.run(two_processes())
+    got = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    assert sorted(got) == sorted(addresses)
+    assert set(got.values()) == {1}, got
+    with Session(engine) as session:
+        rows = list(session.exec(select(OutboxMail)))
+    assert {row.status for row in rows} == {MailStatus.sent}
+    assert {row.claimed_by for row in rows} == {None}
+
+
+def test_a_relay_refusing_us_delays_transactional_mail_and_never_drops_it(
+    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    settings = make_settings(database_url, tmp_path / "var", smtp_url=smtp_server.url)
+    [address] = queue_mails(engine, settings, 1)
+    assert settings.smtp is not None
+    sender = outbox.OutboxSender(engine, settings, settings.smtp)
+    smtp_server.handler.rcpt_reply_all = "554 5.7.1 Relay access denied"
+    asyncio.run(sender.deliver_due())
+    with Session(engine) as session:
+        row = session.exec(select(OutboxMail)).one()
+    assert row.status == MailStatus.pending and "Relay access denied" in (row.last_error or "")
+
+    smtp_server.handler.rcpt_reply_all = None
+    with transaction(engine) as session:  # due now rather than after its backoff
+        session.exec(select(OutboxMail)).one().next_attempt_at = row.created_at
+    asyncio.run(sender.deliver_due())
+    assert [r.rcpt_tos[0] for r in smtp_server.received] == [address]
+
+
+def test_a_mailbox_that_does_not_exist_is_final(
+    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    settings = make_settings(database_url, tmp_path / "var", smtp_url=smtp_server.url)
+    [address] = queue_mails(engine, settings, 1)
+    smtp_server.reply_to_rcpt(address, "550 5.1.1 No such user")
+    assert settings.smtp is not None
+    asyncio.run(outbox.OutboxSender(engine, settings, settings.smtp).deliver_due())
+    with Session(engine) as session:
+        row = session.exec(select(OutboxMail)).one()
+    assert row.status == MailStatus.failed and "5.1.1" in (row.last_error or "")
