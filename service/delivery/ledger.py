@@ -72,10 +72,14 @@ def claim_batch(
         )
         if not ids:
             return []
-        gone = select(Subscriber.id).where(col(Subscriber.status) != SubscriberStatus.active)
+        # Correlated on the primary key: one look-up per claimed row, whatever the list's size.
+        gone = exists().where(
+            col(Subscriber.id) == col(Delivery.subscriber_id),
+            col(Subscriber.status) != SubscriberStatus.active,
+        )
         session.execute(
             update(Delivery)
-            .where(col(Delivery.id).in_(ids), col(Delivery.subscriber_id).in_(gone))
+            .where(col(Delivery.id).in_(ids), gone)
             .values(
                 status=MailStatus.skipped,
                 lease_until=None,
