@@ -54,13 +54,14 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import col, select
 
 from service.clock import utcnow
+from service.columns.mail import prepare_column
+from service.columns.view import column_view
 from service.config import Settings, load_settings
 from service.context import build_context
 from service.db import make_engine, transaction
 from service.delivery import sends
 from service.delivery.daily import refresh_columns
 from service.delivery.worker import SendWorker
-from service.mail.column import column_view, prepare_column
 from service.migrate import upgrade
 from service.models import ColumnRecord, Send, SendStatus, Subscriber, SubscriberStatus
 from service.tokens import Purpose

@@ -130,10 +130,11 @@ def worker() -> None:
 
 
 def _day(value: str | None, settings: Settings) -> dt.date:
+    from .clock import now
     from .delivery.daily import local_day
 
     if value is None:
-        return local_day(settings, dt.datetime.now(dt.UTC))
+        return local_day(settings, now())
     try:
         return dt.date.fromisoformat(value)
     except ValueError:

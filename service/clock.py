@@ -1,10 +1,15 @@
-"""The one clock: naive UTC datetimes everywhere in the database."""
+"""The one clock: aware UTC for schedules, naive UTC datetimes everywhere in the database."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 
+def now() -> datetime:
+    """Now as an aware UTC datetime, for schedules and "what day is it where"."""
+    return datetime.now(UTC)
+
+
 def utcnow() -> datetime:
     """Now in UTC, without tzinfo (SQLite and PostgreSQL store it alike)."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    return now().replace(tzinfo=None)

@@ -286,10 +286,6 @@ class Settings(BaseSettings):
         return SmtpTarget.from_url(self.smtp_url.get_secret_value(), self.smtp_timeout)
 
     @property
-    def capture_target(self) -> SmtpTarget:
-        return SmtpTarget("127.0.0.1", self.capture_port, timeout=self.smtp_timeout)
-
-    @property
     def mail_domain(self) -> str:
         return self.from_address.rsplit("@", 1)[1]
 

@@ -19,13 +19,14 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from .columns import sources
+from .columns import sources, store
+from .columns.mail import mail_size_check, prepare_column
+from .columns.view import column_view
 from .config import Settings
 from .context import build_context
 from .db import transaction
 from .delivery import daily, sends
 from .delivery.daily import Dispatcher
-from .mail.column import column_view, prepare_column
 from .mail.smtp import SmtpConnection, SmtpFailure
 from .models import ColumnRecord, Send, Subscriber, SubscriberStatus
 from .runtime import SHUTDOWN_GRACE, smtp_target
@@ -47,7 +48,7 @@ def plan(engine: Engine, settings: Settings, day: dt.date) -> Plan:
     """Refresh the columns, then say what a send of `day` would do."""
     daily.refresh_columns(engine, settings)
     with transaction(engine) as session:
-        column = sends.column_for(session, day)
+        column = store.column_for(session, day)
         readers = session.exec(
             select(func.count()).where(Subscriber.status == SubscriberStatus.active)
         ).one()
@@ -259,7 +260,7 @@ def _status_record(send: Send, column: ColumnRecord, counts: sends.SendCounts) -
 
 def import_columns(engine: Engine, settings: Settings, paths: list[Path]) -> int:
     """Import and report; returns how many files failed."""
-    check = sources.mail_size_check(settings)
+    check = mail_size_check(settings)
     with transaction(engine) as session:
         outcomes, errors = sources.import_paths(session, paths, check=check)
     for outcome in outcomes:

@@ -11,11 +11,10 @@ from .config import PROJECT_ROOT
 MIGRATIONS = PROJECT_ROOT / "migrations"
 
 
-def alembic_config(url: str | None = None) -> Config:
+def alembic_config() -> Config:
+    """Alembic's configuration without an ini file: the scripts beside the package."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    if url:
-        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 

@@ -11,6 +11,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .clock import now
 from .config import Settings
 from .delivery import daily
 from .delivery.daily import ColumnNotSendable, Dispatcher
@@ -31,11 +32,7 @@ def daily_trigger(settings: Settings) -> CronTrigger:
 Clock = Callable[[], dt.datetime]
 
 
-def system_clock() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def daily_job(dispatcher: Dispatcher, clock: Clock = system_clock) -> Callable[[], Awaitable[None]]:
+def daily_job(dispatcher: Dispatcher, clock: Clock = now) -> Callable[[], Awaitable[None]]:
     """The job the trigger fires; `clock` says what "today" is (tests pass their own)."""
 
     async def job() -> None:
@@ -52,7 +49,7 @@ def daily_job(dispatcher: Dispatcher, clock: Clock = system_clock) -> Callable[[
     return job
 
 
-def heal_job(dispatcher: Dispatcher, clock: Clock = system_clock) -> Callable[[], Awaitable[None]]:
+def heal_job(dispatcher: Dispatcher, clock: Clock = now) -> Callable[[], Awaitable[None]]:
     async def job() -> None:
         try:
             await dispatcher.heal(clock())
@@ -62,7 +59,7 @@ def heal_job(dispatcher: Dispatcher, clock: Clock = system_clock) -> Callable[[]
     return job
 
 
-def start_scheduler(dispatcher: Dispatcher, clock: Clock = system_clock) -> AsyncIOScheduler:
+def start_scheduler(dispatcher: Dispatcher, clock: Clock = now) -> AsyncIOScheduler:
     """Schedule the daily send and the periodic heal, and catch up at once on anything
     missed while down."""
     settings = dispatcher.ctx.settings
@@ -89,9 +86,9 @@ def start_scheduler(dispatcher: Dispatcher, clock: Clock = system_clock) -> Asyn
         except Exception:
             log.exception("catching up at start-up failed; the heal job tries again")
 
-    scheduler.add_job(startup, id="catch-up", next_run_time=dt.datetime.now(dt.UTC))
+    scheduler.add_job(startup, id="catch-up", next_run_time=now())
     scheduler.start()
-    next_run = daily_trigger(settings).get_next_fire_time(None, dt.datetime.now(settings.tz))
+    next_run = daily_trigger(settings).get_next_fire_time(None, now().astimezone(settings.tz))
     log.info(
         "daily column scheduled at %s %s; next send %s",
         settings.send_time.strftime("%H:%M"),

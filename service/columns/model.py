@@ -1,10 +1,14 @@
-"""The parsed column: plain data shared by the parsers, storage and rendering."""
+"""The parsed column: the one shape of a column's content, shared by the parsers, storage and
+rendering, with the converter from a stored row."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from ..models import ColumnRecord
 
 BlockKind = Literal["paragraph", "caption", "html"]
 
@@ -45,7 +49,22 @@ class ParsedColumn:
 
 
 def sections_from_json(data: list[dict[str, Any]]) -> list[Section]:
+    """Sections from their stored JSON form (the inverse of `sections_json`)."""
     return [
         Section(heading=s.get("heading", ""), blocks=[Block(**b) for b in s.get("blocks", [])])
         for s in data
     ]
+
+
+def content_of(record: ColumnRecord) -> ParsedColumn:
+    """The content of a stored column, in the shape the parsers produce."""
+    return ParsedColumn(
+        title=record.title,
+        byline=record.byline,
+        headlines=list(record.headlines),
+        sections=sections_from_json(record.sections),
+        keys=list(record.keys),
+        permalink=record.permalink,
+        date=record.date,
+        source_format=record.source_format,  # type: ignore[arg-type]
+    )

@@ -10,11 +10,12 @@ from collections.abc import Awaitable
 
 from sqlalchemy.engine import Engine
 
-from ..columns import sources
+from ..columns import sources, store
+from ..columns.mail import ColumnTooLarge, prepare_column
+from ..columns.view import column_view
 from ..config import Settings, SmtpTarget
 from ..context import AppContext
 from ..db import transaction
-from ..mail.column import ColumnTooLarge, column_view, prepare_column
 from ..models import ColumnRecord, Send
 from ..retry import worker_name
 from . import sends
@@ -24,25 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def refresh_columns(engine: Engine, settings: Settings) -> None:
-    """Import new or edited columns from COLUMNS_DIR and FEED_URL; one log line per bad file."""
-    results: list[sources.ImportOutcome] = []
-    errors: list[sources.ColumnFileError] = []
-    check = sources.mail_size_check(settings)
-    if settings.columns_dir.is_dir():
-        with transaction(engine) as session:
-            found, failed = sources.import_paths(session, [settings.columns_dir], check=check)
-        results += found
-        errors += failed
-    if settings.feed_url:
-        with transaction(engine) as session:
-            found, failed = sources.poll_feed(session, settings.feed_url, check=check)
-        results += found
-        errors += failed
-    for error in errors:
-        log.warning("column not imported: %s", error)
-    for outcome in results:
-        if outcome.action in ("created", "updated"):
-            log.info("column %s %s (%s)", outcome.slug, outcome.action, outcome.name)
+    """Import new or edited columns from COLUMNS_DIR and FEED_URL, in one transaction."""
+    with transaction(engine) as session:
+        sources.refresh(session, settings)
 
 
 def local_day(settings: Settings, now: dt.datetime) -> dt.date:
@@ -126,7 +111,7 @@ class Dispatcher:
 
     def _column(self, day: dt.date) -> ColumnRecord | None:
         with transaction(self.engine) as session:
-            return sends.column_for(session, day)
+            return store.column_for(session, day)
 
     async def resume(self, send_id: int) -> sends.SendCounts | None:
         """Deliver what this process can of a send; None if it is already running here."""

@@ -45,10 +45,6 @@ class SendPaused(DomainError):
         self.reason = reason
 
 
-def column_for(session: Session, day: dt.date) -> ColumnRecord | None:
-    return session.exec(select(ColumnRecord).where(ColumnRecord.date == day)).first()
-
-
 def for_column(session: Session, column_id: int) -> Send | None:
     return session.exec(select(Send).where(Send.column_id == column_id)).first()
 

@@ -26,10 +26,11 @@ from aiolimiter import AsyncLimiter
 from sqlalchemy.engine import Engine
 
 from ..clock import utcnow
+from ..columns.mail import PreparedColumn, prepare_column
+from ..columns.view import column_view
 from ..config import SmtpTarget
 from ..context import AppContext
 from ..db import transaction
-from ..mail.column import PreparedColumn, column_view, prepare_column
 from ..mail.smtp import Fault, SmtpConnection, SmtpFailure
 from ..models import ColumnRecord, Send, SendStatus
 from ..retry import next_attempt, worker_name

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..columns import sources
-from ..columns.parse import ColumnFormatError
+from ..columns.mail import mail_size_check
 from ..delivery import sends
 from .deps import SessionDep, SettingsDep
 from .errors import EDGE_RESPONSES, Problem
@@ -95,17 +95,14 @@ def post_column(
 ) -> ColumnOut:
     """Add or edit a column (World View text or Markdown with front matter). Posting the same
     column again changes nothing; an edit replaces the stored column until its send starts."""
-    try:
-        outcome = sources.import_text(
-            session,
-            body.text,
-            fmt=body.format,
-            date=body.date,
-            name=body.name,
-            check=sources.mail_size_check(settings),
-        )
-    except (sources.ColumnFileError, ColumnFormatError) as exc:
-        raise HTTPException(422, str(exc)) from None
+    outcome = sources.import_text(
+        session,
+        body.text,
+        fmt=body.format,
+        date=body.date,
+        name=body.name,
+        check=mail_size_check(settings),
+    )
     if outcome.action == "locked":
         raise HTTPException(
             409, f"The column for {outcome.date} has started sending; it can no longer change."

@@ -15,6 +15,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
+from ..columns.mail import ColumnTooLarge
+from ..columns.store import ColumnFileError
 from ..errors import (
     AlreadyConfirmed,
     CannotResubscribe,
@@ -108,6 +110,13 @@ async def _cannot_resubscribe(request: Request, exc: Exception) -> Response:
     return page(request, "subscribe_again", 409, email=exc.email, status=exc.status)
 
 
+async def _column_refused(request: Request, exc: Exception) -> Response:
+    """A column that cannot be parsed or would not fit in a mail: the reason, as a 422."""
+    if _is_api(request):
+        return _json(422, str(exc))
+    return page(request, "error", 422, title="This column was not stored", message=str(exc))
+
+
 async def _not_found(request: Request, _exc: Exception) -> Response:
     if _is_api(request):
         return _json(404, "Not found.")
@@ -197,6 +206,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(AlreadyConfirmed, _already_confirmed)
     app.add_exception_handler(CannotResubscribe, _cannot_resubscribe)
     app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(ColumnFileError, _column_refused)
+    app.add_exception_handler(ColumnTooLarge, _column_refused)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(DBAPIError, _database_unavailable)

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from service.columns import sources
+from service.columns.mail import mail_size_check
 from service.db import transaction
 from service.delivery import daily
 from service.models import ColumnRecord, Send
@@ -117,7 +118,7 @@ def test_a_column_stored_before_the_check_creates_no_send_and_stays_editable(
     with Session(engine) as session:
         assert session.exec(select(Send)).all() == []
 
-    check = sources.mail_size_check(settings)
+    check = mail_size_check(settings)
     with transaction(engine) as session:
         outcome = sources.import_text(
             session, small_column(), fmt="markdown", date=None, name="fix", check=check

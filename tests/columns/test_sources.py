@@ -15,15 +15,13 @@ from sqlmodel import func, select
 
 from service.columns.model import sections_from_json
 from service.columns.sources import (
-    ColumnFileError,
     date_from_name,
     import_paths,
     import_text,
     poll_feed,
     read_column_file,
-    slug_for,
-    store_column,
 )
+from service.columns.store import ColumnFileError, slug_for, store_column
 from service.db import transaction
 from service.models import ColumnRecord, Send
 from tests.conftest import SEED

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from service.columns import store
 from service.config import Settings
 from service.context import build_context
 from service.db import transaction
@@ -48,7 +49,7 @@ def start_seed_send(engine: Engine, settings: Settings) -> Send:
     """Import the seed column and start its send (snapshotting the active readers)."""
     daily.refresh_columns(engine, settings)
     with transaction(engine) as session:
-        column = sends.column_for(session, SEED_DAY)
+        column = store.column_for(session, SEED_DAY)
         assert column is not None
         send, _created = sends.start(session, column=column)
     return send

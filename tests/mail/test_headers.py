@@ -20,11 +20,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
+from service.columns.mail import prepare_column
+from service.columns.model import ParsedColumn
 from service.columns.sources import import_text
+from service.columns.view import ColumnView
 from service.config import Settings
 from service.db import transaction
 from service.mail import message
-from service.mail.column import ColumnView, prepare_column
 from service.models import Subscriber, SubscriberStatus
 from tests.conftest import make_settings
 from tests.delivery.test_daily_send import run_job
@@ -205,7 +207,7 @@ def config(var_dir: Path, **overrides: object) -> Settings:
 
 
 def column_mail(settings: Settings, *, title: str = "Talks", name: str = "Zoe") -> bytes:
-    view = ColumnView(title=title, date=DAY, slug="2026-11-26-talks")
+    view = ColumnView.from_parsed(ParsedColumn(title=title), slug="2026-11-26-talks", date=DAY)
     return prepare_column(view, settings).message_bytes(
         to=READER,
         name=name,

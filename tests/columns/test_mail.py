@@ -17,16 +17,10 @@ from typing import Any
 import jinja2
 import pytest
 
+from service.columns.mail import ColumnTooLarge, PreparedColumn, prepare_column, render_column
 from service.columns.model import Block, ParsedColumn, Section
+from service.columns.view import ColumnView, column_view
 from service.config import TEMPLATES_DIR, Settings
-from service.mail.column import (
-    ColumnTooLarge,
-    ColumnView,
-    PreparedColumn,
-    column_view,
-    prepare_column,
-    render_column,
-)
 from service.models import ColumnRecord
 from tests.conftest import ROOT, make_settings
 
@@ -244,7 +238,8 @@ def test_date_defaults_to_now(prepared):
     ids=["short", "longer-than-one-encoded-word"],
 )
 def test_non_ascii_title_and_name_are_encoded_and_decode_back(view, settings, name):
-    view = dataclasses.replace(view, title="Café talks — Genève: " + "the long pause " * 4)
+    title = "Café talks — Genève: " + "the long pause " * 4
+    view = dataclasses.replace(view, content=dataclasses.replace(view.content, title=title))
     prepared = prepare_column(view, settings)
 
     data = prepared.message_bytes(**reader(name=name))
@@ -451,7 +446,9 @@ def test_html_part_stays_under_gmails_clipping_size(prepared):
 
 def test_a_column_too_large_for_gmail_is_refused(view, settings):
     many = [paragraph(" ".join(PARAGRAPHS))] * 120
-    huge = dataclasses.replace(view, sections=[Section("Everything", many)])
+    huge = dataclasses.replace(
+        view, content=dataclasses.replace(view.content, sections=[Section("Everything", many)])
+    )
 
     with pytest.raises(ColumnTooLarge):
         prepare_column(huge, settings)

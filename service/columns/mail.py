@@ -1,25 +1,26 @@
-"""The column e-mail: render and encode once per column, splice each reader's values per message."""
+"""The column's own mail: render and encode once per column, splice each reader's values per
+message, built on the generic mail primitives (message headers, the SMTP-ready bytes)."""
 
 from __future__ import annotations
 
 import binascii
-import dataclasses
 import datetime as dt
 import functools
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import css_inline
 import jinja2
 
-from ..columns.model import ParsedColumn, Section, sections_from_json
 from ..config import TEMPLATES_DIR, Settings
-from ..models import ColumnRecord
-from .message import date_value, mailbox, one_line, sender, unstructured
+from ..mail.message import date_value, mailbox, one_line, sender, unstructured
+from .model import ParsedColumn
+from .store import slug_for
+from .view import ColumnView
 
 # Gmail clips an HTML part past ~102 KB behind "[Message clipped]", hiding the footer with the
 # unsubscribe link. Measured on the quoted-printable bytes (larger than the decoded HTML).
@@ -38,101 +39,6 @@ _HEADER_UNSAFE = re.compile(r'[^\x21-\x7e]|[<>"]')
 
 class ColumnTooLarge(ValueError):
     """The HTML part would be clipped by Gmail; the column must be shortened."""
-
-
-@dataclass(frozen=True)
-class ColumnView:
-    """A column as the templates see it, from the database row or straight from a parser.
-
-    `base_url` "" gives site-relative links (fine for web pages); the mail always uses the
-    configured absolute base URL.
-    """
-
-    title: str
-    date: dt.date
-    slug: str
-    byline: str = ""
-    headlines: list[str] = field(default_factory=list)
-    sections: list[Section] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
-    permalink: str | None = None
-    base_url: str = ""
-
-    @classmethod
-    def from_parsed(
-        cls, parsed: ParsedColumn, *, slug: str, date: dt.date | None = None, base_url: str = ""
-    ) -> ColumnView:
-        """A view of a freshly parsed column (date from the argument or the parser)."""
-        when = date or parsed.date
-        if when is None:
-            raise ValueError("the column has no date")
-        return cls(
-            title=parsed.title,
-            date=when,
-            slug=slug,
-            byline=parsed.byline,
-            headlines=list(parsed.headlines),
-            sections=list(parsed.sections),
-            keys=list(parsed.keys),
-            permalink=parsed.permalink,
-            base_url=base_url,
-        )
-
-    @property
-    def web_url(self) -> str:
-        return f"{self.base_url}/columns/{self.slug}"
-
-    @property
-    def permalink_or_web(self) -> str:
-        return self.permalink or self.web_url
-
-    @property
-    def long_date(self) -> str:
-        """E.g. "Thursday, 4 February 2016" (English whatever the process locale)."""
-        d = self.date
-        return f"{_WEEKDAYS[d.weekday()]}, {d.day} {_MONTHS[d.month - 1]} {d.year}"
-
-    @property
-    def anchored_sections(self) -> list[tuple[str, Section]]:
-        """Each section with its anchor (the id its heading gets in the mail and on the page)."""
-        return [(section_anchor(i), s) for i, s in enumerate(self.sections, 1)]
-
-    @property
-    def headline_links(self) -> list[tuple[str, str]]:
-        """Each headline with the anchor of the section of the same heading ("" if none)."""
-        anchors = {_fold(s.heading): section_anchor(i) for i, s in enumerate(self.sections, 1)}
-        return [(h, anchors.get(_fold(h), "")) for h in self.headlines]
-
-
-_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_MONTHS = (
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
-)  # fmt: skip
-
-
-def section_anchor(index: int) -> str:
-    """The id of the index-th section (1-based), the same in the mail and on the web page."""
-    return f"section-{index}"
-
-
-def _fold(text: str) -> str:
-    return " ".join(text.split()).casefold()
-
-
-def column_view(record: ColumnRecord, *, base_url: str = "") -> ColumnView:
-    """A view of a stored column."""
-    return ColumnView(
-        title=record.title,
-        date=record.date,
-        slug=record.slug,
-        byline=record.byline,
-        headlines=list(record.headlines),
-        sections=sections_from_json(record.sections),
-        keys=list(record.keys),
-        permalink=record.permalink,
-        base_url=base_url,
-    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -163,7 +69,7 @@ def render_column(
     templates_dir: Path = TEMPLATES_DIR,
 ) -> tuple[str, str]:
     """(text, html) for one reader, rendered the slow way; the spliced message must decode to it."""
-    view = dataclasses.replace(view, base_url=settings.base_url)
+    view = view.at(settings.base_url)
     personal = {
         "name": clean_name(name),
         "email": email,
@@ -392,7 +298,7 @@ def prepare_column(
     view: ColumnView, settings: Settings, *, templates_dir: Path = TEMPLATES_DIR
 ) -> PreparedColumn:
     """Render both templates with markers, inline the CSS and QP-encode: once per column."""
-    view = dataclasses.replace(view, base_url=settings.base_url)
+    view = view.at(settings.base_url)
     nonce = secrets.token_hex(8)
     markers = {f"brdsd{code}{nonce}": code for code in PERSONAL_FIELDS.values()}
     by_field = {key: f"brdsd{code}{nonce}" for key, code in PERSONAL_FIELDS.items()}
@@ -449,3 +355,19 @@ def _prepare_variant(
     _require(variant.text, needed + "f", "text")
     _require(variant.html, needed + "f", "HTML")
     return variant
+
+
+def mail_size_check(settings: Settings) -> Callable[[ParsedColumn], None]:
+    """The check that a column can be mailed: rendered as a reader would get it, its HTML part
+    must stay under Gmail's clipping limit (the unsubscribe link sits at the end). Raises
+    ValueError naming the size."""
+
+    def check(parsed: ParsedColumn) -> None:
+        assert parsed.date is not None
+        try:
+            view = ColumnView.from_parsed(parsed, slug=slug_for(parsed.date, parsed.title))
+            prepare_column(view, settings)
+        except ColumnTooLarge as exc:
+            raise ValueError(f"too large to mail: {exc}; shorten the column") from exc
+
+    return check
