@@ -11,11 +11,12 @@ from .clock import utcnow
 from .context import AppContext, Requester
 from .errors import InvalidInput
 from .limits import check_and_count
-from .mail import message, outbox
+from .mail import outbox
 from .models import Feedback, Subscriber
 from .subscriptions import normalize_address, subscriber_for_link
 from .tokens import Purpose, TokenError
 
+# The one list of categories: the form's choices and the API's enum are made from it.
 CATEGORIES = {
     "delivery": "Delivery problem",
     "commenting": "Commenting problem",
@@ -85,22 +86,24 @@ def submit(
     session.add(feedback)
     session.flush()
     if ctx.settings.feedback_notify:
-        _notify(session, ctx, feedback, subscriber)
+        _notify_editor(session, ctx, ctx.settings.feedback_notify, feedback, subscriber)
     return feedback
 
 
-def _notify(
-    session: Session, ctx: AppContext, feedback: Feedback, subscriber: Subscriber | None
+def _notify_editor(
+    session: Session, ctx: AppContext, to: str, feedback: Feedback, subscriber: Subscriber | None
 ) -> None:
-    to = ctx.settings.feedback_notify
-    assert to is not None
-    rendered = ctx.mail.render(
-        "feedback_notice",
+    """Pass the feedback on; its Reply-To is the reader's address, so a plain reply answers."""
+    outbox.queue(
+        session,
+        ctx,
+        kind="feedback-notice",
+        to=to,
+        reply_to=feedback.reply_to,
+        template="feedback_notice",
         category_label=CATEGORIES[feedback.category],
         message=feedback.message,
-        reply_to=feedback.reply_to,
+        reply_address=feedback.reply_to,
         subscriber_email=subscriber.email if subscriber else None,
         received_at=feedback.created_at.strftime("%Y-%m-%d %H:%M"),
     )
-    msg = message.build(ctx.settings, to=to, rendered=rendered, reply_to=feedback.reply_to)
-    outbox.enqueue(session, ctx.settings, kind="feedback-notice", to=to, msg=msg)

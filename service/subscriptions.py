@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import unicodedata
 from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
@@ -38,7 +37,7 @@ def normalize_address(raw: str | None) -> str:
         raise InvalidInput("email", "Enter your e-mail address.")
     if len(value) > MAX_ADDRESS:
         raise InvalidInput("email", f"That address is longer than {MAX_ADDRESS} characters.")
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
+    if not message.header_safe(value):
         raise InvalidInput(
             "email", "An e-mail address cannot contain line breaks or control characters."
         )
@@ -58,13 +57,14 @@ def mailbox_key(address: str) -> str:
 
 
 def clean_name(raw: str | None) -> str:
-    """A display name safe for a mail header: no control characters, at most 100 characters."""
+    """A reader's name as we store it (one line for the To header, at most 100 characters),
+    or InvalidInput: a name with a line break is refused, not silently rewritten."""
     value = (raw or "").strip()
-    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
+    if not message.header_safe(value):
         raise InvalidInput("name", "A name cannot contain line breaks or control characters.")
     if len(value) > MAX_NAME:
         raise InvalidInput("name", f"Please keep the name under {MAX_NAME} characters.")
-    return " ".join(value.split())
+    return message.one_line(value)
 
 
 def subscribe(
@@ -74,11 +74,15 @@ def subscribe(
     email: str,
     name: str | None,
     who: Requester,
+    honeypot: str | None = None,
     now: datetime | None = None,
 ) -> None:
     """Start (or restart) a double opt-in. The outcome is deliberately invisible to the
     caller, so the answer never tells whether an address is known. The name waits in
-    `pending_name` until the address confirms: until then it is only what a stranger typed."""
+    `pending_name` until the address confirms: until then it is only what a stranger typed.
+    A filled honeypot field (only bots see it) gets the same silence, and nothing happens."""
+    if honeypot:
+        return
     now = now or utcnow()
     address = normalize_address(email)
     display_name = clean_name(name)
@@ -136,34 +140,33 @@ def _notice_already_subscribed(
         return
     subscriber.last_notice_at = now
     assert subscriber.id is not None
-    rendered = ctx.mail.render(
-        "already_subscribed",
+    outbox.queue(
+        session,
+        ctx,
+        kind="already-subscribed",
+        to=subscriber.email,
+        to_name=subscriber.name,
+        template="already_subscribed",
         name=subscriber.name,
         email=subscriber.email,
         unsubscribe_url=ctx.unsubscribe_url(subscriber.id),
     )
-    _queue(session, ctx, "already-subscribed", subscriber, rendered)
 
 
 def _queue_confirmation(session: Session, ctx: AppContext, subscriber: Subscriber) -> None:
     assert subscriber.id is not None and subscriber.confirm_nonce is not None
     token = ctx.tokens.make(Purpose.confirm, f"{subscriber.id}-{subscriber.confirm_nonce}")
-    rendered = ctx.mail.render(  # no name: whoever asked may not own the address
-        "confirm",
+    outbox.queue(  # no name in the body: whoever asked may not own the address
+        session,
+        ctx,
+        kind="confirm",
+        to=subscriber.email,
+        to_name=subscriber.name,
+        template="confirm",
         email=subscriber.email,
         confirm_url=ctx.confirm_url(token),
         valid_days=ctx.settings.confirm_token_days,
     )
-    _queue(session, ctx, "confirm", subscriber, rendered)
-
-
-def _queue(
-    session: Session, ctx: AppContext, kind: str, subscriber: Subscriber, rendered: message.Rendered
-) -> None:
-    msg = message.build(
-        ctx.settings, to=subscriber.email, to_name=subscriber.name, rendered=rendered
-    )
-    outbox.enqueue(session, ctx.settings, kind=kind, to=subscriber.email, msg=msg)
 
 
 def _record(
@@ -224,6 +227,11 @@ def confirm(
 # Unsubscribe ----------------------------------------------------------------------------
 
 
+def receives_mail(subscriber: Subscriber) -> bool:
+    """Whether we still write to this reader (an unsubscribe would change something)."""
+    return subscriber.status in (SubscriberStatus.active, SubscriberStatus.pending)
+
+
 def subscriber_for_link(
     session: Session, ctx: AppContext, token: str, purpose: Purpose
 ) -> Subscriber:
@@ -252,7 +260,7 @@ def unsubscribe(
     """Stop all mail to this reader at once. Doing it twice is fine; no goodbye mail is sent."""
     now = now or utcnow()
     subscriber = subscriber_for_link(session, ctx, token, Purpose.unsubscribe)
-    if subscriber.status in (SubscriberStatus.active, SubscriberStatus.pending):
+    if receives_mail(subscriber):
         subscriber.status = SubscriberStatus.unsubscribed
         subscriber.confirm_nonce = None
         subscriber.pending_name = None

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from service import feedback
 from service.models import Feedback, Subscriber, SubscriberStatus
 from tests.smtp_server import SmtpTestServer
 
@@ -126,3 +127,13 @@ def test_feedback_api_and_its_rate_limit(notify_client: TestClient, engine: Engi
         "/api/v1/feedback", json={"category": "other", "message": "x", "extra": 1}
     )
     assert unknown.status_code == 422
+
+
+def test_the_api_schema_lists_the_categories_and_both_bot_traps(notify_client: TestClient) -> None:
+    schemas = notify_client.get("/openapi.json").json()["components"]["schemas"]
+    category = schemas["FeedbackIn"]["properties"]["category"]
+    # The same shape as the hand-written Literal it replaced: an inline enum of strings.
+    assert category == {"enum": list(feedback.CATEGORIES), "title": "Category", "type": "string"}
+    for model in ("FeedbackIn", "SubscriptionIn"):
+        trap = schemas[model]["properties"]["website"]
+        assert trap["description"] == "leave empty (bot trap)", model

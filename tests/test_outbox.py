@@ -11,8 +11,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from service.config import Settings
+from service.context import build_context
 from service.db import transaction
-from service.mail import message, outbox
+from service.mail import outbox
 from service.models import MailStatus, OutboxMail
 from tests.conftest import make_settings
 from tests.smtp_server import SmtpTestServer
@@ -20,11 +21,19 @@ from tests.smtp_server import SmtpTestServer
 
 def queue_mails(engine: Engine, settings: Settings, count: int) -> list[str]:
     addresses = [f"reader{i}@example.com" for i in range(count)]
-    rendered = message.Rendered(subject="Please confirm", text="Hello\n", html="<p>Hello</p>")
+    ctx = build_context(settings)
     with transaction(engine) as session:
         for address in addresses:
-            msg = message.build(settings, to=address, rendered=rendered)
-            outbox.enqueue(session, settings, kind="confirm", to=address, msg=msg)
+            outbox.queue(
+                session,
+                ctx,
+                kind="confirm",
+                to=address,
+                template="confirm",
+                email=address,
+                confirm_url="https://news.example.com/confirm/x",
+                valid_days=7,
+            )
     return addresses
 
 

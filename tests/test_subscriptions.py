@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from service.models import Consent, OutboxMail, Subscriber, SubscriberStatus
+from service.models import Consent, OutboxMail, RateHit, Subscriber, SubscriberStatus
 from service.tokens import Purpose
 from tests.helpers import links, path_of
 from tests.smtp_server import Received, SmtpTestServer
@@ -251,6 +251,28 @@ def test_header_injection_in_name_is_refused(
         == 422
     )
     assert subscriber(engine) is None
+
+
+def test_a_filled_honeypot_gets_the_usual_answer_and_nothing_else(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    trap = "spam.example"
+    page = app_client.post("/subscribe", data={"email": READER, "website": trap})
+    api = app_client.post("/api/v1/subscriptions", json={"email": READER, "website": trap})
+    with Session(engine) as session:
+        for table in (Subscriber, Consent, OutboxMail, RateHit):
+            assert session.exec(select(table)).all() == [], table.__name__
+    real_page = app_client.post("/subscribe", data={"email": "human@example.com"})
+    real_api = app_client.post("/api/v1/subscriptions", json={"email": "other@example.com"})
+    assert page.status_code == real_page.status_code == 200
+    assert page.text.replace(READER, "X") == real_page.text.replace("human@example.com", "X")
+    assert api.status_code == real_api.status_code == 202
+    assert api.json() == real_api.json()
+    smtp_server.wait_for(2)
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == [
+        "human@example.com",
+        "other@example.com",
+    ]
 
 
 def test_api_rejects_unknown_fields_empty_and_non_json_bodies(app_client: TestClient) -> None:

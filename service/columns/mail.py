@@ -13,11 +13,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import css_inline
-import jinja2
-
 from ..config import TEMPLATES_DIR, Settings
 from ..mail.message import date_value, mailbox, one_line, sender, unstructured
+from ..mail.render import environment, inline_css, site_globals
 from .model import ParsedColumn
 from .store import slug_for
 from .view import ColumnView
@@ -41,23 +39,6 @@ class ColumnTooLarge(ValueError):
     """The HTML part would be clipped by Gmail; the column must be shortened."""
 
 
-@functools.lru_cache(maxsize=4)
-def environment(templates_dir: Path) -> jinja2.Environment:
-    """Autoescape for .html, none for .txt (plain text is not HTML)."""
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-
-
-def clean_name(name: str) -> str:
-    """The reader's name on one line: control characters and runs of spaces become one space."""
-    return one_line(name)
-
-
 def render_column(
     view: ColumnView,
     settings: Settings,
@@ -71,7 +52,7 @@ def render_column(
     """(text, html) for one reader, rendered the slow way; the spliced message must decode to it."""
     view = view.at(settings.base_url)
     personal = {
-        "name": clean_name(name),
+        "name": one_line(name),
         "email": email,
         "unsubscribe_url": unsubscribe_url,
         "feedback_url": feedback_url,
@@ -83,21 +64,10 @@ def _render(
     view: ColumnView, settings: Settings, personal: Mapping[str, str], templates_dir: Path
 ) -> tuple[str, str]:
     env = environment(templates_dir)
-    context = {
-        "column": view,
-        "site_name": settings.from_name,
-        "base_url": settings.base_url,
-        "subscribe_url": settings.base_url + "/",
-        "postal_address": settings.postal_address,
-        **personal,
-    }
+    context = {"column": view, **site_globals(settings), **personal}
     text = env.get_template("email/column.txt").render(context)
-    html = _INLINER.inline(env.get_template("email/column.html").render(context))
+    html = inline_css(env.get_template("email/column.html").render(context))
     return _normalize(text), _normalize(html)
-
-
-# Inline every rule into style attributes, keep only the @media rules (phones) in <head>.
-_INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
 
 
 def _normalize(body: str) -> str:
@@ -232,7 +202,7 @@ class PreparedColumn:
         date_header: str | None = None,
     ) -> bytes:
         """The whole mail for one reader, CRLF throughout, ready for SMTP DATA."""
-        name = clean_name(name)
+        name = one_line(name)
         if not (message_id.startswith("<") and message_id.endswith(">")):
             message_id = f"<{message_id}>"
         if _HEADER_UNSAFE.search(f"{to}{unsubscribe_url}{feedback_url}{message_id[1:-1]}"):
@@ -283,7 +253,7 @@ def _subject_header(title: str) -> str:
 
 
 def _to_header(address: str, name: str) -> str:
-    """Per reader, so cheap for an ASCII name; `name` is clean_name()'d already."""
+    """Per reader, so cheap for an ASCII name; `name` is one_line()'d already."""
     return mailbox(name, address, indent=len("To: "))
 
 

@@ -9,6 +9,7 @@ import email.utils
 import re
 import secrets
 import time
+import unicodedata
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -27,6 +28,7 @@ WORD_LIMIT = 75
 _WORD_FRAME = len("=?utf-8?b??=")
 
 _CONTROLS = {c: " " for c in [*range(0x20), 0x7F]}
+_LINE_BREAKING = ("Cc", "Zl", "Zp")  # control characters, line and paragraph separators
 # RFC 5322 3.2.3: printable ASCII outside atext; a display name with one must be quoted.
 _SPECIALS = re.compile(r'[][\\()<>@,:;".]')
 
@@ -44,6 +46,12 @@ def one_line(text: str) -> str:
     """Header text on one line: control characters (CR and LF among them, which would start a
     new header) and runs of white space become one space, none at the ends."""
     return " ".join(text.translate(_CONTROLS).split())
+
+
+def header_safe(text: str) -> bool:
+    """Whether typed text may go into a header as it is: no control character (CR and LF among
+    them) and no Unicode line or paragraph separator, which some readers show as a new line."""
+    return not any(unicodedata.category(ch) in _LINE_BREAKING for ch in text)
 
 
 def needs_encoding(text: str) -> bool:

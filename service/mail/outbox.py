@@ -1,7 +1,7 @@
 """The transactional outbox: mails written with the change they announce, delivered later.
 
-A request that changes a subscriber adds its mail to the `outbox` table in the same
-transaction, so the mail exists exactly when the change does. The sender below delivers
+A request that changes a subscriber adds its mail to the `outbox` table with queue(), in the
+same transaction, so the mail exists exactly when the change does. The sender below delivers
 due rows over SMTP; a relay that is down or refuses us only delays them (retried with
 backoff, no deadline: the mail goes out when SMTP is back). Rows are claimed with a lease
 (OUTBOX_LEASE_SECONDS) that is renewed right before each hand-off, and every write after
@@ -16,7 +16,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
+from typing import Protocol
 
 from sqlalchemy import or_, update
 from sqlalchemy.engine import Engine
@@ -27,17 +27,43 @@ from ..config import Settings, SmtpTarget
 from ..db import transaction
 from ..models import MailStatus, OutboxMail
 from ..retry import next_attempt, worker_name
-from .message import to_bytes
+from .message import build, to_bytes
+from .render import MailTemplates
 from .smtp import Fault, SmtpConnection, SmtpFailure
 
 log = logging.getLogger(__name__)
 CLAIM_LIMIT = 50
 
 
-def enqueue(session: Session, settings: Settings, *, kind: str, to: str, msg: EmailMessage) -> None:
-    """Add a mail to the outbox in the caller's transaction (flush only, no commit)."""
+class MailContext(Protocol):
+    """What queue() needs of the application context (service.context.AppContext)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def mail(self) -> MailTemplates: ...
+
+
+def queue(
+    session: Session,
+    ctx: MailContext,
+    /,
+    *,
+    kind: str,
+    to: str,
+    template: str,
+    to_name: str = "",
+    reply_to: str | None = None,
+    **values: object,
+) -> None:
+    """The one door for transactional mail: render templates/email/TEMPLATE.txt and .html with
+    `values`, build the message and add it to the outbox in the caller's transaction."""
+    rendered = ctx.mail.render(template, **values)
+    msg = build(ctx.settings, to=to, to_name=to_name, rendered=rendered, reply_to=reply_to)
+    envelope_from = ctx.settings.mail_from
     session.add(
-        OutboxMail(kind=kind, recipient=to, envelope_from=settings.mail_from, message=to_bytes(msg))
+        OutboxMail(kind=kind, recipient=to, envelope_from=envelope_from, message=to_bytes(msg))
     )
     session.flush()
 

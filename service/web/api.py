@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,6 +14,16 @@ from .errors import EDGE_RESPONSES
 router = APIRouter(prefix="/api/v1", tags=["readers"], responses=EDGE_RESPONSES)
 
 
+# feedback.CATEGORIES is the one list; as a Literal the schema shows it as an enum, inline.
+# mypy cannot read a Literal built at run time, so it checks the field as a str.
+if TYPE_CHECKING:
+    Category = str
+else:
+    Category = Literal[tuple(feedback.CATEGORIES)]
+# The hidden form field only bots fill; the domain drops their request without a trace.
+BotTrap = Annotated[str | None, Field(description="leave empty (bot trap)")]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -21,6 +31,7 @@ class Strict(BaseModel):
 class SubscriptionIn(Strict):
     email: str = Field(max_length=320, examples=["reader@example.com"])
     name: str | None = Field(default=None, max_length=200, examples=["Ada"])
+    website: BotTrap = None
 
 
 class TokenIn(Strict):
@@ -28,13 +39,13 @@ class TokenIn(Strict):
 
 
 class FeedbackIn(Strict):
-    category: Literal["delivery", "commenting", "content", "other"]
+    category: Category
     message: str = Field(min_length=1, max_length=20_000)
     reply_to: str | None = Field(default=None, max_length=320)
     token: str | None = Field(
         default=None, max_length=400, description="from a mail's feedback link"
     )
-    website: str | None = Field(default=None, description="leave empty (bot trap)")
+    website: BotTrap = None
 
 
 class Accepted(BaseModel):
@@ -60,7 +71,9 @@ def create_subscription(
     body: SubscriptionIn, session: SessionDep, ctx: ContextDep, who: RequesterDep
 ) -> Accepted:
     """Start a double opt-in. The answer is the same whether or not the address is known."""
-    subscriptions.subscribe(session, ctx, email=body.email, name=body.name, who=who)
+    subscriptions.subscribe(
+        session, ctx, email=body.email, name=body.name, who=who, honeypot=body.website
+    )
     return Accepted(
         status="pending",
         message="If the address can receive mail, a confirmation link is on its way.",

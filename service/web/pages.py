@@ -10,7 +10,6 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from .. import feedback, subscriptions
 from ..errors import InvalidInput
-from ..models import SubscriberStatus
 from ..tokens import Purpose
 from .deps import ContextDep, RequesterDep, SessionDep
 from .templating import page
@@ -36,10 +35,8 @@ def subscribe(
     website: FormField = "",
 ) -> HTMLResponse:
     form = {"email": email[:400], "name": name[:200]}
-    if website:  # the hidden honeypot: only bots fill it; they get the usual answer
-        return page(request, "subscribe_sent", email=form["email"])
     try:
-        subscriptions.subscribe(session, ctx, email=email, name=name, who=who)
+        subscriptions.subscribe(session, ctx, email=email, name=name, who=who, honeypot=website)
     except InvalidInput as exc:
         return page(request, "index", 422, form=form, error=exc)
     return page(request, "subscribe_sent", email=form["email"])
@@ -66,7 +63,7 @@ def unsubscribe_page(
     request: Request, token: str, session: SessionDep, ctx: ContextDep
 ) -> HTMLResponse:
     subscriber = subscriptions.subscriber_for_link(session, ctx, token, Purpose.unsubscribe)
-    already = subscriber.status not in (SubscriberStatus.active, SubscriberStatus.pending)
+    already = not subscriptions.receives_mail(subscriber)
     return page(request, "unsubscribe", email=subscriber.email, token=token, already=already)
 
 

@@ -9,15 +9,13 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from ..config import TEMPLATES_DIR, Settings
+from ..mail.render import site_globals
 
 
 def make_templates(settings: Settings) -> Jinja2Templates:
+    """The pages' renderer, with the same site globals as the mails."""
     templates = Jinja2Templates(directory=TEMPLATES_DIR)
-    templates.env.globals.update(
-        site_name=settings.from_name,
-        base_url=settings.base_url,
-        postal_address=settings.postal_address,
-    )
+    templates.env.globals.update(site_globals(settings))
     return templates
 
 
