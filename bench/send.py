@@ -60,6 +60,7 @@ from service.config import Settings, load_settings
 from service.context import build_context
 from service.db import make_engine, transaction
 from service.delivery import sends
+from service.delivery.courier import Courier
 from service.delivery.daily import refresh_columns
 from service.delivery.worker import SendWorker
 from service.migrate import upgrade
@@ -414,7 +415,7 @@ def send_path_job(
     settings = load_settings(**settings_values)
     assert settings.smtp is not None
     engine = make_engine(settings.database_url)
-    worker = SendWorker(engine, build_context(settings), settings.smtp)
+    worker = SendWorker(Courier(engine, build_context(settings), settings.smtp))
     try:
         with Meter(sink_pid, watch_pg) as meter:
             counts = asyncio.run(worker.run(send_id))

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,6 +18,11 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from .config import ConfigError, Settings, load_settings
 from .db import make_engine
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from .delivery.courier import Courier
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -65,6 +70,17 @@ def database_errors() -> Iterator[None]:
         raise fail(
             f"database error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
         ) from None
+
+
+@contextmanager
+def courier_for(settings: Settings, engine: Engine) -> Iterator[Courier]:
+    """What a send or a preview from the command line needs (the relay, or the capture server)."""
+    from .context import build_context
+    from .delivery.courier import Courier
+    from .runtime import smtp_target
+
+    with smtp_target(settings) as target:
+        yield Courier(engine, build_context(settings), target)
 
 
 def guarded(func: Callable[[], T]) -> T:
@@ -155,15 +171,15 @@ def send(
 ) -> None:
     """Send a day's column to every active reader now, in the foreground, with progress."""
     from . import console
-    from .delivery.daily import ColumnNotSendable
+    from .delivery import daily
     from .delivery.worker import LeaseLost
 
     settings = settings_or_exit()
     day = _day(date, settings)
     engine = make_engine(settings.database_url)
     with database_errors():
-        plan = console.plan(engine, settings, day)
-        if plan.column is None:
+        plan = daily.plan(engine, settings, day)
+        if plan.title is None:
             raise fail(
                 f"no column for {day.isoformat()}: put one in {settings.columns_dir} "
                 "or POST it to /api/v1/admin/columns",
@@ -173,8 +189,9 @@ def send(
             console.print_plan(plan)
             return
         try:
-            outcome = asyncio.run(console.send_with_progress(engine, settings, plan))
-        except ColumnNotSendable as exc:
+            with courier_for(settings, engine) as courier:
+                outcome = asyncio.run(console.send_with_progress(courier, day))
+        except daily.ColumnNotSendable as exc:
             raise fail(str(exc), 1) from None
         except LeaseLost as exc:
             raise fail(f"the database stopped answering mid-send ({exc}); run again", 1) from None
@@ -199,7 +216,7 @@ def preview(
     date: DateOption = None,
 ) -> None:
     """Mail one test copy of a day's column to ADDRESS, touching no subscriber."""
-    from . import console
+    from .delivery import daily
     from .errors import InvalidInput
     from .subscriptions import normalize_address
 
@@ -211,13 +228,14 @@ def preview(
     day = _day(date, settings)
     engine = make_engine(settings.database_url)
     with database_errors():
-        plan = console.plan(engine, settings, day)
-        if plan.column is None:
+        plan = daily.plan(engine, settings, day)
+        if plan.title is None:
             raise fail(f"no column for {day.isoformat()}", 1)
-        problem = asyncio.run(console.preview(settings, plan.column, address))
+        with courier_for(settings, engine) as courier:
+            problem = asyncio.run(daily.preview(courier, day, address))
     if problem:
         raise fail(f"the preview was not accepted: {problem}", 1)
-    err.print(f"preview of {plan.column.title!r} sent to {address}")
+    err.print(f"preview of {plan.title!r} sent to {address}")
 
 
 @app.command()

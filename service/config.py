@@ -24,6 +24,9 @@ if not (PROJECT_ROOT / "templates").is_dir():
     PROJECT_ROOT = Path.cwd()
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 HEADER_UNSAFE = frozenset("\r\n\0")
+# Seconds for the hand-offs in progress to finish at a stop (SIGTERM, Ctrl-C); what still runs
+# then is cancelled, so a stop never takes longer than this (docker's default wait is 10 s).
+SHUTDOWN_GRACE = 8.0
 LIST_ID_RE = re.compile(r"[^<>\r\n]*<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+>\s*|[A-Za-z0-9.-]+")
 
 

@@ -12,16 +12,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from .config import Settings, SmtpTarget
+from .config import SHUTDOWN_GRACE, Settings, SmtpTarget
 from .context import AppContext
+from .delivery.courier import Courier
 from .delivery.daily import Dispatcher
 from .mail.capture import CaptureServer
 from .mail.outbox import OutboxSender
 from .scheduler import start_scheduler
-
-# Seconds for the hand-offs in progress to finish at a stop (SIGTERM); what is still running
-# then is cancelled, so a stop never takes longer than this (docker's default is 10 s).
-SHUTDOWN_GRACE = 8.0
 
 
 @contextlib.contextmanager
@@ -53,7 +50,7 @@ async def background(engine: Engine, ctx: AppContext, *, scheduler: bool) -> Asy
     the caller runs; at the end, everything in progress stops within SHUTDOWN_GRACE."""
     with smtp_target(ctx.settings) as target:
         sender = OutboxSender(engine, ctx.settings, target)
-        dispatcher = Dispatcher(engine, ctx, target)
+        dispatcher = Dispatcher(Courier(engine, ctx, target))
         task = asyncio.create_task(sender.run(), name="outbox-sender")
         daily = start_scheduler(dispatcher) if scheduler else None
         try:

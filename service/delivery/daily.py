@@ -1,25 +1,30 @@
-"""The daily column: refresh the sources, find today's column, start its send, deliver it,
-and keep every unfinished send going in this process until it is done."""
+"""The daily column: refresh the sources, find a day's column, start its send, deliver it,
+and keep every unfinished send going in this process until it is done. The one send
+orchestration: the scheduler, `broadside send` and `broadside preview` all go through here."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
+from ..clock import utcnow
 from ..columns import sources, store
 from ..columns.mail import ColumnTooLarge, prepare_column
 from ..columns.view import column_view
-from ..config import Settings, SmtpTarget
-from ..context import AppContext
+from ..config import SHUTDOWN_GRACE, Settings
 from ..db import transaction
+from ..mail.smtp import SmtpConnection, SmtpFailure
 from ..models import ColumnRecord, Send
 from ..retry import worker_name
 from . import sends
-from .worker import SendWorker
+from .courier import Courier
+from .worker import SendWorker, job_for, message_for
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,12 @@ def refresh_columns(engine: Engine, settings: Settings) -> None:
     """Import new or edited columns from COLUMNS_DIR and FEED_URL, in one transaction."""
     with transaction(engine) as session:
         sources.refresh(session, settings)
+
+
+def column_of(engine: Engine, day: dt.date) -> ColumnRecord | None:
+    """The stored column of `day`, if there is one."""
+    with transaction(engine) as session:
+        return store.column_for(session, day)
 
 
 def local_day(settings: Settings, now: dt.datetime) -> dt.date:
@@ -73,10 +84,10 @@ class Dispatcher:
     run aborted by a database error can take back its own rows at once instead of waiting for
     their lease to expire."""
 
-    def __init__(self, engine: Engine, ctx: AppContext, target: SmtpTarget) -> None:
-        self.engine = engine
-        self.ctx = ctx
-        self.target = target
+    def __init__(self, courier: Courier) -> None:
+        self.courier = courier
+        self.engine = courier.engine
+        self.ctx = courier.ctx
         self.name = worker_name()
         # send id -> its worker and the task running it (the scheduler's, or one of ours)
         self._running: dict[int, tuple[SendWorker, asyncio.Task[object] | None]] = {}
@@ -110,14 +121,13 @@ class Dispatcher:
         return await self.resume(send.id or 0)
 
     def _column(self, day: dt.date) -> ColumnRecord | None:
-        with transaction(self.engine) as session:
-            return store.column_for(session, day)
+        return column_of(self.engine, day)
 
     async def resume(self, send_id: int) -> sends.SendCounts | None:
         """Deliver what this process can of a send; None if it is already running here."""
         if send_id in self._running:
             return None
-        worker = SendWorker(self.engine, self.ctx, self.target, name=self.name)
+        worker = SendWorker(self.courier, name=self.name)
         self._running[send_id] = (worker, asyncio.current_task())
         try:
             counts = await worker.run(send_id)
@@ -194,3 +204,157 @@ class Dispatcher:
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a send of one day would do, for an operator to read before it starts."""
+
+    day: dt.date
+    title: str | None  # None: no column for that day
+    slug: str | None
+    readers: int  # active readers now, whom a new send would snapshot
+    send_id: int | None  # the existing send, if any
+    send_status: str | None
+    send_readers: int | None
+    pause_reason: str | None
+
+
+def plan(engine: Engine, settings: Settings, day: dt.date) -> Plan:
+    """Refresh the columns, then say what a send of `day` would do."""
+    refresh_columns(engine, settings)
+    with transaction(engine) as session:
+        column = store.column_for(session, day)
+        existing = sends.for_column(session, column.id or 0) if column is not None else None
+        readers = sends.active_readers(session)
+    return Plan(
+        day=day,
+        title=column.title if column else None,
+        slug=column.slug if column else None,
+        readers=readers,
+        send_id=existing.id if existing else None,
+        send_status=existing.status if existing else None,
+        send_readers=existing.total if existing else None,
+        pause_reason=existing.pause_reason if existing else None,
+    )
+
+
+@dataclass(frozen=True)
+class Started:
+    send_id: int
+    title: str
+    created: bool  # False: an existing send resumed
+    unpaused: str | None  # the reason it had been paused, when this start un-paused it
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    send_id: int
+    counts: sends.SendCounts
+    paused: str | None = None  # the relay's reason, when the send paused
+    stopped: bool = False  # stop() ended it before the end
+
+
+class SendRun:
+    """An operator's send of one day, in the foreground: un-pause it if paused, start or
+    resume it, deliver it here while reporting progress, and stop it gracefully on request
+    (the hand-offs in progress finish and are recorded; what still runs after SHUTDOWN_GRACE
+    seconds is cancelled, its rows left to their leases as after a crash)."""
+
+    def __init__(self, courier: Courier, day: dt.date) -> None:
+        self.courier = courier
+        self.day = day
+        self._dispatcher = Dispatcher(courier)
+        self._task: asyncio.Task[sends.SendCounts | None] | None = None
+        self._stopped = False
+        self._send_id = 0
+
+    async def start(self) -> Started:
+        """Create or resume the day's send (ColumnNotSendable, or LookupError: no column)."""
+        engine, settings = self.courier.engine, self.courier.settings
+        column = await asyncio.to_thread(column_of, engine, self.day)
+        if column is None:
+            raise LookupError(self.day)
+        unpaused = await asyncio.to_thread(_unpause, engine, column)
+        send, created = await asyncio.to_thread(start_send, engine, settings, column)
+        self._send_id = send.id or 0
+        return Started(self._send_id, column.title, created, unpaused)
+
+    async def deliver(
+        self, progress: Callable[[sends.SendCounts], None], every: float = 0.5
+    ) -> SendOutcome:
+        """Deliver until the send is done, paused or stopped; `progress` hears the counts
+        every `every` seconds and once at the end."""
+        task = asyncio.create_task(self._dispatcher.resume(self._send_id))
+        self._task = task
+        while not task.done():
+            progress(await asyncio.to_thread(self._counts))
+            await asyncio.wait([task], timeout=every)
+        counts = await asyncio.to_thread(self._counts)
+        progress(counts)
+        try:
+            await task
+        except sends.SendPaused as paused:
+            return SendOutcome(self._send_id, counts, paused=paused.reason)
+        except asyncio.CancelledError:
+            if not self._stopped:
+                raise
+        return SendOutcome(self._send_id, counts, stopped=self._stopped)
+
+    def stop(self) -> None:
+        """Stop gracefully; a second call cancels at once."""
+        if self._task is None:
+            return
+        if self._stopped:
+            self._task.cancel()
+            return
+        self._stopped = True
+        self._dispatcher.stop()
+        asyncio.get_running_loop().call_later(SHUTDOWN_GRACE, self._task.cancel)
+
+    def _counts(self) -> sends.SendCounts:
+        with transaction(self.courier.engine) as session:
+            return sends.counts(session, self._send_id)
+
+
+def _unpause(engine: Engine, column: ColumnRecord) -> str | None:
+    """Resume a paused send of `column` (the operator's explicit act); the old reason."""
+    with transaction(engine) as session:
+        send = sends.for_column(session, column.id or 0)
+        if send is None or send.status != "paused":
+            return None
+        reason = send.pause_reason or "paused"
+        sends.resume(session, send.id or 0)
+        return reason
+
+
+async def preview(courier: Courier, day: dt.date, address: str) -> str | None:
+    """Mail one copy of `day`'s column to `address`, built exactly as a reader's (with the
+    address's own unsubscribe link when it is a reader); None when the relay took it, else
+    its reason. No send is made and no reader changes."""
+    engine, settings = courier.engine, courier.settings
+    column = await asyncio.to_thread(column_of, engine, day)
+    if column is None:
+        raise LookupError(day)
+    reader = await asyncio.to_thread(_reader, engine, address)
+    job = await asyncio.to_thread(
+        job_for,
+        courier,
+        column,
+        send_id=0,
+        message_domain=f"{day.isoformat()}.preview-{secrets.token_hex(4)}",
+        deadline=utcnow(),
+    )
+    subscriber_id, name = reader if reader is not None else (0, "")
+    data = message_for(job, courier.ctx, subscriber_id=subscriber_id, email=address, name=name)
+    async with SmtpConnection(courier.target) as conn:
+        try:
+            await conn.send(settings.mail_from, address, data)
+        except SmtpFailure as failure:
+            return failure.reason
+    return None
+
+
+def _reader(engine: Engine, address: str) -> tuple[int, str] | None:
+    with transaction(engine) as session:
+        return sends.reader_by_address(session, address)

@@ -46,7 +46,23 @@ class SendPaused(DomainError):
 
 
 def for_column(session: Session, column_id: int) -> Send | None:
+    """The send of a column, if it was started."""
     return session.exec(select(Send).where(Send.column_id == column_id)).first()
+
+
+def active_readers(session: Session) -> int:
+    """How many readers a send started now would snapshot."""
+    return session.exec(
+        select(func.count()).where(col(Subscriber.status) == SubscriberStatus.active)
+    ).one()
+
+
+def reader_by_address(session: Session, address: str) -> tuple[int, str] | None:
+    """The id and name of the reader at `address` (any status), for a preview's links."""
+    row = session.exec(
+        select(Subscriber.id, Subscriber.name).where(Subscriber.email == address.lower())
+    ).first()
+    return (row[0] or 0, row[1]) if row is not None else None
 
 
 def start(
@@ -160,11 +176,42 @@ def retry_deadline(send: Send, allowed: dt.timedelta) -> dt.datetime:
     return (send.resumed_at or send.created_at) + allowed
 
 
-def latest(session: Session, limit: int = 10) -> list[tuple[Send, ColumnRecord, SendCounts]]:
+@dataclass(frozen=True)
+class SendSummary:
+    """One send as an operator sees it: which column, where it stands, and why if paused."""
+
+    id: int
+    date: dt.date
+    title: str
+    status: str
+    readers: int
+    counts: SendCounts
+    started_at: dt.datetime
+    paused_at: dt.datetime | None
+    pause_reason: str | None
+    finished_at: dt.datetime | None
+
+
+def latest(session: Session, limit: int = 10) -> list[SendSummary]:
+    """The newest sends first, with their counts."""
     rows = session.exec(
         select(Send, ColumnRecord)
         .join(ColumnRecord, col(ColumnRecord.id) == col(Send.column_id))
         .order_by(col(Send.id).desc())
         .limit(limit)
     ).all()
-    return [(send, column, counts(session, send.id or 0)) for send, column in rows]
+    return [
+        SendSummary(
+            id=send.id or 0,
+            date=column.date,
+            title=column.title,
+            status=send.status,
+            readers=send.total,
+            counts=counts(session, send.id or 0),
+            started_at=send.created_at,
+            paused_at=send.paused_at,
+            pause_reason=send.pause_reason,
+            finished_at=send.finished_at,
+        )
+        for send, column in rows
+    ]

@@ -28,7 +28,6 @@ from sqlalchemy.engine import Engine
 from ..clock import utcnow
 from ..columns.mail import PreparedColumn, prepare_column
 from ..columns.view import column_view
-from ..config import SmtpTarget
 from ..context import AppContext
 from ..db import transaction
 from ..mail.smtp import Fault, SmtpConnection, SmtpFailure
@@ -36,6 +35,7 @@ from ..models import ColumnRecord, Send, SendStatus
 from ..retry import next_attempt, worker_name
 from ..tokens import Purpose
 from . import ledger, sends
+from .courier import Courier
 from .ledger import Claim, Outcomes
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,40 @@ class Job:
 
     send_id: int
     prepared: PreparedColumn
-    message_domain: str
+    message_domain: str  # the Message-ID's middle: stable per send, so per reader across retries
     token_expiry: int
     deadline: dt.datetime
+
+
+def job_for(
+    courier: Courier,
+    column: ColumnRecord,
+    *,
+    send_id: int,
+    message_domain: str,
+    deadline: dt.datetime,
+) -> Job:
+    """Render and encode `column` once for a send (or a preview) to many readers."""
+    return Job(
+        send_id=send_id,
+        prepared=prepare_column(column_view(column), courier.settings),
+        message_domain=message_domain,
+        deadline=deadline,
+        token_expiry=courier.ctx.tokens.expiry(Purpose.unsubscribe),
+    )
+
+
+def message_for(job: Job, ctx: AppContext, *, subscriber_id: int, email: str, name: str) -> bytes:
+    """One reader's copy of the column: their name, their own signed links, and a Message-ID
+    that stays the same across retries (so a receiver can spot a duplicate)."""
+    domain = ctx.settings.mail_domain
+    return job.prepared.message_bytes(
+        to=email,
+        name=name,
+        unsubscribe_url=ctx.unsubscribe_url(subscriber_id, job.token_expiry),
+        feedback_url=ctx.feedback_url(subscriber_id, job.token_expiry),
+        message_id=f"<column.{job.message_domain}.{subscriber_id}@{domain}>",
+    )
 
 
 class GroupCommit:
@@ -103,13 +134,12 @@ class SendWorker:
     """Delivers the rows of one send that this process can claim, until none are left,
     the send is paused, or `stop()` is called."""
 
-    def __init__(
-        self, engine: Engine, ctx: AppContext, target: SmtpTarget, name: str | None = None
-    ) -> None:
-        self.engine = engine
-        self.ctx = ctx
-        self.settings = ctx.settings
-        self.target = target
+    def __init__(self, courier: Courier, name: str | None = None) -> None:
+        self.courier = courier
+        self.engine = courier.engine
+        self.ctx = courier.ctx
+        self.settings = courier.settings
+        self.target = courier.target
         self.name = name or worker_name()
         self._outage = False
         self._stopping = asyncio.Event()
@@ -129,13 +159,12 @@ class SendWorker:
                 raise sends.SendPaused(send_id, send.pause_reason or "paused")
             column = session.get(ColumnRecord, send.column_id)
             assert column is not None
-        prepared = prepare_column(column_view(column), self.settings)
-        return Job(
+        return job_for(
+            self.courier,
+            column,
             send_id=send_id,
-            prepared=prepared,
             message_domain=f"{column.date.isoformat()}.{send_id}",
             deadline=sends.retry_deadline(send, self.settings.retry_deadline),
-            token_expiry=self.ctx.tokens.expiry(Purpose.unsubscribe),
         )
 
     async def run(self, send_id: int) -> sends.SendCounts:
@@ -245,7 +274,9 @@ class SendWorker:
     ) -> Callable[[Outcomes], None]:
         """Send one message; return how to record what happened."""
         try:
-            data = self._message(job, claim)
+            data = message_for(
+                job, self.ctx, subscriber_id=claim.subscriber_id, email=claim.email, name=claim.name
+            )
         except ValueError as exc:  # an address or name we cannot put in a header
             reason = f"cannot build message: {exc}"[:1000]
             return lambda o: o.failed.append((claim.id, reason))
@@ -258,16 +289,6 @@ class SendWorker:
             self._outage = False
             log.info("SMTP relay reachable again; send %s continues", job.send_id)
         return lambda o: o.sent.append(claim.id)
-
-    def _message(self, job: Job, claim: Claim) -> bytes:
-        ctx = self.ctx
-        return job.prepared.message_bytes(
-            to=claim.email,
-            name=claim.name,
-            unsubscribe_url=ctx.unsubscribe_url(claim.subscriber_id, job.token_expiry),
-            feedback_url=ctx.feedback_url(claim.subscriber_id, job.token_expiry),
-            message_id=f"<column.{job.message_domain}.{claim.subscriber_id}@{self.settings.mail_domain}>",
-        )
 
     async def _failed(
         self, job: Job, claim: Claim, failure: SmtpFailure

@@ -125,18 +125,18 @@ def list_sends(
     """The latest sends with their delivery counts."""
     return [
         SendOut(
-            id=send.id or 0,
-            date=column.date,
-            title=column.title,
-            status=send.status,
-            readers=send.total,
-            sent=counts.sent,
-            failed=counts.failed,
-            skipped=counts.skipped,
-            remaining=counts.pending,
-            pause_reason=send.pause_reason,
-            started_at=send.created_at,
-            finished_at=send.finished_at,
+            id=summary.id,
+            date=summary.date,
+            title=summary.title,
+            status=summary.status,
+            readers=summary.readers,
+            sent=summary.counts.sent,
+            failed=summary.counts.failed,
+            skipped=summary.counts.skipped,
+            remaining=summary.counts.pending,
+            pause_reason=summary.pause_reason,
+            started_at=summary.started_at,
+            finished_at=summary.finished_at,
         )
-        for send, column, counts in sends.latest(session, limit)
+        for summary in sends.latest(session, limit)
     ]

@@ -19,6 +19,7 @@ from service.config import Settings
 from service.context import build_context
 from service.db import transaction
 from service.delivery import daily, sends
+from service.delivery.courier import Courier
 from service.delivery.daily import Dispatcher
 from service.delivery.worker import SendWorker
 from service.models import Delivery, Send, Subscriber, SubscriberStatus
@@ -55,9 +56,14 @@ def start_seed_send(engine: Engine, settings: Settings) -> Send:
     return send
 
 
-def dispatcher(engine: Engine, settings: Settings) -> Dispatcher:
+def courier(engine: Engine, settings: Settings) -> Courier:
+    """What delivering needs, pointed at the test relay."""
     assert settings.smtp is not None
-    return Dispatcher(engine, build_context(settings), settings.smtp)
+    return Courier(engine, build_context(settings), settings.smtp)
+
+
+def dispatcher(engine: Engine, settings: Settings) -> Dispatcher:
+    return Dispatcher(courier(engine, settings))
 
 
 def run_job(engine: Engine, settings: Settings, now: dt.datetime = AT_SEND_TIME) -> None:
@@ -180,7 +186,7 @@ def test_readers_who_subscribe_after_the_start_wait_for_the_next_column(
     with transaction(engine) as session:
         session.add(Subscriber(email="late@example.com", status=SubscriberStatus.active))
     assert settings.smtp is not None
-    asyncio.run(SendWorker(engine, build_context(settings), settings.smtp).run(send.id or 0))
+    asyncio.run(SendWorker(courier(engine, settings)).run(send.id or 0))
     assert not smtp_server.messages_to("late@example.com")
     assert len(smtp_server.wait_for(2)) == 2
 

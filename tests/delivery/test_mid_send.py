@@ -16,14 +16,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
-from service.context import build_context
 from service.db import make_engine, transaction
 from service.delivery import ledger, sends
 from service.delivery.worker import LeaseLost, SendWorker
 from service.models import Delivery, MailStatus, Subscriber, SubscriberStatus
 from service.web.app import create_app
 from tests.conftest import make_settings
-from tests.delivery.test_daily_send import add_readers, run_job, start_seed_send
+from tests.delivery.test_daily_send import add_readers, courier, run_job, start_seed_send
 from tests.smtp_server import SmtpTestServer
 
 
@@ -42,7 +41,7 @@ def test_a_reader_who_leaves_after_the_snapshot_gets_nothing(
     send = start_seed_send(engine, settings)
     _leave(engine, leaves)  # between the snapshot and the hand-off
     assert settings.smtp is not None
-    worker = SendWorker(engine, build_context(settings), settings.smtp)
+    worker = SendWorker(courier(engine, settings))
 
     async def leave_during_the_backoff() -> sends.SendCounts:
         run = asyncio.create_task(worker.run(send.id or 0))
@@ -166,8 +165,8 @@ def test_a_worker_that_cannot_renew_its_leases_stops_before_others_take_over(
         if statement.startswith("UPDATE deliveries SET lease_until"):
             raise OperationalError(statement, parameters, Exception("injected: server gone"))
 
-    stale = SendWorker(failing, build_context(settings), settings.smtp, name="stale")
-    healthy = SendWorker(engine, build_context(settings), settings.smtp, name="healthy")
+    stale = SendWorker(courier(failing, settings), name="stale")
+    healthy = SendWorker(courier(engine, settings), name="healthy")
 
     async def both() -> tuple[BaseException | sends.SendCounts, ...]:
         first = asyncio.create_task(stale.run(send.id or 0))

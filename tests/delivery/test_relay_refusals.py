@@ -14,14 +14,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from service.config import Settings
-from service.context import build_context
 from service.delivery import sends
 from service.delivery.worker import SendWorker
 from service.mail.smtp import Fault, sort_reply
 from service.models import Send, SubscriberStatus
 from tests import processes
 from tests.conftest import make_settings
-from tests.delivery.test_daily_send import SEED_DAY, add_readers, run_job, start_seed_send
+from tests.delivery.test_daily_send import SEED_DAY, add_readers, courier, run_job, start_seed_send
 from tests.smtp_server import SmtpTestServer
 
 RELAY_DENIED = "554 5.7.1 <reader@example.com>: Relay access denied"
@@ -67,7 +66,7 @@ def test_replies_are_sorted_by_whose_problem_they_are(stage: str, reply: str, fa
 
 def _run(engine: Engine, settings: Settings, send_id: int) -> sends.SendCounts:
     assert settings.smtp is not None
-    return asyncio.run(SendWorker(engine, build_context(settings), settings.smtp).run(send_id))
+    return asyncio.run(SendWorker(courier(engine, settings)).run(send_id))
 
 
 def test_relay_refusing_everything_pauses_the_send_and_changes_no_reader(

@@ -30,6 +30,7 @@ from schemathesis.checks import (
 from sqlalchemy.engine import Engine
 
 from service.db import transaction
+from service.delivery.courier import Courier
 from service.delivery.daily import Dispatcher
 from service.models import Subscriber, SubscriberStatus
 from service.web.app import create_app
@@ -180,7 +181,7 @@ def test_hostile_text_in_every_field_stays_inert(
         [link] = links(confirmation, "/confirm/")
         assert client.post(path_of(link)).status_code == 200
     ctx = client.app.state.ctx  # type: ignore[attr-defined]
-    asyncio.run(Dispatcher(engine, ctx, ctx.settings.smtp).run_daily(dt.date(2016, 2, 5)))
+    asyncio.run(Dispatcher(Courier(engine, ctx, ctx.settings.smtp)).run_daily(dt.date(2016, 2, 5)))
     [mail] = smtp_server.messages_to("plain@example.com")
     subject = str(mail.message["Subject"])
     assert "\r" not in subject and "\n" not in subject

@@ -12,14 +12,13 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from service.context import build_context
 from service.delivery.daily import Dispatcher
 from service.mail.capture import free_port
 from service.models import ColumnRecord, Send
 from service.scheduler import daily_job, daily_trigger
 from tests import processes
 from tests.conftest import make_settings
-from tests.delivery.test_daily_send import add_readers
+from tests.delivery.test_daily_send import add_readers, courier
 from tests.smtp_server import SmtpTestServer
 
 
@@ -108,7 +107,7 @@ def test_a_daylight_saving_night_makes_exactly_one_send(
     assert fires, "the trigger never fired that day"
     assert settings.smtp is not None
     for fire in fires:  # what the scheduler does at each firing, with that clock
-        runs = Dispatcher(engine, build_context(settings), settings.smtp)
+        runs = Dispatcher(courier(engine, settings))
         asyncio.run(daily_job(runs, clock=lambda f=fire: f)())
     with Session(engine) as session:
         [column] = session.exec(select(ColumnRecord)).all()

@@ -13,13 +13,12 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from service.context import build_context
 from service.delivery import sends
 from service.delivery.worker import SendWorker
 from service.models import Delivery, Subscriber, SubscriberStatus
 from tests import processes
 from tests.conftest import make_settings
-from tests.delivery.test_daily_send import SEED_DAY, add_readers, run_job, start_seed_send
+from tests.delivery.test_daily_send import SEED_DAY, add_readers, courier, run_job, start_seed_send
 from tests.faults.relay import FaultyRelay
 from tests.smtp_server import SmtpTestServer
 
@@ -103,10 +102,7 @@ def test_several_workers_share_one_send_without_duplicates(
 
     async def three_workers() -> list[sends.SendCounts]:
         return await asyncio.gather(
-            *(
-                SendWorker(engine, build_context(settings), settings.smtp).run(send.id or 0)
-                for _ in range(3)
-            )
+            *(SendWorker(courier(engine, settings)).run(send.id or 0) for _ in range(3))
         )
 
     results = asyncio.run(three_workers())

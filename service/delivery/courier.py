@@ -1,0 +1,23 @@
+"""What delivering needs besides the column, built once per process and handed down whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from ..config import Settings, SmtpTarget
+from ..context import AppContext
+
+
+@dataclass(frozen=True)
+class Courier:
+    """The database, the app's context (settings, tokens, templates) and the SMTP target."""
+
+    engine: Engine
+    ctx: AppContext
+    target: SmtpTarget
+
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
