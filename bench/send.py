@@ -63,6 +63,7 @@ from service.delivery import sends
 from service.delivery.courier import Courier
 from service.delivery.daily import refresh_columns
 from service.delivery.worker import SendWorker
+from service.mail.smtp import relay_target
 from service.migrate import upgrade
 from service.models import ColumnRecord, Send, SendStatus, Subscriber, SubscriberStatus
 from service.tokens import Purpose
@@ -413,9 +414,9 @@ def send_path_job(
     """Broadside's real send: SendWorker.run() on a send already started."""
     logging.basicConfig(level=logging.WARNING)
     settings = load_settings(**settings_values)
-    assert settings.smtp is not None
+    assert relay_target(settings) is not None
     engine = make_engine(settings.database_url)
-    worker = SendWorker(Courier(engine, build_context(settings), settings.smtp))
+    worker = SendWorker(Courier(engine, build_context(settings), relay_target(settings)))
     try:
         with Meter(sink_pid, watch_pg) as meter:
             counts = asyncio.run(worker.run(send_id))

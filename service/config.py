@@ -35,8 +35,8 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
-class SmtpTarget:
-    """Where mail goes: parsed from SMTP_URL, or the embedded capture server."""
+class RelayUrl:
+    """SMTP_URL, parsed: where the relay listens and how to log in to it."""
 
     host: str
     port: int
@@ -44,10 +44,10 @@ class SmtpTarget:
     password: str | None = None
     implicit_tls: bool = False
     starttls: bool = False
-    timeout: float = 30.0
 
     @classmethod
-    def from_url(cls, url: str, timeout: float = 30.0) -> SmtpTarget:
+    def parse(cls, url: str) -> RelayUrl:
+        """smtp://user:pass@host:port?starttls=true or smtps://…; ValueError names the flaw."""
         parts = urlsplit(url)
         if parts.scheme not in ("smtp", "smtps"):
             raise ValueError("must start with smtp:// or smtps://")
@@ -66,12 +66,11 @@ class SmtpTarget:
             password=unquote(parts.password) if parts.password else None,
             implicit_tls=implicit,
             starttls=query.get("starttls", "false") in ("1", "true", "yes"),
-            timeout=timeout,
         )
 
     def __repr__(self) -> str:  # never log the password
         tls = f"tls={self.implicit_tls}, starttls={self.starttls}"
-        return f"SmtpTarget({self.host}:{self.port}, {tls})"
+        return f"RelayUrl({self.host}:{self.port}, {tls})"
 
 
 def _check_address(value: str | None) -> str | None:
@@ -185,7 +184,7 @@ class Settings(BaseSettings):
     @classmethod
     def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value():
-            SmtpTarget.from_url(value.get_secret_value())
+            RelayUrl.parse(value.get_secret_value())
             return value
         return None
 
@@ -282,11 +281,11 @@ class Settings(BaseSettings):
         return ZoneInfo(self.timezone)
 
     @property
-    def smtp(self) -> SmtpTarget | None:
+    def relay(self) -> RelayUrl | None:
         """The configured relay, or None for the embedded capture server."""
         if self.smtp_url is None:
             return None
-        return SmtpTarget.from_url(self.smtp_url.get_secret_value(), self.smtp_timeout)
+        return RelayUrl.parse(self.smtp_url.get_secret_value())
 
     @property
     def mail_domain(self) -> str:

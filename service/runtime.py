@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from .config import SHUTDOWN_GRACE, Settings, SmtpTarget
+from .config import SHUTDOWN_GRACE, Settings
 from .context import AppContext
 from .delivery.courier import Courier
 from .delivery.daily import Dispatcher
 from .mail.capture import CaptureServer
 from .mail.outbox import OutboxSender
+from .mail.smtp import SmtpTarget, relay_target
 from .scheduler import start_scheduler
 
 
@@ -25,14 +26,14 @@ from .scheduler import start_scheduler
 def smtp_target(settings: Settings) -> Iterator[SmtpTarget]:
     """The configured relay; without one, the capture server (started, or shared with the
     process that already runs it on CAPTURE_PORT)."""
-    relay = settings.smtp
+    relay = relay_target(settings)
     if relay is not None:
         yield relay
         return
     capture = CaptureServer(settings.outbox_dir, settings.capture_port)
     capture.start()
     try:
-        yield SmtpTarget("127.0.0.1", capture.port, timeout=settings.smtp_timeout)
+        yield SmtpTarget.local(capture.port, settings.smtp_timeout)
     finally:
         capture.stop()
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, SmtpTarget, load_settings
+from service.config import ConfigError, RelayUrl, load_settings
 
 
 def test_defaults_are_embedded_and_secret_is_kept_in_var(tmp_path: Path) -> None:
     first = load_settings(_env_file=None, var_dir=tmp_path)
     second = load_settings(_env_file=None, var_dir=tmp_path)
     assert first.database_url.startswith("sqlite:///")
-    assert first.smtp is None
+    assert first.relay is None
     assert first.send_time == time(6, 0)
     assert first.secret == second.secret == (tmp_path / "secret").read_text().encode()
     assert (tmp_path / "secret").stat().st_mode & 0o077 == 0
@@ -96,7 +96,7 @@ def test_environment_and_dotenv_are_read(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_smtp_url_forms() -> None:
-    plain = SmtpTarget.from_url("smtp://user%40x:p%3Ass@mail.example.com:2525?starttls=true")
+    plain = RelayUrl.parse("smtp://user%40x:p%3Ass@mail.example.com:2525?starttls=true")
     assert (plain.host, plain.port, plain.username, plain.password) == (
         "mail.example.com",
         2525,
@@ -104,7 +104,7 @@ def test_smtp_url_forms() -> None:
         "p:ss",
     )
     assert plain.starttls and not plain.implicit_tls
-    implicit = SmtpTarget.from_url("smtps://mail.example.com")
+    implicit = RelayUrl.parse("smtps://mail.example.com")
     assert implicit.implicit_tls and implicit.port == 465
     assert "p:ss" not in repr(plain)
 

@@ -14,6 +14,7 @@ from service.config import Settings
 from service.context import build_context
 from service.db import transaction
 from service.mail import outbox
+from service.mail.smtp import relay_target
 from service.models import MailStatus, OutboxMail
 from tests.conftest import make_settings
 from tests.smtp_server import SmtpTestServer
@@ -49,9 +50,9 @@ def test_a_slow_relay_never_lets_two_processes_send_one_mail(
     )
     addresses = queue_mails(engine, settings, 8)
     smtp_server.handler.data_delay = 0.4  # 8 mails take longer than one lease
-    assert settings.smtp is not None
-    first = outbox.OutboxSender(engine, settings, settings.smtp)
-    second = outbox.OutboxSender(engine, settings, settings.smtp)
+    assert relay_target(settings) is not None
+    first = outbox.OutboxSender(engine, settings, relay_target(settings))
+    second = outbox.OutboxSender(engine, settings, relay_target(settings))
 
     async def two_processes() -> None:
         rounds = asyncio.create_task(first.deliver_due())
@@ -75,8 +76,8 @@ def test_a_relay_refusing_us_delays_transactional_mail_and_never_drops_it(
 ) -> None:
     settings = make_settings(database_url, tmp_path / "var", smtp_url=smtp_server.url)
     [address] = queue_mails(engine, settings, 1)
-    assert settings.smtp is not None
-    sender = outbox.OutboxSender(engine, settings, settings.smtp)
+    assert relay_target(settings) is not None
+    sender = outbox.OutboxSender(engine, settings, relay_target(settings))
     smtp_server.handler.rcpt_reply_all = "554 5.7.1 Relay access denied"
     asyncio.run(sender.deliver_due())
     with Session(engine) as session:
@@ -96,8 +97,8 @@ def test_a_mailbox_that_does_not_exist_is_final(
     settings = make_settings(database_url, tmp_path / "var", smtp_url=smtp_server.url)
     [address] = queue_mails(engine, settings, 1)
     smtp_server.reply_to_rcpt(address, "550 5.1.1 No such user")
-    assert settings.smtp is not None
-    asyncio.run(outbox.OutboxSender(engine, settings, settings.smtp).deliver_due())
+    assert relay_target(settings) is not None
+    asyncio.run(outbox.OutboxSender(engine, settings, relay_target(settings)).deliver_due())
     with Session(engine) as session:
         row = session.exec(select(OutboxMail)).one()
     assert row.status == MailStatus.failed and "5.1.1" in (row.last_error or "")

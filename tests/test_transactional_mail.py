@@ -17,6 +17,7 @@ from service.config import Settings
 from service.context import build_context
 from service.db import transaction
 from service.mail import outbox
+from service.mail.smtp import relay_target
 from service.models import MailStatus, OutboxMail
 from tests.smtp_server import SmtpTestServer
 
@@ -25,8 +26,8 @@ UNSUBSCRIBE = "https://news.example.com/unsubscribe/t0ken"
 
 def deliver_due(engine: Engine, settings: Settings) -> int:
     """One round of the outbox sender, as the running service would do it."""
-    assert settings.smtp is not None
-    return asyncio.run(outbox.OutboxSender(engine, settings, settings.smtp).deliver_due())
+    assert relay_target(settings) is not None
+    return asyncio.run(outbox.OutboxSender(engine, settings, relay_target(settings)).deliver_due())
 
 
 def queue_notice(session: Session, settings: Settings) -> None:

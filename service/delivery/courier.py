@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from ..config import Settings, SmtpTarget
+from ..config import Settings
 from ..context import AppContext
+from ..mail.smtp import SmtpTarget
 
 
 @dataclass(frozen=True)

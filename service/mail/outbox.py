@@ -23,13 +23,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from ..clock import utcnow
-from ..config import Settings, SmtpTarget
+from ..config import Settings
 from ..db import transaction
 from ..models import MailStatus, OutboxMail
 from ..retry import next_attempt, worker_name
 from .message import build, to_bytes
 from .render import MailTemplates
-from .smtp import Fault, SmtpConnection, SmtpFailure
+from .smtp import Fault, SmtpConnection, SmtpFailure, SmtpTarget
 
 log = logging.getLogger(__name__)
 CLAIM_LIMIT = 50

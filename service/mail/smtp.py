@@ -11,7 +11,7 @@ from enum import StrEnum
 
 import aiosmtplib
 
-from ..config import SmtpTarget
+from ..config import RelayUrl, Settings
 
 log = logging.getLogger(__name__)
 QUIT_TIMEOUT = 5.0
@@ -109,6 +109,25 @@ def _reply(stage: str, code: int, message: str, *, connection_lost: bool = False
     return SmtpFailure(sort_reply(stage, code, message), reason, code, connection_lost)
 
 
+@dataclass(frozen=True)
+class SmtpTarget:
+    """Where mail goes (the relay, or the embedded capture server) and how long to wait."""
+
+    endpoint: RelayUrl
+    timeout: float = 30.0
+
+    @classmethod
+    def local(cls, port: int, timeout: float = 30.0) -> SmtpTarget:
+        """An SMTP server on this machine without login (the capture server, a test sink)."""
+        return cls(RelayUrl("127.0.0.1", port), timeout)
+
+
+def relay_target(settings: Settings) -> SmtpTarget | None:
+    """The configured relay (SMTP_URL), or None when mail is to be captured instead."""
+    relay = settings.relay
+    return SmtpTarget(relay, settings.smtp_timeout) if relay is not None else None
+
+
 class SmtpConnection:
     """One reusable connection to the relay; reconnects when the previous one is gone,
     and after `max_messages` hand-offs so that a long send spreads over fresh sessions."""
@@ -120,7 +139,7 @@ class SmtpConnection:
         self._count = 0
 
     async def _connect(self) -> aiosmtplib.SMTP:
-        t = self.target
+        t, timeout = self.target.endpoint, self.target.timeout
         smtp = aiosmtplib.SMTP(
             hostname=t.host,
             port=t.port,
@@ -128,7 +147,7 @@ class SmtpConnection:
             password=t.password,
             use_tls=t.implicit_tls,
             start_tls=t.starttls,
-            timeout=t.timeout,
+            timeout=timeout,
             local_hostname=socket.getfqdn() or "localhost",
         )
         await smtp.connect()

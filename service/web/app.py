@@ -42,7 +42,7 @@ def create_app(
     """The app; `scheduler=False` leaves the daily send to a separate `broadside worker`."""
     # The mail viewer shows every captured mail to anyone who can reach the server: only in
     # development (production refuses to start without SMTP_URL anyway).
-    dev_outbox = settings.smtp is None and settings.env == "development"
+    dev_outbox = settings.relay is None and settings.env == "development"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -22,6 +22,7 @@ from service.delivery import daily, sends
 from service.delivery.courier import Courier
 from service.delivery.daily import Dispatcher
 from service.delivery.worker import SendWorker
+from service.mail.smtp import relay_target
 from service.models import Delivery, Send, Subscriber, SubscriberStatus
 from service.scheduler import daily_job, daily_trigger
 from service.web.app import create_app
@@ -58,8 +59,8 @@ def start_seed_send(engine: Engine, settings: Settings) -> Send:
 
 def courier(engine: Engine, settings: Settings) -> Courier:
     """What delivering needs, pointed at the test relay."""
-    assert settings.smtp is not None
-    return Courier(engine, build_context(settings), settings.smtp)
+    assert relay_target(settings) is not None
+    return Courier(engine, build_context(settings), relay_target(settings))
 
 
 def dispatcher(engine: Engine, settings: Settings) -> Dispatcher:
@@ -185,7 +186,7 @@ def test_readers_who_subscribe_after_the_start_wait_for_the_next_column(
     add_readers(engine, pending=0, active=0)
     with transaction(engine) as session:
         session.add(Subscriber(email="late@example.com", status=SubscriberStatus.active))
-    assert settings.smtp is not None
+    assert relay_target(settings) is not None
     asyncio.run(SendWorker(courier(engine, settings)).run(send.id or 0))
     assert not smtp_server.messages_to("late@example.com")
     assert len(smtp_server.wait_for(2)) == 2

@@ -19,6 +19,7 @@ from sqlmodel import Session, select
 from service.db import make_engine, transaction
 from service.delivery import ledger, sends
 from service.delivery.worker import LeaseLost, SendWorker
+from service.mail.smtp import relay_target
 from service.models import Delivery, MailStatus, Subscriber, SubscriberStatus
 from service.web.app import create_app
 from tests.conftest import make_settings
@@ -40,7 +41,7 @@ def test_a_reader_who_leaves_after_the_snapshot_gets_nothing(
     smtp_server.reply_to_rcpt(later, "451 4.7.1 Try again later")  # deferred to a retry
     send = start_seed_send(engine, settings)
     _leave(engine, leaves)  # between the snapshot and the hand-off
-    assert settings.smtp is not None
+    assert relay_target(settings) is not None
     worker = SendWorker(courier(engine, settings))
 
     async def leave_during_the_backoff() -> sends.SendCounts:
@@ -157,7 +158,7 @@ def test_a_worker_that_cannot_renew_its_leases_stops_before_others_take_over(
     # Slow enough that claimed rows wait longer than a lease: without the abort, the healthy
     # worker would take them over while the stale one still sends them.
     smtp_server.handler.data_delay = 0.1
-    assert settings.smtp is not None
+    assert relay_target(settings) is not None
     failing = make_engine(database_url)
 
     @event.listens_for(failing, "before_cursor_execute")

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Engine
 from service.db import transaction
 from service.delivery.courier import Courier
 from service.delivery.daily import Dispatcher
+from service.mail.smtp import relay_target
 from service.models import Subscriber, SubscriberStatus
 from service.web.app import create_app
 from tests.conftest import make_settings
@@ -181,7 +182,9 @@ def test_hostile_text_in_every_field_stays_inert(
         [link] = links(confirmation, "/confirm/")
         assert client.post(path_of(link)).status_code == 200
     ctx = client.app.state.ctx  # type: ignore[attr-defined]
-    asyncio.run(Dispatcher(Courier(engine, ctx, ctx.settings.smtp)).run_daily(dt.date(2016, 2, 5)))
+    asyncio.run(
+        Dispatcher(Courier(engine, ctx, relay_target(ctx.settings))).run_daily(dt.date(2016, 2, 5))
+    )
     [mail] = smtp_server.messages_to("plain@example.com")
     subject = str(mail.message["Subject"])
     assert "\r" not in subject and "\n" not in subject
