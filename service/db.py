@@ -1,10 +1,11 @@
-"""Engine and session factory; SQLite pragmas; nothing else."""
+"""Engine and session factory (and running one transaction off the event loop); SQLite pragmas."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
@@ -52,6 +53,10 @@ def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """One unit of work: commit at the end, roll back on any error."""
@@ -62,3 +67,15 @@ def transaction(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+async def in_thread(
+    engine: Engine, work: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs
+) -> R:
+    """Run `work(session, …)` as one transaction in a worker thread, off the event loop."""
+
+    def run() -> R:
+        with transaction(engine) as session:
+            return work(session, *args, **kwargs)
+
+    return await asyncio.to_thread(run)

@@ -1,10 +1,9 @@
 """The delivery ledger's writes: claim a batch, renew or release claims, record outcomes.
 
-Each function is one short transaction and one statement per kind of change, never an
-ORM object per message: a send of a million readers writes its ledger in batches. Every
-write after the claim is conditional on `claimed_by = me AND status = 'sending'`, so a worker
-that lost its lease (it stalled, another worker took its rows over) cannot overwrite what the
-new owner does.
+Each function is one statement per kind of change, never an ORM object per message: a send
+of a million readers writes its ledger in batches. Every write after the claim is conditional
+on `claimed_by = me AND status = 'sending'`, so a worker that lost its lease (it stalled,
+another worker took its rows over) cannot overwrite what the new owner does.
 """
 
 from __future__ import annotations
@@ -12,11 +11,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from sqlalchemy import Table, and_, bindparam, exists, or_, update
-from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlalchemy import Table, and_, bindparam, exists, update
+from sqlmodel import Session, col, select
 
-from ..db import transaction
+from ..mail.leases import due_or_abandoned, owned_by
 from ..models import Delivery, MailStatus, Send, SendStatus, Subscriber, SubscriberStatus
 
 LEFT_BEFORE_HAND_OFF = "not sent: the reader was no longer subscribed at hand-off time"
@@ -45,14 +43,18 @@ class Outcomes:
 
 
 def _claimable(send_id: int, now: dt.datetime):  # type: ignore[no-untyped-def]
-    due = and_(col(Delivery.status) == MailStatus.pending, col(Delivery.next_attempt_at) <= now)
-    abandoned = and_(col(Delivery.status) == MailStatus.sending, col(Delivery.lease_until) < now)
     sending = exists().where(col(Send.id) == send_id, col(Send.status) == SendStatus.sending)
-    return and_(col(Delivery.send_id) == send_id, or_(due, abandoned), sending)
+    return and_(col(Delivery.send_id) == send_id, due_or_abandoned(Delivery, now), sending)
 
 
 def claim_batch(
-    engine: Engine, *, send_id: int, worker: str, now: dt.datetime, limit: int, lease: dt.timedelta
+    session: Session,
+    *,
+    send_id: int,
+    worker: str,
+    now: dt.datetime,
+    limit: int,
+    lease: dt.timedelta,
 ) -> list[Claim]:
     """Lease up to `limit` due rows of a send that is not paused to `worker`.
 
@@ -60,103 +62,92 @@ def claim_batch(
     instead (design rule: a reader who leaves mid-send gets nothing more). On PostgreSQL,
     FOR UPDATE SKIP LOCKED lets several workers claim from one send without waiting on or
     taking each other's rows; SQLite has one writer at a time (BEGIN IMMEDIATE)."""
-    with transaction(engine) as session:
-        ids = list(
-            session.exec(
-                select(Delivery.id)
-                .where(_claimable(send_id, now))
-                .order_by(col(Delivery.id))
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
+    ids = list(
+        session.exec(
+            select(Delivery.id)
+            .where(_claimable(send_id, now))
+            .order_by(col(Delivery.id))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
         )
-        if not ids:
-            return []
-        # Correlated on the primary key: one look-up per claimed row, whatever the list's size.
-        gone = exists().where(
-            col(Subscriber.id) == col(Delivery.subscriber_id),
-            col(Subscriber.status) != SubscriberStatus.active,
+    )
+    if not ids:
+        return []
+    # Correlated on the primary key: one look-up per claimed row, whatever the list's size.
+    gone = exists().where(
+        col(Subscriber.id) == col(Delivery.subscriber_id),
+        col(Subscriber.status) != SubscriberStatus.active,
+    )
+    session.execute(
+        update(Delivery)
+        .where(col(Delivery.id).in_(ids), gone)
+        .values(
+            status=MailStatus.skipped,
+            lease_until=None,
+            claimed_by=None,
+            last_error=LEFT_BEFORE_HAND_OFF,
         )
-        session.execute(
-            update(Delivery)
-            .where(col(Delivery.id).in_(ids), gone)
-            .values(
-                status=MailStatus.skipped,
-                lease_until=None,
-                claimed_by=None,
-                last_error=LEFT_BEFORE_HAND_OFF,
-            )
+    )
+    rows = session.execute(
+        update(Delivery)
+        .where(col(Delivery.id).in_(ids), col(Delivery.status) != MailStatus.skipped)
+        .values(
+            status=MailStatus.sending,
+            claimed_by=worker,
+            lease_until=now + lease,
+            attempts=col(Delivery.attempts) + 1,
         )
-        rows = session.execute(
-            update(Delivery)
-            .where(col(Delivery.id).in_(ids), col(Delivery.status) != MailStatus.skipped)
-            .values(
-                status=MailStatus.sending,
-                claimed_by=worker,
-                lease_until=now + lease,
-                attempts=col(Delivery.attempts) + 1,
-            )
-            .returning(
-                col(Delivery.id),
-                col(Delivery.subscriber_id),
-                col(Delivery.email),
-                col(Delivery.name),
-                col(Delivery.attempts),
-            )
-        ).all()
+        .returning(
+            col(Delivery.id),
+            col(Delivery.subscriber_id),
+            col(Delivery.email),
+            col(Delivery.name),
+            col(Delivery.attempts),
+        )
+    ).all()
     return sorted((Claim(*row) for row in rows), key=lambda c: c.id)
 
 
-def _mine(worker: str):  # type: ignore[no-untyped-def]
-    return and_(col(Delivery.claimed_by) == worker, col(Delivery.status) == MailStatus.sending)
-
-
-def renew(engine: Engine, *, worker: str, until: dt.datetime) -> None:
+def renew(session: Session, *, worker: str, until: dt.datetime) -> None:
     """Extend this worker's leases so that a slow send is not taken over while alive."""
-    with transaction(engine) as session:
-        session.execute(update(Delivery).where(_mine(worker)).values(lease_until=until))
+    session.execute(update(Delivery).where(owned_by(Delivery, worker)).values(lease_until=until))
 
 
-def release(engine: Engine, *, worker: str, ids: list[int], now: dt.datetime) -> None:
+def release(session: Session, *, worker: str, ids: list[int], now: dt.datetime) -> None:
     """Give back claimed rows that were never handed to SMTP (a clean stop)."""
     if not ids:
         return
-    with transaction(engine) as session:
-        session.execute(
-            update(Delivery)
-            .where(col(Delivery.id).in_(ids), _mine(worker))
-            .values(
-                status=MailStatus.pending,
-                lease_until=None,
-                claimed_by=None,
-                next_attempt_at=now,
-                attempts=col(Delivery.attempts) - 1,
-            )
+    session.execute(
+        update(Delivery)
+        .where(col(Delivery.id).in_(ids), owned_by(Delivery, worker))
+        .values(
+            status=MailStatus.pending,
+            lease_until=None,
+            claimed_by=None,
+            next_attempt_at=now,
+            attempts=col(Delivery.attempts) - 1,
         )
+    )
 
 
-def reclaim_own(engine: Engine, *, send_id: int, worker: str, now: dt.datetime) -> int:
+def reclaim_own(session: Session, *, send_id: int, worker: str) -> int:
     """Free rows that an earlier run of this same worker left `sending` (it was aborted by a
     database error, say): no run of ours holds them now, so waiting for their lease to expire
     would only delay the send. A message among them may have reached the relay just before
     the abort, which is the same bound as a crash: at most one per connection."""
-    with transaction(engine) as session:
-        result = session.execute(
-            update(Delivery)
-            .where(col(Delivery.send_id) == send_id, _mine(worker))
-            .values(status=MailStatus.pending, lease_until=None, claimed_by=None)
-        )
+    result = session.execute(
+        update(Delivery)
+        .where(col(Delivery.send_id) == send_id, owned_by(Delivery, worker))
+        .values(status=MailStatus.pending, lease_until=None, claimed_by=None)
+    )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-# The hot path writes through Core statements built once, on a plain connection: the ORM's
-# bulk-update bookkeeping and rebuilding statements per call tripled the ledger's cost.
+# The hot path writes through Core statements built once: the ORM's bulk-update bookkeeping
+# and rebuilding statements per call tripled the ledger's cost.
 _deliveries: Table = Delivery.__table__  # type: ignore[attr-defined]
 _subscribers: Table = Subscriber.__table__  # type: ignore[attr-defined]
-_OWNED = and_(
-    _deliveries.c.claimed_by == bindparam("worker"),
-    _deliveries.c.status == MailStatus.sending.value,
-)
+_OWNED = owned_by(_deliveries.c, bindparam("worker"))
 _MARK_SENT = (
     update(_deliveries)
     .where(_deliveries.c.id.in_(bindparam("ids", expanding=True)), _OWNED)
@@ -201,29 +192,29 @@ _SUPPRESS = (
 )
 
 
-def record(engine: Engine, outcomes: Outcomes, *, worker: str, now: dt.datetime) -> None:
-    """Write a group of outcomes in one transaction (one statement per kind)."""
+def record(session: Session, outcomes: Outcomes, *, worker: str, now: dt.datetime) -> None:
+    """Write a group of outcomes together (one statement per kind)."""
     gave_up = outcomes.failed + [(i, why) for i, _sub, why in outcomes.bounced]
-    with engine.begin() as conn:
-        if outcomes.sent:
-            conn.execute(_MARK_SENT, {"ids": outcomes.sent, "now": now, "worker": worker})
-        if outcomes.retry:
-            conn.execute(
-                _MARK_RETRY,
-                [
-                    {"row_id": i, "when": when, "why": why, "worker": worker}
-                    for i, when, why in outcomes.retry
-                ],
-            )
-        if gave_up:
-            conn.execute(
-                _MARK_FAILED, [{"row_id": i, "why": why, "worker": worker} for i, why in gave_up]
-            )
-        if outcomes.bounced:
-            conn.execute(
-                _SUPPRESS,
-                [
-                    {"sub_id": sub, "row_id": i, "why": why[:1000], "now": now, "worker": worker}
-                    for i, sub, why in outcomes.bounced
-                ],
-            )
+    conn = session.connection()
+    if outcomes.sent:
+        conn.execute(_MARK_SENT, {"ids": outcomes.sent, "now": now, "worker": worker})
+    if outcomes.retry:
+        conn.execute(
+            _MARK_RETRY,
+            [
+                {"row_id": i, "when": when, "why": why, "worker": worker}
+                for i, when, why in outcomes.retry
+            ],
+        )
+    if gave_up:
+        conn.execute(
+            _MARK_FAILED, [{"row_id": i, "why": why, "worker": worker} for i, why in gave_up]
+        )
+    if outcomes.bounced:
+        conn.execute(
+            _SUPPRESS,
+            [
+                {"sub_id": sub, "row_id": i, "why": why[:1000], "now": now, "worker": worker}
+                for i, sub, why in outcomes.bounced
+            ],
+        )

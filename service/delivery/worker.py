@@ -29,8 +29,8 @@ from ..clock import utcnow
 from ..columns.mail import PreparedColumn, prepare_column
 from ..columns.view import column_view
 from ..context import AppContext
-from ..db import transaction
-from ..mail.smtp import Fault, SmtpConnection, SmtpFailure
+from ..db import in_thread, transaction
+from ..mail.smtp import Fault, RelayHealth, SmtpConnection, SmtpFailure
 from ..models import ColumnRecord, Send, SendStatus
 from ..retry import next_attempt, worker_name
 from ..tokens import Purpose
@@ -119,8 +119,8 @@ class GroupCommit:
             if self._done is done:
                 batch, self._batch, self._done = self._batch, Outcomes(), None
                 try:
-                    await asyncio.to_thread(
-                        ledger.record, self.engine, batch, worker=self.worker, now=utcnow()
+                    await in_thread(
+                        self.engine, ledger.record, batch, worker=self.worker, now=utcnow()
                     )
                 except BaseException as exc:
                     done.set_exception(exc)
@@ -141,7 +141,7 @@ class SendWorker:
         self.settings = courier.settings
         self.target = courier.target
         self.name = name or worker_name()
-        self._outage = False
+        self.health = RelayHealth("the column")
         self._stopping = asyncio.Event()
         self._relay_streak = 0  # consecutive refusals about the relay, across connections
         self._pause_reason: str | None = None
@@ -171,9 +171,7 @@ class SendWorker:
         """Deliver until the send is finished (by this worker or others) or stopped; return
         its counts. Raises SendPaused when the relay keeps refusing us."""
         job = await asyncio.to_thread(self._job, send_id)
-        await asyncio.to_thread(
-            ledger.reclaim_own, self.engine, send_id=send_id, worker=self.name, now=utcnow()
-        )
+        await in_thread(self.engine, ledger.reclaim_own, send_id=send_id, worker=self.name)
         s = self.settings
         queue: asyncio.Queue[Claim | None] = asyncio.Queue(maxsize=s.delivery_batch_size)
         commit = GroupCommit(self.engine, self.name)
@@ -207,9 +205,9 @@ class SendWorker:
         if s.delivery_rate > 0:
             limit = min(limit, max(senders, math.ceil(s.delivery_rate * CLAIM_AHEAD_SECONDS)))
         while not self._stopping.is_set():
-            claims = await asyncio.to_thread(
-                ledger.claim_batch,
+            claims = await in_thread(
                 self.engine,
+                ledger.claim_batch,
                 send_id=job.send_id,
                 worker=self.name,
                 now=utcnow(),
@@ -285,9 +283,7 @@ class SendWorker:
         except SmtpFailure as failure:
             return await self._failed(job, claim, failure)
         self._relay_streak = 0
-        if self._outage:
-            self._outage = False
-            log.info("SMTP relay reachable again; send %s continues", job.send_id)
+        self.health.succeeded()
         return lambda o: o.sent.append(claim.id)
 
     async def _failed(
@@ -311,10 +307,8 @@ class SendWorker:
         if when > job.deadline:
             reason = f"gave up after the retry deadline: {failure.reason}"[:1000]
             return lambda o: o.failed.append((claim.id, reason))
+        self.health.failed(failure)
         if failure.connection_lost:
-            if not self._outage:
-                self._outage = True
-                log.warning("SMTP relay trouble (%s); deferring and retrying", failure)
             await asyncio.sleep(min(s.retry_initial_seconds, 5.0))
         return lambda o: o.retry.append((claim.id, when, failure.reason))
 
@@ -338,7 +332,7 @@ class SendWorker:
             await asyncio.sleep(period)
             until = utcnow() + dt.timedelta(seconds=self.settings.delivery_lease_seconds)
             try:
-                await asyncio.to_thread(ledger.renew, self.engine, worker=self.name, until=until)
+                await in_thread(self.engine, ledger.renew, worker=self.name, until=until)
             except Exception as exc:
                 log.error(
                     "worker %s cannot renew its leases (%s); stopping its run", self.name, exc
@@ -352,9 +346,7 @@ class SendWorker:
             if claim is not None:
                 unsent.append(claim.id)
         with contextlib.suppress(Exception):  # if this fails too, the leases expire instead
-            await asyncio.to_thread(
-                ledger.release, self.engine, worker=self.name, ids=unsent, now=utcnow()
-            )
+            await in_thread(self.engine, ledger.release, worker=self.name, ids=unsent, now=utcnow())
 
 
 async def _until_senders_finish(

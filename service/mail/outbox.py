@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import or_, update
+from sqlalchemy import and_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -27,9 +27,10 @@ from ..config import Settings
 from ..db import transaction
 from ..models import MailStatus, OutboxMail
 from ..retry import next_attempt, worker_name
+from .leases import due_or_abandoned, owned_by
 from .message import build, to_bytes
 from .render import MailTemplates
-from .smtp import Fault, SmtpConnection, SmtpFailure, SmtpTarget
+from .smtp import Fault, RelayHealth, SmtpConnection, SmtpFailure, SmtpTarget
 
 log = logging.getLogger(__name__)
 CLAIM_LIMIT = 50
@@ -84,14 +85,7 @@ def claim_due(
     with transaction(engine) as session:
         due = (
             select(OutboxMail)
-            .where(
-                or_(
-                    (col(OutboxMail.status) == MailStatus.pending)
-                    & (col(OutboxMail.next_attempt_at) <= now),
-                    (col(OutboxMail.status) == MailStatus.sending)
-                    & (col(OutboxMail.lease_until) < now),
-                )
-            )
+            .where(due_or_abandoned(OutboxMail, now))
             .order_by(col(OutboxMail.next_attempt_at))
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -108,11 +102,7 @@ def claim_due(
 
 
 def _owned(mail_id: int, worker: str):  # type: ignore[no-untyped-def]
-    return (
-        (col(OutboxMail.id) == mail_id)
-        & (col(OutboxMail.claimed_by) == worker)
-        & (col(OutboxMail.status) == MailStatus.sending)
-    )
+    return and_(col(OutboxMail.id) == mail_id, owned_by(OutboxMail, worker))
 
 
 def renew(engine: Engine, mail_id: int, *, worker: str, until: datetime) -> bool:
@@ -142,7 +132,7 @@ class OutboxSender:
         self.target = target
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._outage = False
+        self.health = RelayHealth("outbox mail")
         self._stopping = False
         self.name = worker_name()
         self.lease = timedelta(seconds=settings.outbox_lease_seconds)
@@ -203,7 +193,7 @@ class OutboxSender:
                     sent_at=utcnow(),
                     last_error=None,
                 )
-                self._recovered()
+                self.health.succeeded()
         return len(claimed)
 
     async def _failed(self, mail: Claimed, failure: SmtpFailure) -> None:
@@ -215,9 +205,7 @@ class OutboxSender:
             )
             values: dict[str, object] = {"status": MailStatus.failed}
         else:
-            if (failure.fault is Fault.relay or failure.connection_lost) and not self._outage:
-                self._outage = True
-                log.warning("SMTP relay trouble (%s); outbox mail waits and is retried", failure)
+            self.health.failed(failure)
             values = {
                 "status": MailStatus.pending,
                 "next_attempt_at": next_attempt(
@@ -230,8 +218,3 @@ class OutboxSender:
         await asyncio.to_thread(
             _finish, self.engine, mail.id, self.name, last_error=failure.reason, **values
         )
-
-    def _recovered(self) -> None:
-        if self._outage:
-            self._outage = False
-            log.info("SMTP relay reachable again; outbox delivering")

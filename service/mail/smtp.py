@@ -128,6 +128,28 @@ def relay_target(settings: Settings) -> SmtpTarget | None:
     return SmtpTarget(relay, settings.smtp_timeout) if relay is not None else None
 
 
+class RelayHealth:
+    """Whether the relay is in trouble, so that an outage is logged once when it starts and
+    once when it ends, however many hand-offs see it."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what  # "send 12", "outbox": who is waiting on the relay
+        self.in_trouble = False
+
+    def failed(self, failure: SmtpFailure) -> None:
+        """A hand-off failed; the first failure that is about the relay starts an outage."""
+        if self.in_trouble or not (failure.connection_lost or failure.fault is Fault.relay):
+            return
+        self.in_trouble = True
+        log.warning("SMTP relay trouble (%s); %s waits and retries", failure, self.what)
+
+    def succeeded(self) -> None:
+        """A hand-off went through; an outage in progress is over."""
+        if self.in_trouble:
+            self.in_trouble = False
+            log.info("SMTP relay reachable again; %s continues", self.what)
+
+
 class SmtpConnection:
     """One reusable connection to the relay; reconnects when the previous one is gone,
     and after `max_messages` hand-offs so that a long send spreads over fresh sessions."""

@@ -103,9 +103,10 @@ def test_serve_resumes_an_unfinished_send_without_a_restart(
 
 
 def _claim(engine: Engine, send_id: int, worker: str, at: dt.datetime) -> list[ledger.Claim]:
-    return ledger.claim_batch(
-        engine, send_id=send_id, worker=worker, now=at, limit=10, lease=dt.timedelta(seconds=1)
-    )
+    with transaction(engine) as session:
+        return ledger.claim_batch(
+            session, send_id=send_id, worker=worker, now=at, limit=10, lease=dt.timedelta(seconds=1)
+        )
 
 
 def test_a_worker_that_lost_its_rows_cannot_overwrite_them(
@@ -128,15 +129,18 @@ def test_a_worker_that_lost_its_rows_cannot_overwrite_them(
         retry=[(second, now, "451 later")],
         bounced=[(third, stale[2].subscriber_id, "550 5.1.1 gone")],
     )
-    ledger.record(engine, late, worker="stale", now=now)
-    ledger.release(engine, worker="stale", ids=[first, second, third], now=now)
+    with transaction(engine) as session:
+        ledger.record(session, late, worker="stale", now=now)
+        ledger.release(session, worker="stale", ids=[first, second, third], now=now)
     with Session(engine) as session:
         rows = list(session.exec(select(Delivery).order_by(Delivery.id)))
         readers = list(session.exec(select(Subscriber)))
     assert [(r.status, r.claimed_by) for r in rows] == [("sending", "owner")] * 3
     assert {r.status for r in readers} == {SubscriberStatus.active}
 
-    ledger.record(engine, ledger.Outcomes(sent=[first, second, third]), worker="owner", now=now)
+    with transaction(engine) as session:
+        everyone = ledger.Outcomes(sent=[first, second, third])
+        ledger.record(session, everyone, worker="owner", now=now)
     with Session(engine) as session:
         assert {r.status for r in session.exec(select(Delivery))} == {"sent"}
 
