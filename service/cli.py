@@ -42,6 +42,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def settings_or_exit() -> Settings:
+    """The settings, or exit with one line naming the bad variable; sets up logging."""
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -84,6 +85,7 @@ def courier_for(settings: Settings, engine: Engine) -> Iterator[Courier]:
 
 
 def guarded(func: Callable[[], T]) -> T:
+    """Run `func`, turning a database failure into one line instead of a traceback."""
     with database_errors():
         return func()
 
@@ -269,6 +271,7 @@ def columns_import(
 
 
 def main() -> None:
+    """The `broadside` console script."""
     app()
 
 

@@ -278,6 +278,7 @@ class Settings(BaseSettings):
     # Derived values
     @property
     def tz(self) -> ZoneInfo:
+        """TIMEZONE as a zone object."""
         return ZoneInfo(self.timezone)
 
     @property
@@ -289,6 +290,7 @@ class Settings(BaseSettings):
 
     @property
     def mail_domain(self) -> str:
+        """The domain of FROM_ADDRESS (Message-IDs, Feedback-ID, defaults)."""
         return self.from_address.rsplit("@", 1)[1]
 
     @property
@@ -298,18 +300,22 @@ class Settings(BaseSettings):
 
     @property
     def list_unsubscribe_mailto(self) -> str:
+        """The address of List-Unsubscribe's mailto: half."""
         return self.unsubscribe_mailto or f"unsubscribe@{self.mail_domain}"
 
     @property
     def list_identifier(self) -> str:
+        """The List-Id value (RFC 2919)."""
         return self.list_id or f"{self.from_name} <world-view.{self.mail_domain}>"
 
     @property
     def outbox_dir(self) -> Path:
+        """Where the capture server keeps mail as .eml files."""
         return self.var_dir / "outbox"
 
     @property
     def secret(self) -> bytes:
+        """SECRET_KEY as bytes, for signing links."""
         assert self.secret_key is not None, "load_settings() resolves the secret"
         return self.secret_key.get_secret_value().encode()
 

@@ -22,18 +22,23 @@ class Requester:
 
 @dataclass(frozen=True)
 class AppContext:
+    """Settings, tokens and mail templates: what every domain function is handed."""
+
     settings: Settings
     tokens: Tokens
     mail: MailTemplates
 
     def confirm_url(self, token: str) -> str:
+        """The confirmation link for a confirm token."""
         return f"{self.settings.base_url}/confirm/{token}"
 
     def unsubscribe_url(self, subscriber_id: int, expires: int | None = None) -> str:
+        """A reader's unsubscribe link (pass `expires` to share one expiry)."""
         token = self.tokens.make(Purpose.unsubscribe, str(subscriber_id), expires)
         return f"{self.settings.base_url}/unsubscribe/{token}"
 
     def feedback_url(self, subscriber_id: int | None = None, expires: int | None = None) -> str:
+        """The feedback form's link, naming the reader when given."""
         if subscriber_id is None:
             return f"{self.settings.base_url}/feedback"
         token = self.tokens.make(Purpose.feedback, str(subscriber_id), expires)
@@ -41,4 +46,5 @@ class AppContext:
 
 
 def build_context(settings: Settings) -> AppContext:
+    """The context for these settings, built once at start-up."""
     return AppContext(settings=settings, tokens=tokens_for(settings), mail=MailTemplates(settings))

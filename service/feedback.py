@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import unicodedata
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlmodel import Session
 
 from .clock import utcnow
 from .context import AppContext, Requester
 from .errors import InvalidInput
-from .limits import check_and_count
+from .limits import HOUR, check_and_count
 from .mail import outbox
 from .models import Feedback, Subscriber
 from .subscriptions import normalize_address, subscriber_for_link
@@ -23,7 +23,6 @@ CATEGORIES = {
     "content": "Content",
     "other": "Other",
 }
-RATE_WINDOW = timedelta(hours=1)
 
 
 def identify(session: Session, ctx: AppContext, token: str | None) -> Subscriber | None:
@@ -70,7 +69,7 @@ def submit(
         session,
         f"feedback:ip:{who.ip}",
         limit=ctx.settings.feedback_per_ip_per_hour,
-        window=RATE_WINDOW,
+        window=HOUR,
         now=now,
     )
     subscriber = identify(session, ctx, token)

@@ -12,6 +12,10 @@ from .clock import utcnow
 from .errors import RateLimited
 from .models import RateHit
 
+# The windows the *_PER_HOUR and *_PER_DAY settings count over.
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
 
 def check_and_count(
     session: Session, key: str, *, limit: int, window: timedelta, now: datetime | None = None

@@ -25,6 +25,8 @@ from .clock import utcnow
 
 
 class SubscriberStatus(StrEnum):
+    """Where a reader stands: only `active` readers get the column."""
+
     pending = "pending"
     active = "active"
     unsubscribed = "unsubscribed"
@@ -43,12 +45,16 @@ class MailStatus(StrEnum):
 
 
 class SendStatus(StrEnum):
+    """Where a send stands."""
+
     sending = "sending"
     paused = "paused"  # the relay refused mail for reasons of its own; see pause_reason
     done = "done"
 
 
 class Subscriber(SQLModel, table=True):
+    """A reader: their address, name, status and when each change happened."""
+
     __tablename__ = "subscribers"
 
     id: int | None = Field(default=None, primary_key=True)
@@ -106,6 +112,8 @@ class OutboxMail(SQLModel, table=True):
 
 
 class Feedback(SQLModel, table=True):
+    """What a reader told us through the "having issues?" form."""
+
     __tablename__ = "feedback"
 
     id: int | None = Field(default=None, primary_key=True)

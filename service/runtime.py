@@ -40,6 +40,8 @@ def smtp_target(settings: Settings) -> Iterator[SmtpTarget]:
 
 @dataclass
 class Runtime:
+    """What the background pieces expose to the app while it runs."""
+
     target: SmtpTarget
     outbox: OutboxSender
     dispatcher: Dispatcher

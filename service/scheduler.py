@@ -50,6 +50,8 @@ def daily_job(dispatcher: Dispatcher, clock: Clock = now) -> Callable[[], Awaita
 
 
 def heal_job(dispatcher: Dispatcher, clock: Clock = now) -> Callable[[], Awaitable[None]]:
+    """The job that resumes unfinished sends every RESUME_INTERVAL."""
+
     async def job() -> None:
         try:
             await dispatcher.heal(clock())

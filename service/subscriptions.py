@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from .clock import utcnow
 from .context import AppContext, Requester
 from .errors import AlreadyConfirmed, CannotResubscribe, InvalidInput, LinkUsed
-from .limits import check_and_count
+from .limits import DAY, HOUR, check_and_count
 from .mail import message, outbox
 from .models import Consent, Subscriber, SubscriberStatus
 from .tokens import Purpose, TokenError
@@ -25,8 +25,6 @@ from .tokens import Purpose, TokenError
 MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3: the longest path a relay must accept
 MAX_NAME = 100
 MAX_ID = 2**31 - 1  # the subscribers.id column; a larger number names nobody
-HOUR = timedelta(hours=1)
-DAY = timedelta(days=1)
 EPOCH = datetime(1970, 1, 1)  # naive UTC, like every datetime we store
 
 

@@ -32,6 +32,8 @@ RESUBSCRIBE_LIFETIME = timedelta(days=2)  # the goodbye page's "subscribe again"
 
 
 class Purpose(StrEnum):
+    """What a token may be used for; a token of one purpose never passes as another."""
+
     confirm = "confirm"
     unsubscribe = "unsubscribe"
     feedback = "feedback"

@@ -29,12 +29,16 @@ class Block:
 
 @dataclass
 class Section:
+    """One section of a column: its heading and its blocks."""
+
     heading: str  # "" for text before the first heading
     blocks: list[Block] = field(default_factory=list)
 
 
 @dataclass
 class ParsedColumn:
+    """A column's content as the parsers produce it and the templates show it."""
+
     title: str
     byline: str = ""
     headlines: list[str] = field(default_factory=list)
@@ -45,6 +49,7 @@ class ParsedColumn:
     source_format: Literal["worldview", "markdown", "feed"] = "worldview"
 
     def sections_json(self) -> list[dict[str, Any]]:
+        """The sections in the JSON form the columns table stores."""
         return [asdict(section) for section in self.sections]
 
 

@@ -163,6 +163,7 @@ def _parse(text: str, fmt: Format, name: str) -> ParsedColumn:
 
 def read_limited(path: Path, limit: int) -> bytes:
     # Read at most limit + 1 bytes so a huge file (or /dev/zero) is refused, not loaded.
+    """The bytes of `path`, refused (ColumnFileError) past `limit` without reading it all."""
     try:
         with path.open("rb") as handle:
             data = handle.read(limit + 1)

@@ -193,6 +193,7 @@ def _storable(text: str) -> str:
 
 
 def fit(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters at most, with an ellipsis when cut."""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 

@@ -48,39 +48,48 @@ class ColumnView:
 
     @property
     def title(self) -> str:
+        """The column's title."""
         return self.content.title
 
     @property
     def date(self) -> dt.date:
+        """The column's date."""
         assert self.content.date is not None, "a view always has a date (from_parsed checks)"
         return self.content.date
 
     @property
     def byline(self) -> str:
+        """Who wrote it (may be empty)."""
         return self.content.byline
 
     @property
     def headlines(self) -> list[str]:
+        """The day's key headlines."""
         return self.content.headlines
 
     @property
     def sections(self) -> list[Section]:
+        """The column's sections, in order."""
         return self.content.sections
 
     @property
     def keys(self) -> list[str]:
+        """The KEYS line's topics."""
         return self.content.keys
 
     @property
     def permalink(self) -> str | None:
+        """The column's own web address elsewhere, if it has one."""
         return self.content.permalink
 
     @property
     def web_url(self) -> str:
+        """The column's page here."""
         return f"{self.base_url}/columns/{self.slug}"
 
     @property
     def permalink_or_web(self) -> str:
+        """Where the "view in browser" link points: the permalink, else our page."""
         return self.permalink or self.web_url
 
     @property

@@ -21,4 +21,5 @@ class Courier:
 
     @property
     def settings(self) -> Settings:
+        """The settings, from the app context."""
         return self.ctx.settings

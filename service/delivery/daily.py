@@ -42,6 +42,7 @@ def column_of(engine: Engine, day: dt.date) -> ColumnRecord | None:
 
 
 def local_day(settings: Settings, now: dt.datetime) -> dt.date:
+    """The calendar day in TIMEZONE at `now`."""
     return now.astimezone(settings.tz).date()
 
 
@@ -51,6 +52,7 @@ def send_moment(settings: Settings, day: dt.date) -> dt.datetime:
 
 
 def within_grace(settings: Settings, day: dt.date, now: dt.datetime) -> bool:
+    """Whether `now` falls between `day`'s send time and the end of SEND_GRACE."""
     moment = send_moment(settings, day)
     return moment <= now <= moment + settings.send_grace
 
@@ -241,6 +243,8 @@ def plan(engine: Engine, settings: Settings, day: dt.date) -> Plan:
 
 @dataclass(frozen=True)
 class Started:
+    """A send just started or resumed by `SendRun.start`."""
+
     send_id: int
     title: str
     created: bool  # False: an existing send resumed
@@ -249,6 +253,8 @@ class Started:
 
 @dataclass(frozen=True)
 class SendOutcome:
+    """How a foreground send ended: done, paused (with why) or stopped."""
+
     send_id: int
     counts: sends.SendCounts
     paused: str | None = None  # the relay's reason, when the send paused

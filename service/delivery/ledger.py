@@ -22,6 +22,8 @@ LEFT_BEFORE_HAND_OFF = "not sent: the reader was no longer subscribed at hand-of
 
 @dataclass(frozen=True)
 class Claim:
+    """One claimed delivery: the reader to hand the column to."""
+
     id: int
     subscriber_id: int
     email: str

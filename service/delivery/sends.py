@@ -25,6 +25,8 @@ from ..models import (
 
 @dataclass(frozen=True)
 class SendCounts:
+    """A send's deliveries by state."""
+
     total: int
     sent: int
     failed: int
@@ -33,6 +35,7 @@ class SendCounts:
 
     @property
     def done(self) -> bool:
+        """No delivery is left to try."""
         return self.pending == 0
 
 
@@ -105,6 +108,7 @@ def _snapshot(session: Session, send_id: int, now: dt.datetime) -> None:
 
 
 def counts(session: Session, send_id: int) -> SendCounts:
+    """A send's deliveries counted by state."""
     rows = session.execute(
         select(Delivery.status, func.count())
         .where(Delivery.send_id == send_id)

@@ -111,6 +111,7 @@ class GroupCommit:
         self._lock = asyncio.Lock()
 
     async def add(self, fill: Callable[[Outcomes], None]) -> None:
+        """Record one outcome with whatever else is waiting; return once it is durable."""
         fill(self._batch)
         if self._done is None:
             self._done = asyncio.get_running_loop().create_future()

@@ -35,6 +35,7 @@ class _SaveToFolder:
 
 
 def save(folder: Path, data: bytes) -> Path:
+    """Write one captured mail into `folder` atomically; its path."""
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.eml"
     tmp = folder / f".{name}.tmp"
@@ -65,6 +66,7 @@ class CaptureServer:
         self._controller: Controller | None = None
 
     def start(self) -> None:
+        """Listen on the port, or share the capture server already there."""
         if self.port and _answers_smtp(self.host, self.port):
             log.info(
                 "capture SMTP server already running on %s:%s; sharing it", self.host, self.port
@@ -88,6 +90,7 @@ class CaptureServer:
         )
 
     def stop(self) -> None:
+        """Stop listening (if this process started the server)."""
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
@@ -95,22 +98,28 @@ class CaptureServer:
 
 @dataclass(frozen=True)
 class CapturedMail:
+    """One captured mail, as the /dev/outbox viewer shows it."""
+
     name: str
     message: EmailMessage
 
     @property
     def subject(self) -> str:
+        """The decoded Subject."""
         return str(self.message.get("Subject", ""))
 
     @property
     def to(self) -> str:
+        """The decoded To."""
         return str(self.message.get("To", ""))
 
     @property
     def date(self) -> str:
+        """The Date header."""
         return str(self.message.get("Date", ""))
 
     def part(self, subtype: str) -> str | None:
+        """The decoded text of the `subtype` part (plain, html), if there is one."""
         body = self.message.get_body(preferencelist=(subtype,))
         return body.get_content() if body is not None else None  # type: ignore[attr-defined]
 

@@ -40,10 +40,12 @@ class MailContext(Protocol):
     """What queue() needs of the application context (service.context.AppContext)."""
 
     @property
-    def settings(self) -> Settings: ...
+    def settings(self) -> Settings:
+        """The settings the mail is built with."""
 
     @property
-    def mail(self) -> MailTemplates: ...
+    def mail(self) -> MailTemplates:
+        """The mail templates."""
 
 
 def queue(
@@ -71,6 +73,8 @@ def queue(
 
 @dataclass(frozen=True)
 class Claimed:
+    """One claimed outbox mail, ready to hand over."""
+
     id: int
     recipient: str
     envelope_from: str
@@ -148,6 +152,7 @@ class OutboxSender:
         self.notify()
 
     async def run(self) -> None:
+        """Deliver due mail until stop(), waking on notify() or every poll interval."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         while not self._stopping:

@@ -202,6 +202,7 @@ class SmtpConnection:
                 smtp.close()
 
     async def abort(self) -> None:
+        """Drop the connection without QUIT (its state is unknown)."""
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
             smtp.close()

@@ -23,6 +23,7 @@ def require_admin(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
+    """Let the request through only with the admin token (401), and only if one is set (503)."""
     expected = settings.admin_token.get_secret_value() if settings.admin_token else ""
     if not expected:
         raise HTTPException(503, "The admin API is off: set BROADSIDE_ADMIN_TOKEN to turn it on.")
@@ -44,6 +45,8 @@ router = APIRouter(
 
 
 class ColumnIn(BaseModel):
+    """A column posted by an editor."""
+
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1, max_length=1_000_000, description="the column's source")
@@ -55,6 +58,8 @@ class ColumnIn(BaseModel):
 
 
 class ColumnOut(BaseModel):
+    """What storing a posted column did."""
+
     id: int
     slug: str
     date: dt.date
@@ -63,6 +68,8 @@ class ColumnOut(BaseModel):
 
 
 class SendOut(BaseModel):
+    """One send, with its counts."""
+
     id: int
     date: dt.date
     title: str

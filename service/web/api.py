@@ -25,20 +25,28 @@ BotTrap = Annotated[str | None, Field(description="leave empty (bot trap)")]
 
 
 class Strict(BaseModel):
+    """A request body that refuses unknown fields."""
+
     model_config = ConfigDict(extra="forbid")
 
 
 class SubscriptionIn(Strict):
+    """A subscribe request."""
+
     email: str = Field(max_length=320, examples=["reader@example.com"])
     name: str | None = Field(default=None, max_length=200, examples=["Ada"])
     website: BotTrap = None
 
 
 class TokenIn(Strict):
+    """A request carrying a link's token."""
+
     token: str = Field(min_length=1, max_length=400)
 
 
 class FeedbackIn(Strict):
+    """A feedback message."""
+
     category: Category
     message: str = Field(min_length=1, max_length=20_000)
     reply_to: str | None = Field(default=None, max_length=320)
@@ -49,11 +57,15 @@ class FeedbackIn(Strict):
 
 
 class Accepted(BaseModel):
+    """A request taken in; what happens next comes by mail."""
+
     status: str
     message: str
 
 
 class SubscriberState(BaseModel):
+    """A reader's address and status after the request."""
+
     email: str
     status: str
 

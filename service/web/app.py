@@ -33,6 +33,7 @@ class Broadside(FastAPI):
     it renders carries them too (middleware added with add_middleware runs inside it)."""
 
     def build_middleware_stack(self) -> ASGIApp:
+        """The app with the security headers wrapped around everything, error pages included."""
         return SecurityHeaders(super().build_middleware_stack())
 
 

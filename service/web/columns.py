@@ -17,12 +17,14 @@ FEED_LIMIT = 20
 
 @router.get("/columns", response_class=HTMLResponse)
 def columns(request: Request, session: SessionDep) -> HTMLResponse:
+    """The list of columns."""
     views, _updated = latest_views(session, LIST_LIMIT)
     return page(request, "columns", columns=views)
 
 
 @router.get("/columns/{slug}", response_class=HTMLResponse)
 def column(request: Request, slug: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    """One column's page (the "view in browser" target)."""
     view = view_by_slug(session, slug, base_url=settings.base_url)
     if view is None:
         raise NotFound(slug)

@@ -22,14 +22,17 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 def get_context(request: Request) -> AppContext:
+    """The app's context."""
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 
 def get_settings(request: Request) -> Settings:
+    """The app's settings."""
     return request.app.state.ctx.settings  # type: ignore[no-any-return]
 
 
 def get_requester(request: Request) -> Requester:
+    """Who is asking: the client's address and user agent, web or API."""
     source = "api" if request.url.path.startswith("/api/") else "web"
     return Requester(
         ip=request.client.host if request.client else None,

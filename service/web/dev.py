@@ -19,6 +19,7 @@ HEAD_RE = re.compile(r"<head[^>]*>", re.IGNORECASE)
 
 @router.get("", response_class=HTMLResponse)
 def outbox(request: Request, settings: SettingsDep) -> HTMLResponse:
+    """The captured mails, newest first."""
     return page(request, "dev_outbox", mails=capture.listing(settings.outbox_dir))
 
 
@@ -31,6 +32,7 @@ def _mail(settings: SettingsDep, name: str) -> capture.CapturedMail:
 
 @router.get("/{name}", response_class=HTMLResponse)
 def outbox_mail(request: Request, name: str, settings: SettingsDep) -> HTMLResponse:
+    """One captured mail: headers, text, and the HTML in a sandboxed frame."""
     mail = _mail(settings, name)
     mail_headers = [(k, str(v)) for k, v in mail.message.items()]
     return page(
@@ -53,5 +55,6 @@ def _framed(html: str | None) -> str | None:
 
 @router.get("/{name}/raw")
 def outbox_mail_raw(name: str, settings: SettingsDep) -> Response:
+    """One captured mail's raw bytes."""
     path = settings.outbox_dir / _mail(settings, name).name
     return Response(path.read_bytes(), media_type="text/plain; charset=utf-8")

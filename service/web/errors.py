@@ -199,6 +199,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def install(app: FastAPI) -> None:
+    """Map every domain exception to its status code and page (or JSON under /api/)."""
     app.add_exception_handler(InvalidInput, _invalid_input)
     app.add_exception_handler(RateLimited, _rate_limited)
     app.add_exception_handler(TokenError, _token)

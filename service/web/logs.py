@@ -28,6 +28,7 @@ class RedactTokens(logging.Filter):
     as uvicorn's access formatter unpacks them; any other message is rendered once, here."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Replace link tokens in the record's message and arguments with …."""
         args = record.args
         if isinstance(args, tuple) and all(isinstance(a, str | int | float) for a in args):
             record.msg = redact(str(record.msg))

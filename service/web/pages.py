@@ -21,6 +21,7 @@ ONE_CLICK = "One-Click"  # RFC 8058 3.1: the body a mail provider POSTs
 
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request, email: Annotated[str, Query(max_length=320)] = "") -> HTMLResponse:
+    """The subscribe form."""
     return page(request, "index", form={"email": email, "name": ""})
 
 
@@ -34,6 +35,7 @@ def subscribe(
     name: FormField = "",
     website: FormField = "",
 ) -> HTMLResponse:
+    """The subscribe form's POST: start a double opt-in."""
     form = {"email": email[:400], "name": name[:200]}
     try:
         subscriptions.subscribe(session, ctx, email=email, name=name, who=who, honeypot=website)
@@ -46,6 +48,7 @@ def subscribe(
 def confirm_page(
     request: Request, token: str, session: SessionDep, ctx: ContextDep
 ) -> HTMLResponse:
+    """A confirmation link's page: a button, nothing changed yet."""
     subscriber = subscriptions.pending_confirmation(session, ctx, token)
     return page(request, "confirm", email=subscriber.email)
 
@@ -54,6 +57,7 @@ def confirm_page(
 def confirm(
     request: Request, token: str, session: SessionDep, ctx: ContextDep, who: RequesterDep
 ) -> HTMLResponse:
+    """The confirmation button's POST."""
     subscriber = subscriptions.confirm(session, ctx, token=token, who=who)
     return page(request, "confirmed", email=subscriber.email)
 
@@ -62,6 +66,7 @@ def confirm(
 def unsubscribe_page(
     request: Request, token: str, session: SessionDep, ctx: ContextDep
 ) -> HTMLResponse:
+    """An unsubscribe link's page: a button, nothing changed yet."""
     subscriber = subscriptions.subscriber_for_link(session, ctx, token, Purpose.unsubscribe)
     already = not subscriptions.receives_mail(subscriber)
     return page(request, "unsubscribe", email=subscriber.email, token=token, already=already)
@@ -115,6 +120,7 @@ def feedback_form(
     ctx: ContextDep,
     t: Annotated[str, Query(max_length=400)] = "",
 ) -> HTMLResponse:
+    """The "having issues? let us know" form, naming the reader when the link did."""
     who = feedback.identify(session, ctx, t)
     return page(
         request,
@@ -139,6 +145,7 @@ def feedback_submit(
     t: FormField = "",
     website: FormField = "",
 ) -> HTMLResponse:
+    """The feedback form's POST."""
     try:
         feedback.submit(
             session,

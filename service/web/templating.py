@@ -26,6 +26,7 @@ def page(
     headers: dict[str, str] | None = None,
     **context: Any,
 ) -> HTMLResponse:
+    """Render templates/pages/NAME.html as the response, with the site's globals."""
     templates: Jinja2Templates = request.app.state.templates
     return templates.TemplateResponse(
         request, f"pages/{name}.html", context, status_code=status_code, headers=headers
