@@ -90,7 +90,20 @@ class Consent(SQLModel, table=True):
     source: str = Field(default="web", max_length=32)
 
 
-class OutboxMail(SQLModel, table=True):
+class LeasedWork(SQLModel):
+    """The columns of work that workers claim with a lease and retry (mail/leases.py): the
+    outbox's mails and the ledger's deliveries alike."""
+
+    status: MailStatus = Field(default=MailStatus.pending, sa_type=String(16))
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    lease_until: datetime | None = Field(default=None, sa_type=DateTime())
+    claimed_by: str | None = Field(default=None, max_length=64)
+    last_error: str | None = Field(default=None, max_length=1000)
+    sent_at: datetime | None = Field(default=None, sa_type=DateTime())
+
+
+class OutboxMail(LeasedWork, table=True):
     """A transactional mail written in the same transaction as the change it announces."""
 
     __tablename__ = "outbox"
@@ -101,14 +114,7 @@ class OutboxMail(SQLModel, table=True):
     recipient: str = Field(max_length=320)
     envelope_from: str = Field(max_length=320)
     message: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    status: MailStatus = Field(default=MailStatus.pending, sa_type=String(16))
-    attempts: int = 0
-    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
-    lease_until: datetime | None = Field(default=None, sa_type=DateTime())
-    claimed_by: str | None = Field(default=None, max_length=64)
-    last_error: str | None = Field(default=None, max_length=1000)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
-    sent_at: datetime | None = Field(default=None, sa_type=DateTime())
 
 
 class Feedback(SQLModel, table=True):
@@ -178,7 +184,7 @@ class Send(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=DateTime())
 
 
-class Delivery(SQLModel, table=True):
+class Delivery(LeasedWork, table=True):
     """The ledger: one row per (send, subscriber), durable before and after each hand-off."""
 
     __tablename__ = "deliveries"
@@ -195,10 +201,3 @@ class Delivery(SQLModel, table=True):
     subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
     email: str = Field(max_length=320)
     name: str = Field(default="", max_length=100)
-    status: MailStatus = Field(default=MailStatus.pending, sa_type=String(16))
-    attempts: int = 0
-    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
-    lease_until: datetime | None = Field(default=None, sa_type=DateTime())
-    claimed_by: str | None = Field(default=None, max_length=64)
-    last_error: str | None = Field(default=None, max_length=1000)
-    sent_at: datetime | None = Field(default=None, sa_type=DateTime())
