@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp
@@ -17,7 +16,7 @@ from starlette.types import ASGIApp
 from .. import __version__
 from ..config import Settings
 from ..context import build_context
-from ..db import make_engine
+from ..db import make_engine, ping
 from ..runtime import background
 from . import admin, api, columns, dev, errors, pages
 from .body_limit import BodyLimit
@@ -76,8 +75,7 @@ def create_app(
     def healthz() -> JSONResponse:
         """200 when the database answers, 503 when it does not."""
         try:
-            with app.state.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
+            ping(app.state.engine)
         except SQLAlchemyError as exc:
             log.warning("health check: database unreachable: %s", exc.__class__.__name__)
             return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
