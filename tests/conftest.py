@@ -1,5 +1,5 @@
 """Fixtures: a real database (SQLite, and PostgreSQL when configured), a real SMTP server,
-settings pointing at both, and a client for the app."""
+settings pointing at both, a client for the app, and a clock the test moves."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
+from service import clock as service_clock
 from service.config import Settings, load_settings
 from service.db import make_engine
 from service.migrate import upgrade
@@ -153,3 +155,30 @@ def app_client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
         create_app(settings, engine, scheduler=False), base_url="https://news.example.com"
     ) as client:
         yield client
+
+
+class Clock:
+    """Time that moves only when the test moves it; what the service's `now=` parameters and
+    scheduler `clock=` callables take instead of the wall clock."""
+
+    def __init__(self, start: datetime) -> None:
+        self._now = start
+
+    def now(self) -> datetime:
+        """Aware UTC, like service.clock.now (schedules, "what day is it")."""
+        return self._now
+
+    def utcnow(self) -> datetime:
+        """Naive UTC, like service.clock.utcnow (what the database stores)."""
+        return self._now.replace(tzinfo=None)
+
+    def advance(self, seconds: float) -> datetime:
+        self._now += timedelta(seconds=seconds)
+        return self._now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """Starts at the real now, so rows the service stamps itself stay comparable, and stands
+    still until advanced."""
+    return Clock(service_clock.now())

@@ -1,16 +1,15 @@
-"""Real `broadside` processes for the tests, and what the ledger and the SMTP server say
-about a send."""
+"""Real `broadside` processes for the tests, the column and SEND_TIME a scheduled send
+needs, and what the ledger and the SMTP server say about a send."""
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -80,16 +79,38 @@ def todays_column(folder: Path, today: dt.date) -> None:
     (folder / f"world-view-{today.isoformat()}.txt").write_text(SEED.read_text())
 
 
+def _send_at(folder: Path, moment: dt.datetime) -> dict[str, object]:
+    todays_column(folder, moment.date())
+    return {"columns_dir": folder, "send_time": moment.strftime("%H:%M"), "timezone": "UTC"}
+
+
+def send_time_passed(folder: Path) -> dict[str, object]:
+    """Settings whose SEND_TIME was a minute ago, with today's column in `folder`: a process
+    that starts now catches up on that send at once."""
+    now = dt.datetime.now(dt.UTC)
+    if now.hour == 0 and now.minute < 2:
+        pytest.skip("a send time one minute ago would be yesterday")
+    return _send_at(folder, now - dt.timedelta(minutes=1))
+
+
+def send_time_ahead(folder: Path, *, start_up: int) -> tuple[dt.datetime, dict[str, object]]:
+    """The next whole minute at least `start_up` seconds away, and settings whose SEND_TIME
+    it is, with today's column in `folder`."""
+    now = dt.datetime.now(dt.UTC)
+    fire_at = (now + dt.timedelta(minutes=2 if now.second > 60 - start_up else 1)).replace(
+        second=0, microsecond=0
+    )
+    if fire_at.date() != now.date():
+        pytest.skip("the next minute is tomorrow")
+    return fire_at, _send_at(folder, fire_at)
+
+
 def ledger_states(engine: Engine) -> tuple[dict[str, str], dict[str, str]]:
     """Each reader's status and each delivery's status, by address."""
     with Session(engine) as session:
         readers = {s.email: s.status for s in session.exec(select(Subscriber)).scalars()}
         rows = {d.email: d.status for d in session.exec(select(Delivery)).scalars()}
     return readers, rows
-
-
-def received(server: SmtpTestServer) -> collections.Counter[str]:
-    return collections.Counter(r.rcpt_tos[0] for r in server.received)
 
 
 def recorded_sent(engine: Engine) -> set[str]:
@@ -102,13 +123,4 @@ def unrecorded(engine: Engine, server: SmtpTestServer) -> int:
     """Messages the relay accepted beyond what the ledger records as sent: each kill adds at
     most the connections in flight; a resend of one of them leaves the count unchanged."""
     sent = recorded_sent(engine)
-    return sum(count - (address in sent) for address, count in received(server).items())
-
-
-def wait_until(condition: object, timeout: float, every: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(every)
-    return bool(condition())  # type: ignore[operator]
+    return sum(count - (address in sent) for address, count in server.per_recipient().items())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
+from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
@@ -14,6 +15,7 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
 from service.mail.capture import free_port
+from tests.helpers import eventually
 
 
 @dataclass
@@ -21,7 +23,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
-    at: float = field(default_factory=time.monotonic)
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))  # when it was accepted
 
     @property
     def message(self) -> EmailMessage:
@@ -142,17 +144,25 @@ class SmtpTestServer:
         with self.handler.lock:
             return list(self.handler.received)
 
+    def per_recipient(self) -> Counter[str]:
+        """How many messages each address got (every sender here names one recipient)."""
+        return Counter(r.rcpt_tos[0] for r in self.received)
+
     def messages_to(self, address: str) -> list[Received]:
         return [r for r in self.received if address.lower() in (a.lower() for a in r.rcpt_tos)]
 
     def wait_for(self, count: int, timeout: float = 10.0, to: str | None = None) -> list[Received]:
-        """Wait until at least `count` messages (to `to`, if given) have arrived."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """Wait until at least `count` messages (to `to`, if given) have arrived; returns
+        what has arrived (fewer than `count` when `timeout` ran out)."""
+        got: list[Received] = []
+
+        def enough() -> bool:
+            nonlocal got
             got = self.messages_to(to) if to else self.received
-            if len(got) >= count or time.monotonic() > deadline:
-                return got
-            time.sleep(0.02)
+            return len(got) >= count
+
+        eventually(enough, timeout, every=0.02)
+        return got
 
     def reply_to_rcpt(self, address: str, *replies: str) -> None:
         with self.handler.lock:

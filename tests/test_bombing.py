@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -17,12 +16,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from service import subscriptions
-from service.clock import utcnow
 from service.config import Settings
 from service.context import AppContext, Requester, build_context
 from service.db import transaction
 from service.errors import RateLimited
 from service.models import OutboxMail, Subscriber
+from tests.conftest import Clock
+from tests.helpers import eventually, outbox_idle
 from tests.smtp_server import SmtpTestServer
 
 THREADS = 20
@@ -64,14 +64,14 @@ def subscribe_at(engine: Engine, ctx: AppContext, email: str, now: datetime) -> 
 
 
 def test_a_mailbox_gets_at_most_the_daily_cap_of_confirmation_mails(
-    settings: Settings, engine: Engine
+    settings: Settings, engine: Engine, clock: Clock
 ) -> None:
     ctx = build_context(settings)
     assert (settings.subscribe_per_address_per_hour, settings.subscribe_per_address_per_day) == (
         3,
         5,
     )
-    start = utcnow()
+    start = clock.utcnow()
 
     def at(minutes: int, email: str = "victim@example.com") -> int | None:
         return subscribe_at(engine, ctx, email, start + timedelta(minutes=minutes))
@@ -121,6 +121,5 @@ def test_parallel_requests_for_one_mailbox_send_exactly_the_limit(
     with Session(engine) as session:
         queued = session.exec(select(OutboxMail).where(OutboxMail.kind == "confirm")).all()
     assert len(queued) == limit
-    smtp_server.wait_for(limit)
-    time.sleep(0.5)  # and nothing more follows
+    assert eventually(lambda: outbox_idle(engine), timeout=10)  # and nothing more follows
     assert len(smtp_server.received) == limit

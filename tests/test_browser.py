@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
 
 from service.mail.capture import free_port
-from service.models import Subscriber
 from service.web.app import create_app
 from tests.conftest import make_settings
+from tests.helpers import eventually, reader
 from tests.web.live import serving
 
 pytestmark = pytest.mark.browser
@@ -50,20 +48,20 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-def status_of(engine: Engine, email: str) -> str:
-    with Session(engine) as session:
-        return session.exec(select(Subscriber).where(Subscriber.email == email)).one().status
-
-
 def open_confirmation_mail(page: Page, base_url: str) -> None:
     """Reload /dev/outbox until the confirmation mail is listed, then open it."""
     mail_link = page.get_by_role("link", name="Confirm your subscription to World View")
-    deadline = time.monotonic() + MAIL_TIMEOUT
     page.goto(f"{base_url}/dev/outbox")
-    while mail_link.count() == 0:
-        assert time.monotonic() < deadline, "the confirmation mail never reached /dev/outbox"
-        page.wait_for_timeout(100)
+
+    def listed() -> bool:
+        if mail_link.count():
+            return True
         page.reload()
+        return False
+
+    assert eventually(listed, MAIL_TIMEOUT, every=0.1), (
+        "the confirmation mail never reached /dev/outbox"
+    )
     mail_link.click()
 
 
@@ -101,22 +99,21 @@ def test_newcomer_subscribes_confirms_and_unsubscribes_in_a_browser(
         page.wait_for_url(f"{base_url}/confirm/**")
         expect(page.get_by_role("heading", name="Confirm your subscription")).to_be_visible()
         expect(page.get_by_text(READER)).to_be_visible()
-        assert status_of(engine, READER) == "pending", "opening the link must not confirm"
+        assert reader(engine, READER).status == "pending", "opening the link must not confirm"
         screenshot = page.screenshot(path=tmp_path / "confirm.png", full_page=True)
         assert screenshot.startswith(b"\x89PNG") and (tmp_path / "confirm.png").stat().st_size
 
         page.get_by_role("button", name="Confirm subscription").click()
         expect(page.get_by_role("heading", name="You're subscribed")).to_be_visible()
-        assert status_of(engine, READER) == "active"
+        assert reader(engine, READER).status == "active"
 
-        with Session(engine) as session:
-            reader = session.exec(select(Subscriber).where(Subscriber.email == READER)).one()
-        assert reader.id is not None
-        page.goto(app.state.ctx.unsubscribe_url(reader.id))
+        subscriber = reader(engine, READER)
+        assert subscriber.id is not None
+        page.goto(app.state.ctx.unsubscribe_url(subscriber.id))
         expect(page.get_by_role("heading", name="Unsubscribe")).to_be_visible()
-        assert status_of(engine, READER) == "active", "opening the link must not unsubscribe"
+        assert reader(engine, READER).status == "active", "opening the link must not unsubscribe"
 
         page.get_by_role("button", name="Unsubscribe").click()
         expect(page.get_by_role("heading", name="You're unsubscribed")).to_be_visible()
-        assert status_of(engine, READER) == "unsubscribed"
+        assert reader(engine, READER).status == "unsubscribed"
     assert refused == [], "nothing on these pages breaks the security policy"

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from service.models import Delivery
 from tests import processes
 from tests.conftest import SEED
-from tests.delivery.test_daily_send import add_readers
+from tests.daily import add_readers
 from tests.smtp_server import SmtpTestServer
 
 

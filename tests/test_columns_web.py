@@ -26,20 +26,39 @@ keys: [Iran, Tea]
 Diplomats met *again* today.
 """
 
+# The column the mail tests build by hand (tests/columns/test_mail.py), here through the API.
+SYRIA = """---
+title: "World View: Syria Peace Talks Collapse in Aleppo"
+date: 2016-02-04
+keys: [Generational Dynamics, Syria, John Kerry, Russia, Sergei Lavrov, Staffan de Mistura, Libya]
+permalink: https://www.generationaldynamics.com/pg/xct.gd.e160204.htm
+---
+## Syria peace talks collapse as Russia carpet bombs opposition in Aleppo
+
+Russian warplanes were saturation bombing opposition fighters in Aleppo.
+
+## John Kerry warns of ISIS expansion in Syria
+
+*Kerry in Rome*
+
+Kerry on Tuesday ruled out military intervention in Libya by the United States.
+"""
+
 
 @pytest.fixture
 def admin_client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client(admin_token="admin-token-for-tests")
 
 
-def post_seed(client: TestClient) -> dict[str, object]:
-    response = client.post(
-        "/api/v1/admin/columns",
-        headers=ADMIN,
-        json={"text": SEED.read_text(), "date": "2016-02-04", "name": "seed"},
-    )
+def post_column(client: TestClient, **fields: object) -> dict[str, object]:
+    """Add a new column through the admin API; its answer."""
+    response = client.post("/api/v1/admin/columns", headers=ADMIN, json=fields)
     assert response.status_code == 201, response.text
     return response.json()  # type: ignore[no-any-return]
+
+
+def post_seed(client: TestClient) -> dict[str, object]:
+    return post_column(client, text=SEED.read_text(), date="2016-02-04", name="seed")
 
 
 def test_admin_posts_a_column_and_it_appears_on_the_web(admin_client: TestClient) -> None:
@@ -62,11 +81,8 @@ def test_admin_posts_a_column_and_it_appears_on_the_web(admin_client: TestClient
 
 
 def test_markdown_column_is_escaped_on_page_and_in_feed(admin_client: TestClient) -> None:
-    posted = admin_client.post(
-        "/api/v1/admin/columns", headers=ADMIN, json={"text": MARKDOWN, "format": "markdown"}
-    )
-    assert posted.status_code == 201, posted.text
-    page = admin_client.get(f"/columns/{posted.json()['slug']}")
+    posted = post_column(admin_client, text=MARKDOWN, format="markdown")
+    page = admin_client.get(f"/columns/{posted['slug']}")
     assert "Tea &amp; Diplomacy: &lt;Talks&gt; Resume" in page.text
     assert "<em>again</em>" in page.text
 
@@ -77,6 +93,27 @@ def test_markdown_column_is_escaped_on_page_and_in_feed(admin_client: TestClient
     [entry] = root.findall("a:entry", ns)
     assert entry.findtext("a:title", namespaces=ns) == "Tea & Diplomacy: <Talks> Resume"
     assert [c.get("term") for c in entry.findall("a:category", ns)] == ["Iran", "Tea"]
+
+
+def test_column_page_shows_the_title_sections_and_anchors(admin_client: TestClient) -> None:
+    posted = post_column(admin_client, text=SYRIA, format="markdown")
+    page = admin_client.get(f"/columns/{posted['slug']}").text
+
+    assert "<h1>World View: Syria Peace Talks Collapse in Aleppo</h1>" in page
+    assert '<h2 class="section" id="section-1">Syria peace talks collapse' in page
+    assert '<a href="#section-2">John Kerry warns of ISIS expansion in Syria</a>' in page
+    assert '<p class="caption"><em>Kerry in Rome</em></p>' in page
+    assert "saturation bombing" in page
+    assert "KEYS:</strong> Generational Dynamics, Syria" in page
+    assert 'href="https://www.generationaldynamics.com/pg/xct.gd.e160204.htm"' in page
+
+
+def test_columns_page_links_each_column(admin_client: TestClient) -> None:
+    posted = post_column(admin_client, text=SYRIA, format="markdown")
+    page = admin_client.get("/columns").text
+
+    assert f'<a href="{posted["url"]}">World View: Syria' in page
+    assert "04 Feb 2016" in page
 
 
 def test_admin_api_needs_the_token(

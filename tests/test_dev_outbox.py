@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from email.message import EmailMessage
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,6 +14,7 @@ from service.mail.capture import free_port
 from service.mail.smtp import relay_target
 from service.web.app import create_app
 from tests.conftest import make_settings
+from tests.helpers import eventually
 from tests.smtp_server import SmtpTestServer
 
 
@@ -38,16 +38,6 @@ def iframes(page: str) -> list[dict[str, str]]:
     return [attrs for tag, attrs in tags(page) if tag == "iframe"]
 
 
-def wait_for_files(folder: Path, count: int, timeout: float = 10) -> list[Path]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        files = sorted(folder.glob("*.eml"))
-        if len(files) >= count:
-            return files
-        time.sleep(0.05)
-    return sorted(folder.glob("*.eml"))
-
-
 def test_capture_mode_keeps_mail_and_shows_it(
     database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
@@ -56,7 +46,7 @@ def test_capture_mode_keeps_mail_and_shows_it(
     with TestClient(create_app(settings, engine, scheduler=False)) as client:
         assert client.get("/dev/outbox").status_code == 200
         client.post("/subscribe", data={"email": "newcomer@example.com", "name": "Nia"})
-        [eml] = wait_for_files(settings.outbox_dir, 1)
+        [eml] = eventually(lambda: sorted(settings.outbox_dir.glob("*.eml")), timeout=10)
         raw = eml.read_bytes()
         assert raw.startswith(
             b"Return-Path: <bounces@news.example.com>\r\nDelivered-To: newcomer@example.com"

@@ -12,7 +12,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from service import feedback
-from service.models import Feedback, Subscriber, SubscriberStatus
+from service.models import Feedback
+from tests.helpers import add_reader, body
 from tests.smtp_server import SmtpTestServer
 
 
@@ -51,25 +52,21 @@ def test_feedback_form_is_stored_and_mailed_to_the_editor(
     [mail] = smtp_server.wait_for(1, to="editor@news.example.com")
     assert mail.message["Subject"] == "[World View feedback] Delivery problem"
     assert mail.message["Reply-To"] == "reader@example.com"
-    assert "The column arrives at noon" in mail.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "The column arrives at noon" in body(mail, "plain")
 
 
 def test_link_from_a_mail_identifies_the_subscriber(
     notify_client: TestClient, engine: Engine
 ) -> None:
-    with Session(engine) as session:
-        reader = Subscriber(email="ada@example.com", status=SubscriberStatus.active)
-        session.add(reader)
-        session.commit()
-        session.refresh(reader)
-    url = notify_client.app.state.ctx.feedback_url(reader.id)  # type: ignore[attr-defined]
+    reader_id = add_reader(engine, "ada@example.com")
+    url = notify_client.app.state.ctx.feedback_url(reader_id)  # type: ignore[attr-defined]
     token = urlsplit(url).query.removeprefix("t=")
     form = notify_client.get(f"/feedback?t={token}")
     assert "ada@example.com" in form.text and f'value="{token}"' in form.text
     notify_client.post(
         "/feedback", data={"category": "content", "message": "Typo in KEYS", "t": token}
     )
-    assert stored(engine)[0].subscriber_id == reader.id
+    assert stored(engine)[0].subscriber_id == reader_id
     tampered = notify_client.get(f"/feedback?t={token[:-2]}xx")
     assert tampered.status_code == 200 and "ada@example.com" not in tampered.text
 

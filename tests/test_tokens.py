@@ -15,8 +15,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from service.context import AppContext
-from service.models import Feedback, Subscriber, SubscriberStatus
+from service.models import Feedback, SubscriberStatus
 from service.tokens import Purpose, TokenError, TokenExpired, Tokens
+from tests.helpers import add_reader, reader
 
 KEY = b"the-current-secret-key-0123456789"
 OLD_KEY = b"the-retired-secret-key-0123456789"
@@ -102,33 +103,18 @@ def test_a_key_that_is_not_listed_fails() -> None:
 def test_rotating_the_secret_keeps_old_unsubscribe_links_working(
     make_client: Callable[..., TestClient], engine: Engine
 ) -> None:
-    reader_id = add_reader(engine)
+    reader_id = add_reader(engine, READER)
     old = "the-secret-before-the-rotation-0123"
     link = make_client(secret_key=old).app.state.ctx.unsubscribe_url(reader_id)  # type: ignore[attr-defined]
     path = link.removeprefix("https://news.example.com")
     rotated = make_client(secret_key="the-secret-after-the-rotation-0123", old_secret_keys=old)
     assert rotated.post(path).status_code == 200
-    assert reader_status(engine) == SubscriberStatus.unsubscribed
+    assert reader(engine, READER).status == SubscriberStatus.unsubscribed
     not_listed = make_client(secret_key="the-secret-after-the-rotation-0123")
     assert not_listed.post(path).status_code == 400
 
 
 # Every route that takes a token, fed tokens that are not ours -------------------------------
-
-
-def add_reader(engine: Engine) -> int:
-    with Session(engine) as session:
-        reader = Subscriber(email=READER, name="Ada", status=SubscriberStatus.active)
-        session.add(reader)
-        session.commit()
-        session.refresh(reader)
-        assert reader.id is not None
-        return reader.id
-
-
-def reader_status(engine: Engine) -> SubscriberStatus:
-    with Session(engine) as session:
-        return session.exec(select(Subscriber.status)).one()
 
 
 def in_path(token: str) -> str:
@@ -215,7 +201,7 @@ MALFORMED: dict[str, BadToken] = {
 def test_every_token_route_answers_a_bad_token_with_a_4xx(
     kind: str, app_client: TestClient, engine: Engine
 ) -> None:
-    reader_id = add_reader(engine)
+    reader_id = add_reader(engine, READER)
     ctx: AppContext = app_client.app.state.ctx  # type: ignore[attr-defined]
     for route, purpose, call in TOKEN_ROUTES:
         response = call(app_client, MALFORMED[kind](ctx, purpose, reader_id))
@@ -226,6 +212,6 @@ def test_every_token_route_answers_a_bad_token_with_a_4xx(
         response = call(app_client, MALFORMED[kind](ctx, Purpose.feedback, reader_id))
         assert response.status_code < 500, (route, response.status_code)
         assert READER not in response.text, route
-    assert reader_status(engine) == SubscriberStatus.active
+    assert reader(engine, READER).status == SubscriberStatus.active
     with Session(engine) as session:
         assert all(f.subscriber_id is None for f in session.exec(select(Feedback)))

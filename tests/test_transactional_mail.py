@@ -11,14 +11,15 @@ import jinja2
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from service.config import Settings
 from service.context import build_context
 from service.db import transaction
 from service.mail import outbox
 from service.mail.smtp import relay_target
-from service.models import MailStatus, OutboxMail
+from service.models import MailStatus
+from tests.helpers import body, outbox_rows
 from tests.smtp_server import SmtpTestServer
 
 UNSUBSCRIBE = "https://news.example.com/unsubscribe/t0ken"
@@ -45,11 +46,6 @@ def queue_notice(session: Session, settings: Settings) -> None:
     )
 
 
-def outbox_rows(engine: Engine) -> list[OutboxMail]:
-    with Session(engine) as session:
-        return list(session.exec(select(OutboxMail)))
-
-
 def test_queued_mail_arrives_rendered_from_both_templates(
     settings: Settings, engine: Engine, smtp_server: SmtpTestServer
 ) -> None:
@@ -62,8 +58,7 @@ def test_queued_mail_arrives_rendered_from_both_templates(
     assert msg["To"].addresses[0].display_name == "Ada Lovelace"
     assert msg["Reply-To"] == "editor@news.example.com"
     assert mail.mail_from == settings.mail_from
-    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    text, html = body(mail, "plain"), body(mail, "html")
     assert "Hello Ada," in text and UNSUBSCRIBE in text and f'href="{UNSUBSCRIBE}"' in html
     assert settings.postal_address in text and settings.postal_address in html
     [row] = outbox_rows(engine)
@@ -110,5 +105,4 @@ def test_pages_and_mails_show_the_same_site_name_and_postal_address(
     [mail] = smtp_server.wait_for(1, to="ada@example.com")
     assert mail.message["Subject"] == "Confirm your subscription to Harbour Notes"
     for part in ("plain", "html"):
-        body = mail.message.get_body((part,)).get_content()  # type: ignore[union-attr]
-        assert "Harbour Notes, 9 Quay Street" in body, part
+        assert "Harbour Notes, 9 Quay Street" in body(mail, part), part

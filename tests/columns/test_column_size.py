@@ -3,9 +3,6 @@ before a send is created: it never locks a send that can only fail."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +15,8 @@ from service.columns.mail import mail_size_check
 from service.db import transaction
 from service.delivery import daily
 from service.models import ColumnRecord, Send
-from tests.conftest import ROOT
-from tests.delivery.test_daily_send import add_readers, run_job
+from tests import processes
+from tests.daily import add_readers, run_job
 from tests.smtp_server import SmtpTestServer
 
 DAY = "2016-02-04"
@@ -42,22 +39,8 @@ def test_cli_import_refuses_it_naming_the_size(
 ) -> None:
     column = tmp_path / f"{DAY}.md"
     column.write_text(huge_column())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BROADSIDE_")}
-    env.update(
-        BROADSIDE_DATABASE_URL=database_url,
-        BROADSIDE_SECRET_KEY="size-test-secret-key-long-enough",
-        BROADSIDE_VAR_DIR=str(tmp_path / "var"),
-        BROADSIDE_SMTP_URL=smtp_server.url,
-        COLUMNS="300",
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "columns", "import", str(column)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = processes.environment(database_url, tmp_path / "var", smtp_server.url)
+    result = processes.run("columns", "import", str(column), env=env, timeout=60)
     assert result.returncode == 1
     [line] = [line for line in result.stderr.splitlines() if line.strip()]
     assert line.startswith("error: ") and str(column) in line

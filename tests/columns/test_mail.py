@@ -14,7 +14,6 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import pytest
 
 from service.columns.mail import ColumnTooLarge, PreparedColumn, prepare_column, render_column
@@ -543,53 +542,6 @@ def test_column_view_of_a_stored_record_matches_the_parsed_column():
         (parsed.headlines[0], "section-1"),
         (parsed.headlines[1], "section-2"),
     ]
-
-
-# The web page
-
-
-def page_environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html",)),
-    )
-
-
-def test_column_page_shows_the_title_sections_and_anchors(view):
-    page = (
-        page_environment()
-        .get_template("pages/column.html")
-        .render(
-            site_name="World View",
-            base_url="https://news.example.com",
-            postal_address="World View, 1 Example Street",
-            column=view,
-        )
-    )
-
-    assert "<h1>World View: Syria Peace Talks Collapse in Aleppo</h1>" in page
-    assert '<h2 class="section" id="section-1">Syria peace talks collapse' in page
-    assert '<a href="#section-2">John Kerry warns of ISIS expansion in Syria</a>' in page
-    assert '<p class="caption">Kerry in <em>Rome</em></p>' in page
-    assert "saturation bombing" in page
-    assert "KEYS:</strong> Generational Dynamics, Syria" in page
-    assert 'href="https://www.generationaldynamics.com/pg/xct.gd.e160204.htm"' in page
-
-
-def test_columns_page_links_each_column(view):
-    page = (
-        page_environment()
-        .get_template("pages/columns.html")
-        .render(
-            site_name="World View",
-            base_url="https://news.example.com",
-            postal_address="",
-            columns=[view],
-        )
-    )
-
-    assert '<a href="https://news.example.com/columns/2016-02-04-syria">World View: Syria' in page
-    assert "04 Feb 2016" in page
 
 
 # With the real parser on the seed column

@@ -14,73 +14,27 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from service.columns import store
 from service.config import Settings
-from service.context import build_context
 from service.db import transaction
-from service.delivery import daily, sends
-from service.delivery.courier import Courier
-from service.delivery.daily import Dispatcher
+from service.delivery import sends
 from service.delivery.worker import SendWorker
 from service.mail.smtp import relay_target
 from service.models import Delivery, Send, Subscriber, SubscriberStatus
-from service.scheduler import daily_job, daily_trigger
+from service.scheduler import daily_trigger
 from service.web.app import create_app
 from tests.conftest import SEED
+from tests.daily import (
+    AT_SEND_TIME,
+    SEED_DAY,
+    add_readers,
+    catch_up,
+    courier,
+    dispatcher,
+    run_job,
+    start_seed_send,
+)
+from tests.helpers import body, reader
 from tests.smtp_server import SmtpTestServer
-
-SEED_DAY = dt.date(2016, 2, 4)
-AT_SEND_TIME = dt.datetime(2016, 2, 4, 6, 0, tzinfo=dt.UTC)
-
-
-def add_readers(engine: Engine, **by_status: int) -> dict[str, list[str]]:
-    """Readers by status, e.g. add_readers(engine, active=3, pending=1)."""
-    made: dict[str, list[str]] = {}
-    with transaction(engine) as session:
-        for status, count in by_status.items():
-            for i in range(count):
-                address = f"{status}{i}@example.com"
-                session.add(
-                    Subscriber(email=address, name=f"Reader {i}", status=SubscriberStatus(status))
-                )
-                made.setdefault(status, []).append(address)
-    return made
-
-
-def start_seed_send(engine: Engine, settings: Settings) -> Send:
-    """Import the seed column and start its send (snapshotting the active readers)."""
-    daily.refresh_columns(engine, settings)
-    with transaction(engine) as session:
-        column = store.column_for(session, SEED_DAY)
-        assert column is not None
-        send, _created = sends.start(session, column=column)
-    return send
-
-
-def courier(engine: Engine, settings: Settings) -> Courier:
-    """What delivering needs, pointed at the test relay."""
-    assert relay_target(settings) is not None
-    return Courier(engine, build_context(settings), relay_target(settings))
-
-
-def dispatcher(engine: Engine, settings: Settings) -> Dispatcher:
-    return Dispatcher(courier(engine, settings))
-
-
-def run_job(engine: Engine, settings: Settings, now: dt.datetime = AT_SEND_TIME) -> None:
-    """What the cron trigger does at SEND_TIME on `now`'s day."""
-    asyncio.run(daily_job(dispatcher(engine, settings), clock=lambda: now)())
-
-
-def catch_up(engine: Engine, settings: Settings, now: dt.datetime) -> None:
-    """What a process does at start-up, waiting for the runs it starts."""
-
-    async def start_and_wait() -> None:
-        runs = dispatcher(engine, settings)
-        await runs.catch_up(now)
-        await runs.wait(None)
-
-    asyncio.run(start_and_wait())
 
 
 def test_scheduled_job_delivers_once_to_each_active_reader_and_to_nobody_else(
@@ -136,9 +90,7 @@ def test_delivered_message_has_every_header_and_working_unsubscribe(
     with TestClient(create_app(settings, engine, scheduler=False)) as client:
         assert "Unsubscribe" in client.get(path).text
         assert client.post(path, data={"List-Unsubscribe": "One-Click"}).status_code == 200
-    with Session(engine) as session:
-        reader = session.exec(select(Subscriber)).one()
-    assert reader.status == SubscriberStatus.unsubscribed
+    assert reader(engine, "active0@example.com").status == SubscriberStatus.unsubscribed
 
 
 def test_retried_message_keeps_its_message_id(
@@ -255,8 +207,7 @@ def test_seed_column_mail_contains_every_paragraph(
     add_readers(engine, active=1)
     run_job(engine, settings)
     [mail] = smtp_server.wait_for(1)
-    text = mail.message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
-    html = mail.message.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+    text, html = body(mail, "plain"), body(mail, "html")
     flat_text = " ".join(text.split())
     paragraphs = [line.strip() for line in SEED.read_text().splitlines() if len(line.strip()) > 120]
     assert len(paragraphs) >= 10

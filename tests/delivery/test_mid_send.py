@@ -4,7 +4,6 @@ dead process left unfinished, a worker that loses its leases."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime as dt
 import time
 from pathlib import Path
@@ -22,8 +21,9 @@ from service.delivery.worker import LeaseLost, SendWorker
 from service.mail.smtp import relay_target
 from service.models import Delivery, MailStatus, Subscriber, SubscriberStatus
 from service.web.app import create_app
-from tests.conftest import make_settings
-from tests.delivery.test_daily_send import add_readers, courier, run_job, start_seed_send
+from tests.conftest import Clock, make_settings
+from tests.daily import add_readers, courier, run_job, start_seed_send
+from tests.helpers import eventually
 from tests.smtp_server import SmtpTestServer
 
 
@@ -46,10 +46,7 @@ def test_a_reader_who_leaves_after_the_snapshot_gets_nothing(
 
     async def leave_during_the_backoff() -> sends.SendCounts:
         run = asyncio.create_task(worker.run(send.id or 0))
-        for _ in range(200):
-            await asyncio.sleep(0.02)
-            if smtp_server.messages_to(stays):
-                break
+        await asyncio.to_thread(eventually, lambda: smtp_server.messages_to(stays), 4, 0.02)
         _leave(engine, later)  # left while their delivery waited for its retry
         return await run
 
@@ -89,13 +86,13 @@ def test_serve_resumes_an_unfinished_send_without_a_restart(
         timezone="UTC",
     )
     add_readers(engine, active=3)
+    paused = start_seed_send(engine, settings)
+    with transaction(engine) as session:
+        sends.pause(session, paused.id or 0, "554 5.7.1 Relay access denied")
     with TestClient(create_app(settings, engine, scheduler=True)):
-        time.sleep(1.0)  # the start-up catch-up found nothing to do
-        paused = start_seed_send(engine, settings)
-        with transaction(engine) as session:
-            sends.pause(session, paused.id or 0, "554 5.7.1 Relay access denied")
-        time.sleep(1.5)
-        assert smtp_server.received == []  # a paused send waits for the operator
+        # Nothing within three heal intervals: the start-up catch-up and the heal job both
+        # leave a paused send to the operator.
+        assert not eventually(lambda: smtp_server.received, timeout=1.5)
         with transaction(engine) as session:
             sends.resume(session, paused.id or 0)  # now an unfinished send nobody runs
         received = smtp_server.wait_for(3, timeout=10)
@@ -110,20 +107,19 @@ def _claim(engine: Engine, send_id: int, worker: str, at: dt.datetime) -> list[l
 
 
 def test_a_worker_that_lost_its_rows_cannot_overwrite_them(
-    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer, clock: Clock
 ) -> None:
     settings = make_settings(database_url, tmp_path / "var", smtp_url=smtp_server.url)
     add_readers(engine, active=3)
     send = start_seed_send(engine, settings)
     with transaction(engine) as session:  # claimable now, whatever the clock
         session.execute(Delivery.__table__.update().values(next_attempt_at=dt.datetime(1999, 1, 1)))  # type: ignore[attr-defined]
-    then = dt.datetime(2000, 1, 1)
-    stale = _claim(engine, send.id or 0, "stale", then)
-    later = then + dt.timedelta(seconds=10)  # the stale worker's leases ran out
-    owner = _claim(engine, send.id or 0, "owner", later)  # and another took the rows over
+    stale = _claim(engine, send.id or 0, "stale", clock.utcnow())
+    clock.advance(10)  # the stale worker's leases ran out
+    owner = _claim(engine, send.id or 0, "owner", clock.utcnow())  # and another took them over
     assert [c.id for c in owner] == [c.id for c in stale]
     first, second, third = (c.id for c in stale)
-    now = later
+    now = clock.utcnow()
     late = ledger.Outcomes(
         sent=[first],
         retry=[(second, now, "451 later")],
@@ -183,7 +179,7 @@ def test_a_worker_that_cannot_renew_its_leases_stops_before_others_take_over(
     finally:
         failing.dispose()
 
-    got = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    got = smtp_server.per_recipient()
     assert sorted(got) == sorted(readers)
     duplicates = sum(got.values()) - len(readers)
     assert duplicates <= connections, (

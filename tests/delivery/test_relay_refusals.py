@@ -5,7 +5,6 @@ pauses the send with the reason, changes no reader, and resumes when the operato
 from __future__ import annotations
 
 import asyncio
-import collections
 import subprocess
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from service.mail.smtp import Fault, relay_target, sort_reply
 from service.models import Send, SubscriberStatus
 from tests import processes
 from tests.conftest import make_settings
-from tests.delivery.test_daily_send import SEED_DAY, add_readers, courier, run_job, start_seed_send
+from tests.daily import SEED_DAY, add_readers, courier, run_job, start_seed_send
 from tests.smtp_server import SmtpTestServer
 
 RELAY_DENIED = "554 5.7.1 <reader@example.com>: Relay access denied"
@@ -101,7 +100,7 @@ def test_relay_refusing_everything_pauses_the_send_and_changes_no_reader(
         assert sends.resume(session, send.id or 0)
         session.commit()
     counts = _run(engine, settings, send.id or 0)
-    got = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    got = smtp_server.per_recipient()
     assert sorted(got) == sorted(readers) and set(got.values()) == {1}
     assert counts == sends.SendCounts(total=30, sent=30, failed=0, pending=0)
 
@@ -215,6 +214,6 @@ def test_broadside_send_stops_with_one_line_and_resumes_once_the_relay_accepts(
     second = broadside("send", "--date", SEED_DAY.isoformat())
     assert second.returncode == 0, second.stderr
     assert "un-pausing send" in second.stdout
-    got = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    got = smtp_server.per_recipient()
     assert sorted(got) == sorted(readers) and set(got.values()) == {1}
     assert "done" in broadside("status").stdout

@@ -3,7 +3,6 @@ repeats at most one message per connection per kill; a graceful stop repeats non
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import random
@@ -11,13 +10,13 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from service.models import Delivery, MailStatus
 from tests import processes
-from tests.delivery.test_daily_send import SEED_DAY
+from tests.daily import SEED_DAY
+from tests.helpers import eventually
 from tests.smtp_server import SmtpTestServer
 
 ROUNDS = 20
@@ -55,7 +54,7 @@ def test_killed_send_resumes_without_losing_anyone(
         before = len(smtp_server.received)
         target = before + rng.randint(40, 180)
         process = processes.start(*command, env=env, log=log)
-        processes.wait_until(
+        eventually(
             lambda: len(smtp_server.received) >= target or process.poll() is not None,  # noqa: B023
             timeout=60,
         )
@@ -77,7 +76,7 @@ def test_killed_send_resumes_without_losing_anyone(
     final = processes.run(*command, env=env, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
 
-    got = processes.received(smtp_server)
+    got = smtp_server.per_recipient()
     assert not set(readers) - set(got), f"seed {seed}: somebody was missed"
     duplicates = sum(got.values()) - READERS
     assert duplicates == processes.unrecorded(engine, smtp_server) <= kills * CONNECTIONS
@@ -107,7 +106,7 @@ def test_sigterm_stops_a_send_gracefully_within_ten_seconds(
     smtp_server.handler.data_delay = 0.01
     command = ("send", "--date", SEED_DAY.isoformat())
     process = processes.start(*command, env=env, log=tmp_path / "send.log")
-    assert processes.wait_until(lambda: len(smtp_server.received) >= 300, timeout=60)
+    assert eventually(lambda: len(smtp_server.received) >= 300, timeout=60)
 
     stopped_at = time.monotonic()
     process.send_signal(signal.SIGTERM)
@@ -120,30 +119,24 @@ def test_sigterm_stops_a_send_gracefully_within_ten_seconds(
 
     smtp_server.handler.data_delay = 0
     assert processes.run(*command, env=env, timeout=300).returncode == 0
-    got = processes.received(smtp_server)
+    got = smtp_server.per_recipient()
     assert sorted(got) == readers and set(got.values()) == {1}
 
 
 def test_sigterm_stops_a_worker_mid_send_within_ten_seconds(
     engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
 ) -> None:
-    now = dt.datetime.now(dt.UTC)
-    if now.hour == 0 and now.minute < 2:
-        pytest.skip("a send time one minute ago would be yesterday")
-    processes.todays_column(tmp_path / "columns", now.date())
     processes.add_readers(engine, 3000)
     env = processes.environment(
         database_url,
         tmp_path / "var",
         smtp_server.url,
-        columns_dir=tmp_path / "columns",
-        send_time=(now - dt.timedelta(minutes=1)).strftime("%H:%M"),
-        timezone="UTC",
+        **processes.send_time_passed(tmp_path / "columns"),
         delivery_connections=CONNECTIONS,
     )
     smtp_server.handler.data_delay = 0.01
     worker = processes.start("worker", env=env, log=tmp_path / "worker.log")
-    assert processes.wait_until(lambda: len(smtp_server.received) >= 300, timeout=60)
+    assert eventually(lambda: len(smtp_server.received) >= 300, timeout=60)
     stopped_at = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     worker.wait(timeout=15)

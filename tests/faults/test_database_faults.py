@@ -4,7 +4,6 @@ SQLite, a second writer holding the lock only makes the send wait."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import sqlite3
@@ -19,7 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 from tests import processes
-from tests.delivery.test_daily_send import SEED_DAY
+from tests.daily import SEED_DAY
+from tests.helpers import eventually
 from tests.smtp_server import SmtpTestServer
 
 READERS = 2000
@@ -62,18 +62,12 @@ def _heals_by_itself(
     smtp_server: SmtpTestServer,
     fault: Callable[[], object],
 ) -> None:
-    now = dt.datetime.now(dt.UTC)
-    if now.hour == 0 and now.minute < 2:
-        pytest.skip("a send time one minute ago would be yesterday")
-    processes.todays_column(tmp_path / "columns", now.date())
     readers = processes.add_readers(engine, READERS)
     env = processes.environment(
         database_url,
         tmp_path / "var",
         smtp_server.url,
-        columns_dir=tmp_path / "columns",
-        send_time=(now - dt.timedelta(minutes=1)).strftime("%H:%M"),  # catch-up sends at once
-        timezone="UTC",
+        **processes.send_time_passed(tmp_path / "columns"),  # catch-up sends at once
         delivery_rate=150,
         delivery_connections=CONNECTIONS,
         resume_interval=1,
@@ -83,21 +77,21 @@ def _heals_by_itself(
     log = tmp_path / "worker.log"
     worker = processes.start("worker", env=env, log=log)
     try:
-        assert processes.wait_until(
+        assert eventually(
             lambda: len(smtp_server.received) >= 400 or worker.poll() is not None, timeout=60
         )
         assert worker.poll() is None, log.read_text()[-2000:]
         fault()
         recovered_at = time.monotonic()
-        everyone = processes.wait_until(
-            lambda: set(processes.received(smtp_server)) >= set(readers), timeout=120, every=0.5
+        everyone = eventually(
+            lambda: set(smtp_server.per_recipient()) >= set(readers), timeout=120, every=0.5
         )
-        assert everyone, f"{READERS - len(processes.received(smtp_server))} readers missed"
+        assert everyone, f"{READERS - len(smtp_server.per_recipient())} readers missed"
         assert time.monotonic() - recovered_at < 90
         # each hand-off cut off by the fault may be repeated once: at most one per connection
-        duplicates = sum(processes.received(smtp_server).values()) - READERS
+        duplicates = sum(smtp_server.per_recipient().values()) - READERS
         assert duplicates <= CONNECTIONS, duplicates
-        assert processes.wait_until(
+        assert eventually(
             lambda: '"status": "done"' in processes.run("status", "--json", env=env).stdout,
             timeout=30,
             every=1,
@@ -146,7 +140,7 @@ def test_sqlite_writer_holding_the_lock_only_makes_the_send_wait(
         holder.close()
 
     send = processes.start("send", "--date", SEED_DAY.isoformat(), env=env, log=tmp_path / "log")
-    assert processes.wait_until(lambda: len(smtp_server.received) >= 300, timeout=60)
+    assert eventually(lambda: len(smtp_server.received) >= 300, timeout=60)
     locker = threading.Thread(target=hold_the_lock)
     locker.start()
     assert held.wait(15), "the second writer never got the lock"
@@ -154,6 +148,6 @@ def test_sqlite_writer_holding_the_lock_only_makes_the_send_wait(
     assert send.wait(timeout=120) == 0, (tmp_path / "log").read_text()[-2000:]
     locker.join()
     assert during < len(readers)  # the lock was held while the send went on
-    got = processes.received(smtp_server)
+    got = smtp_server.per_recipient()
     assert sorted(got) == readers and set(got.values()) == {1}
     assert "database is locked" not in (tmp_path / "log").read_text()

@@ -4,7 +4,6 @@ a relay that goes away for 30 s or refuses everything, and several workers on on
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +18,9 @@ from service.mail.smtp import relay_target
 from service.models import Delivery, Subscriber, SubscriberStatus
 from tests import processes
 from tests.conftest import make_settings
-from tests.delivery.test_daily_send import SEED_DAY, add_readers, courier, run_job, start_seed_send
+from tests.daily import SEED_DAY, add_readers, courier, run_job, start_seed_send
 from tests.faults.relay import FaultyRelay
+from tests.helpers import eventually, reader
 from tests.smtp_server import SmtpTestServer
 
 
@@ -40,7 +40,7 @@ def test_throttled_refused_and_dropped_deliveries_end_correctly(
 
     run_job(engine, settings)
 
-    got = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    got = smtp_server.per_recipient()
     assert set(got) == set(readers) - set(refused)
     assert all(count == 1 for count in got.values()), got  # a dropped DATA was never stored
     with Session(engine) as session:
@@ -69,9 +69,8 @@ def test_transient_failure_past_the_deadline_fails_without_suppressing(
     assert [r.rcpt_tos[0] for r in smtp_server.received] == [fine]
     with Session(engine) as session:
         row = session.exec(select(Delivery).where(Delivery.email == stuck)).one()
-        reader = session.exec(select(Subscriber).where(Subscriber.email == stuck)).one()
     assert row.status == "failed" and "retry deadline" in (row.last_error or "")
-    assert reader.status == SubscriberStatus.active  # 4xx is not a bounce
+    assert reader(engine, stuck).status == SubscriberStatus.active  # 4xx is not a bounce
 
 
 def test_smtp_down_at_send_time_delivers_when_it_returns(
@@ -107,7 +106,7 @@ def test_several_workers_share_one_send_without_duplicates(
         )
 
     results = asyncio.run(three_workers())
-    got = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    got = smtp_server.per_recipient()
     assert sorted(got) == sorted(readers) and set(got.values()) == {1}
     assert all(r == sends.SendCounts(total=300, sent=300, failed=0, pending=0) for r in results)
     with Session(engine) as session:
@@ -144,7 +143,7 @@ def test_every_deliverable_reader_gets_the_column_once_through_a_misbehaving_rel
         delivery_rate=150,
     )
     send = processes.start("send", "--date", SEED_DAY.isoformat(), env=env, log=tmp_path / "log")
-    assert processes.wait_until(lambda: len(faulty_relay.received) >= 600, timeout=60)
+    assert eventually(lambda: len(faulty_relay.received) >= 600, timeout=60)
     faulty_relay.handler.data_reply = "421 4.3.0 Shutting down"  # nothing half-taken
     time.sleep(0.2)
     faulty_relay.stop()  # the relay is gone for 30 s mid-send
@@ -153,7 +152,7 @@ def test_every_deliverable_reader_gets_the_column_once_through_a_misbehaving_rel
     faulty_relay.start()
     assert send.wait(timeout=240) == 0, (tmp_path / "log").read_text()[-2000:]
 
-    got = processes.received(faulty_relay)
+    got = faulty_relay.per_recipient()
     assert set(got) == deliverable
     assert set(got.values()) == {1}, "somebody got the column twice"
     subscribers, rows = processes.ledger_states(engine)
@@ -178,7 +177,7 @@ def test_a_relay_that_refuses_everything_pauses_the_send_until_it_accepts_again(
     )
     command = ("send", "--date", SEED_DAY.isoformat())
     send = processes.start(*command, env=env, log=tmp_path / "log")
-    assert processes.wait_until(lambda: len(faulty_relay.received) >= 300, timeout=60)
+    assert eventually(lambda: len(faulty_relay.received) >= 300, timeout=60)
     faulty_relay.handler.rcpt_reply_all = "554 5.7.1 <relay>: Relay access denied"
     assert send.wait(timeout=60) == 1  # paused, not wedged
     assert "paused" in (tmp_path / "log").read_text()
@@ -190,7 +189,7 @@ def test_a_relay_that_refuses_everything_pauses_the_send_until_it_accepts_again(
 
     faulty_relay.handler.rcpt_reply_all = None
     assert processes.run(*command, env=env, timeout=240).returncode == 0
-    got = processes.received(faulty_relay)
+    got = faulty_relay.per_recipient()
     assert set(got) == deliverable and set(got.values()) == {1}
     subscribers, _rows = processes.ledger_states(engine)
     assert {a for a, s in subscribers.items() if s == SubscriberStatus.bounced} == unknown

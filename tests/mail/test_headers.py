@@ -27,9 +27,9 @@ from service.columns.view import ColumnView
 from service.config import Settings
 from service.db import transaction
 from service.mail import message
-from service.models import Subscriber, SubscriberStatus
 from tests.conftest import make_settings
-from tests.delivery.test_daily_send import run_job
+from tests.daily import run_job
+from tests.helpers import add_reader
 from tests.smtp_server import SmtpTestServer
 
 TITLE = "Zürich Talks: Łukasz Meets Erdoğan"
@@ -121,16 +121,11 @@ def store_column(engine: Engine, title: str, day: dt.date = DAY) -> None:
         import_text(session, text, fmt="markdown", date=day, name="test")
 
 
-def add_reader(engine: Engine, address: str, name: str) -> None:
-    with transaction(engine) as session:
-        session.add(Subscriber(email=address, name=name, status=SubscriberStatus.active))
-
-
 def test_a_non_ascii_title_reaches_a_reader_with_a_non_ascii_name(
     engine: Engine, settings: Settings, smtp_server: SmtpTestServer
 ) -> None:
     store_column(engine, TITLE)
-    add_reader(engine, READER, NAME)
+    add_reader(engine, READER, name=NAME)
 
     run_job(engine, settings, now=AT_SEND_TIME)
 
@@ -151,7 +146,7 @@ def test_the_daily_column_is_dated_in_the_configured_zone(
         database_url, tmp_path / "var", smtp_url=smtp_server.url, timezone="Europe/Berlin"
     )
     store_column(engine, "Talks in Berlin")
-    add_reader(engine, READER, "Zoe")
+    add_reader(engine, READER, name="Zoe")
 
     run_job(engine, berlin, now=AT_SEND_TIME)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,6 +12,7 @@ from fastapi import FastAPI
 from service.config import Settings
 from service.mail.capture import free_port
 from service.web import server
+from tests.helpers import eventually
 
 STARTUP_TIMEOUT = 10.0  # seconds for uvicorn to run the lifespan and listen
 
@@ -24,12 +24,10 @@ def serving(app: FastAPI, settings: Settings, port: int | None = None) -> Iterat
     running = uvicorn.Server(server.config(settings, app, "127.0.0.1", port))
     thread = threading.Thread(target=running.run, name="uvicorn", daemon=True)
     thread.start()
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while not running.started:
-        # uvicorn returns from run() when the lifespan or the bind fails.
-        assert thread.is_alive(), "uvicorn stopped during start-up; see the log above"
-        assert time.monotonic() < deadline, "uvicorn did not start listening in time"
-        time.sleep(0.02)
+    # uvicorn returns from run() when the lifespan or the bind fails.
+    ended = eventually(lambda: running.started or not thread.is_alive(), STARTUP_TIMEOUT, 0.02)
+    assert ended, "uvicorn did not start listening in time"
+    assert running.started, "uvicorn stopped during start-up; see the log above"
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,16 +17,11 @@ from sqlalchemy.engine import Engine
 from service.web.app import create_app
 from service.web.logs import redact
 from tests.conftest import make_settings
+from tests.helpers import eventually
 from tests.smtp_server import SmtpTestServer
 from tests.web.live import serving
 
 TOKEN = "MTIz.c2VjcmV0LWxpbmstdG9rZW4"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 @contextmanager
@@ -72,7 +66,7 @@ def test_the_access_and_error_log_show_no_tokens(
             client.get(f"/unsubscribe/{TOKEN}/fails").status_code,
         ]
         # uvicorn logs the exception after the 500 has gone out.
-        wait_until(lambda: "Exception in ASGI application" in out.getvalue())
+        eventually(lambda: "Exception in ASGI application" in out.getvalue(), 5.0, every=0.02)
     logged = out.getvalue()
 
     assert answers == [400, 400, 400, 200, 500]
