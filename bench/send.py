@@ -49,13 +49,16 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import dkim
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import col, select
 
 from service.clock import utcnow
 from service.columns.mail import prepare_column
-from service.columns.view import column_view
+from service.columns.sources import read_column_file
+from service.columns.view import ColumnView, column_view
 from service.config import Settings, load_settings
 from service.context import build_context
 from service.db import make_engine, transaction
@@ -63,12 +66,15 @@ from service.delivery import sends
 from service.delivery.courier import Courier
 from service.delivery.daily import refresh_columns
 from service.delivery.worker import SendWorker
+from service.mail import dkim as dkim_signing
+from service.mail.dkim import _Key as _key
 from service.mail.smtp import relay_target
 from service.migrate import upgrade
 from service.models import ColumnRecord, Send, SendStatus, Subscriber, SubscriberStatus
 from service.tokens import Purpose
 
 ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT / "seeds" / "world-view-2016-02-04.txt"
 SINK_CPU, CLIENT_CPU = 0, 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RSS_SAMPLE_SECONDS = 0.02
@@ -364,7 +370,55 @@ def column_mail(engine: Engine, settings: Settings) -> bytes:
         unsubscribe_url=ctx.unsubscribe_url(reader.id, expiry),
         feedback_url=ctx.feedback_url(reader.id, expiry),
         message_id=f"<column.bench.{reader.id}@{settings.mail_domain}>",
+        signer=ctx.dkim,  # the ceiling blasts a message as large as the signed ones
     )
+
+
+def dkim_cost(settings: Settings, messages: int = 2_000) -> dict[str, float]:
+    """CPU ms per message to build one reader's column mail: unsigned, RSA-2048-signed (our
+    path: dkimpy's canonicalisation, OpenSSL's signature), both RSA and Ed25519, and dkimpy
+    signing the whole message by itself (its pure-Python RSA), for reference."""
+    parsed, _text = read_column_file(SEED)
+    view = ColumnView.from_parsed(parsed, slug="seed", base_url=settings.base_url)
+    prepared = prepare_column(view, settings)
+    rsa_key = dkim_signing.new_key("rsa")
+    ed_key = dkim_signing.new_key("ed25519")
+    signers: dict[str, dkim_signing.DkimSigner | None] = {
+        "unsigned": None,
+        "rsa": dkim_signing.DkimSigner("news.example.com", [_key(b"b", b"rsa-sha256", rsa_key)]),
+        "rsa+ed25519": dkim_signing.DkimSigner(
+            "news.example.com",
+            [_key(b"b", b"rsa-sha256", rsa_key), _key(b"e", b"ed25519-sha256", ed_key)],
+        ),
+    }
+
+    def build(signer: dkim_signing.DkimSigner | None, i: int) -> bytes:
+        return prepared.message_bytes(
+            to=reader_address(i),
+            name=f"Reader {i}",
+            unsubscribe_url=f"https://news.example.com/unsubscribe/{secrets.token_urlsafe(60)}",
+            feedback_url=f"https://news.example.com/feedback?t={secrets.token_urlsafe(60)}",
+            message_id=f"<column.bench.{i}@news.example.com>",
+            signer=signer,
+        )
+
+    cost: dict[str, float] = {}
+    for label, signer in signers.items():
+        started = time.process_time()
+        for i in range(messages):
+            build(signer, i)
+        cost[label] = round((time.process_time() - started) * 1000 / messages, 3)
+    pem = rsa_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    sample = [build(None, i) for i in range(100)]
+    started = time.process_time()
+    for message in sample:
+        dkim.sign(message, b"b", b"news.example.com", pem, canonicalize=(b"relaxed", b"relaxed"))
+    cost["dkimpy_alone"] = round((time.process_time() - started) * 1000 / len(sample), 3)
+    return cost
 
 
 def ledger_state(url: str, send_id: int) -> dict[str, Any]:
@@ -414,9 +468,10 @@ def send_path_job(
     """Broadside's real send: SendWorker.run() on a send already started."""
     logging.basicConfig(level=logging.WARNING)
     settings = load_settings(**settings_values)
-    assert relay_target(settings) is not None
+    target = relay_target(settings)
+    assert target is not None
     engine = make_engine(settings.database_url)
-    worker = SendWorker(Courier(engine, build_context(settings), relay_target(settings)))
+    worker = SendWorker(Courier(engine, build_context(settings), target))
     try:
         with Meter(sink_pid, watch_pg) as meter:
             counts = asyncio.run(worker.run(send_id))
@@ -439,6 +494,15 @@ def settings_values(url: str, var_dir: Path, args: argparse.Namespace) -> dict[s
         "delivery_connections": args.k,
         "delivery_batch_size": args.batch_size,
         "columns_dir": ROOT / "seeds",
+        **(
+            {
+                "dkim_domain": "news.example.com",
+                "dkim_selector": "bench",
+                "dkim_private_key": str(args.dkim_key),
+            }
+            if args.dkim_key
+            else {}
+        ),
     }
 
 
@@ -624,7 +688,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help=f"N={QUICK_READERS:,}: smoke run")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument(
+        "--no-dkim", dest="dkim", action="store_false", help="send unsigned (default: RSA-2048)"
+    )
     args = parser.parse_args(argv)
+    args.dkim_key = None
     if args.quick:
         args.readers = QUICK_READERS
     if args.database_url and not args.database_url.startswith(("postgres://", "postgresql")):
@@ -645,22 +713,34 @@ def main(argv: list[str] | None = None) -> None:
     if args.database_url:
         info["postgresql"] = postgres_version(args.database_url)
     backend = "PostgreSQL" if args.database_url else "SQLite"
+    signed = "DKIM RSA-2048" if args.dkim else "unsigned"
     print(
         f"{backend}, K={args.k}, batch {args.batch_size}, sizes {sizes_for(args.readers)},"
-        f" {args.runs} run(s); {'sink on CPU 0, client on CPU 1' if pin else 'not pinned'}",
+        f" {args.runs} run(s), {signed};"
+        f" {'sink on CPU 0, client on CPU 1' if pin else 'not pinned'}",
         flush=True,
     )
     started = time.perf_counter()
     measurements = []
-    for run in range(1, args.runs + 1):
-        for readers in sizes_for(args.readers):
-            measurement = measure_size(args, readers, pin)
-            measurement["run"] = run
-            measurements.append(measurement)
-            print(progress(run, measurement), flush=True)
+    with tempfile.TemporaryDirectory(prefix="broadside-bench-key-") as keys:
+        if args.dkim:
+            args.dkim_key = Path(keys) / "bench.pem"
+            dkim_signing.write_key(dkim_signing.new_key("rsa"), args.dkim_key)
+        cost = dkim_cost(load_settings(**settings_values("sqlite://", Path(keys), args)))
+        print(
+            "building one reader's column mail, CPU ms: unsigned {unsigned}, RSA {rsa},"
+            " RSA+Ed25519 {rsa+ed25519}; dkimpy signing alone {dkimpy_alone}".format_map(cost),
+            flush=True,
+        )
+        for run in range(1, args.runs + 1):
+            for readers in sizes_for(args.readers):
+                measurement = measure_size(args, readers, pin)
+                measurement["run"] = run
+                measurements.append(measurement)
+                print(progress(run, measurement), flush=True)
     summary = summarize(measurements)
     table = markdown(summary, with_db=args.database_url is not None)
-    print(f"\n{backend}, K={args.k}, {dt.date.today().isoformat()}, {info['cpu_model']},")
+    print(f"\n{backend}, K={args.k}, {signed}, {dt.date.today().isoformat()}, {info['cpu_model']},")
     print(f"{info['nproc']} CPUs, Python {info['python']}; medians of {args.runs} run(s)\n")
     print(table)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
@@ -671,6 +751,8 @@ def main(argv: list[str] | None = None) -> None:
             "backend": backend,
             "k": args.k,
             "batch_size": args.batch_size,
+            "dkim": args.dkim,
+            "dkim_cost_ms_per_message": cost,
             "pinned": pin,
             "machine": {**info, "loadavg_at_end": os.getloadavg()},
             "summary": summary,

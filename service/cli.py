@@ -270,6 +270,40 @@ def columns_import(
     raise typer.Exit(1 if failures else 0)
 
 
+dkim_app = typer.Typer(no_args_is_help=True, help="DKIM keys and the DNS records they need.")
+app.add_typer(dkim_app, name="dkim")
+
+
+@dkim_app.command("generate")
+def dkim_generate(
+    domain: Annotated[str, typer.Option(help="the signing domain (d=), e.g. example.com")],
+    selector: Annotated[str, typer.Option(help="the key's name in DNS (s=), e.g. 2026")],
+    ed25519: Annotated[bool, typer.Option("--ed25519", help="an Ed25519 key (RFC 8463)")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="where to write the private key (default: VAR_DIR/dkim/)")
+    ] = None,
+) -> None:
+    """Write a new DKIM key pair (mode 0600) and print the DNS records to publish."""
+    from . import console
+    from .config import DNS_NAME_RE
+    from .mail import dkim
+
+    settings = settings_or_exit()
+    for option, value in (("--domain", domain), ("--selector", selector)):
+        if not DNS_NAME_RE.fullmatch(value):
+            raise fail(f"{option}: {value!r} is not a DNS name")
+    kind = "ed25519" if ed25519 else "rsa"
+    path = out or settings.var_dir / "dkim" / f"{selector}._domainkey.{domain}.{kind}.pem"
+    key = dkim.new_key(kind)
+    try:
+        dkim.write_key(key, path)
+    except FileExistsError:
+        raise fail(f"{path} exists already: choose another --selector or --out") from None
+    except OSError as exc:
+        raise fail(f"cannot write {path}: {exc.strerror}") from None
+    console.print_dkim_setup(path, domain, selector, kind, dkim.dns_records(domain, selector, key))
+
+
 def main() -> None:
     """The `broadside` console script."""
     app()

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -24,6 +26,10 @@ if not (PROJECT_ROOT / "templates").is_dir():
     PROJECT_ROOT = Path.cwd()
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 HEADER_UNSAFE = frozenset("\r\n\0")
+DNS_NAME_RE = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+DkimKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 # Seconds for the hand-offs in progress to finish at a stop (SIGTERM, Ctrl-C); what still runs
 # then is cancelled, so a stop never takes longer than this (docker's default wait is 10 s).
 SHUTDOWN_GRACE = 8.0
@@ -73,6 +79,32 @@ class RelayUrl:
         return f"RelayUrl({self.host}:{self.port}, {tls})"
 
 
+def load_dkim_key(value: str, kind: Literal["rsa", "ed25519"]) -> DkimKey:
+    """A DKIM private key from a PEM file's path or from the PEM itself; ValueError says why
+    it is not usable (unreadable, not PEM, the wrong kind, an RSA key under 1024 bits)."""
+    text = value.strip()
+    if not text.startswith("-----BEGIN"):
+        try:
+            text = Path(text).expanduser().read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read the key file {value!r}: {exc.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(text.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a PEM private key without a password ({exc})") from None
+    if kind == "rsa":
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError(
+                "must be an RSA private key (use DKIM_PRIVATE_KEY_ED25519 for Ed25519)"
+            )
+        if key.key_size < 1024:
+            raise ValueError(f"an RSA key of {key.key_size} bits is too short (2048 recommended)")
+        return key
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError("must be an Ed25519 private key")
+    return key
+
+
 def _check_address(value: str | None) -> str | None:
     """An address we can put in a header and an SMTP envelope without SMTPUTF8: ASCII only."""
     if value is None or value == "":
@@ -120,6 +152,13 @@ class Settings(BaseSettings):
     list_id: str | None = None
     postal_address: str = "World View, 1 Example Street, Example City"
     feedback_notify: str | None = None
+
+    # DKIM (RFC 6376; Ed25519 per RFC 8463): a path to a PEM file, or the PEM itself
+    dkim_domain: str | None = None
+    dkim_selector: str | None = None
+    dkim_private_key: SecretStr | None = None
+    dkim_selector_ed25519: str | None = None
+    dkim_private_key_ed25519: SecretStr | None = None
 
     # Admin
     admin_token: SecretStr | None = None
@@ -238,6 +277,27 @@ class Settings(BaseSettings):
             return timedelta(seconds=float(value))
         return value
 
+    @field_validator("dkim_domain", "dkim_selector", "dkim_selector_ed25519")
+    @classmethod
+    def _dns_label(cls, value: str | None) -> str | None:
+        if value and not DNS_NAME_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a DNS name (ASCII letters, digits, '-', '.')")
+        return value.lower() if value else None
+
+    @field_validator("dkim_private_key")
+    @classmethod
+    def _rsa_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            load_dkim_key(value.get_secret_value(), "rsa")
+        return value
+
+    @field_validator("dkim_private_key_ed25519")
+    @classmethod
+    def _ed25519_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            load_dkim_key(value.get_secret_value(), "ed25519")
+        return value
+
     @field_validator("resume_interval")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
@@ -268,6 +328,17 @@ class Settings(BaseSettings):
             raise ValueError("SECRET_KEY must be at least 16 characters")
         if any(len(key.get_secret_value()) < 16 for key in self.old_secret_keys):
             raise ValueError("OLD_SECRET_KEYS must each be at least 16 characters")
+        keys = self.dkim_private_key or self.dkim_private_key_ed25519
+        if keys and not self.dkim_domain:
+            raise ValueError("DKIM_DOMAIN must be set to sign with a DKIM key")
+        if self.dkim_private_key and not self.dkim_selector:
+            raise ValueError("DKIM_SELECTOR must be set to sign with DKIM_PRIVATE_KEY")
+        if self.dkim_private_key_ed25519 and not self.dkim_selector_for_ed25519:
+            raise ValueError(
+                "DKIM_SELECTOR_ED25519 must be set to sign with DKIM_PRIVATE_KEY_ED25519"
+            )
+        if self.dkim_domain and not keys:
+            raise ValueError("DKIM_PRIVATE_KEY (or DKIM_PRIVATE_KEY_ED25519) must be set to sign")
         if self.outbox_lease_seconds < 4 * self.smtp_timeout:
             raise ValueError(
                 "OUTBOX_LEASE_SECONDS must be at least 4 × SMTP_TIMEOUT, "
@@ -318,6 +389,15 @@ class Settings(BaseSettings):
         """SECRET_KEY as bytes, for signing links."""
         assert self.secret_key is not None, "load_settings() resolves the secret"
         return self.secret_key.get_secret_value().encode()
+
+    @property
+    def dkim_selector_for_ed25519(self) -> str | None:
+        """The Ed25519 key's selector: its own DNS record, so its own name (RFC 8463)."""
+        if self.dkim_private_key_ed25519 is None:
+            return None
+        if self.dkim_selector_ed25519:
+            return self.dkim_selector_ed25519
+        return f"{self.dkim_selector}-ed25519" if self.dkim_selector else None
 
     @property
     def old_secrets(self) -> list[bytes]:

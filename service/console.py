@@ -21,6 +21,7 @@ from .config import Settings
 from .db import transaction
 from .delivery import daily, sends
 from .delivery.courier import Courier
+from .mail.dkim import DnsRecord
 
 out = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -193,3 +194,30 @@ def import_columns(engine: Engine, settings: Settings, paths: list[Path]) -> int
     for error in errors:
         err_console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
     return len(errors)
+
+
+def print_dkim_setup(
+    path: Path, domain: str, selector: str, kind: str, records: list[DnsRecord]
+) -> None:
+    """What `broadside dkim generate` shows: where the key is, what to publish, what to set."""
+    out.print(f"private key written to {path} (mode 0600); keep it secret\n", soft_wrap=True)
+    out.print("Publish these DNS records:\n")
+    for record in records:
+        out.print(f"; {record.why}", soft_wrap=True)
+        out.print(record.zone_line, soft_wrap=True, markup=False)
+        out.print()
+    variable = "DKIM_PRIVATE_KEY_ED25519" if kind == "ed25519" else "DKIM_PRIVATE_KEY"
+    selector_variable = "DKIM_SELECTOR_ED25519" if kind == "ed25519" else "DKIM_SELECTOR"
+    out.print("Then set:", soft_wrap=True)
+    for line in (
+        f"BROADSIDE_DKIM_DOMAIN={domain}",
+        f"BROADSIDE_{selector_variable}={selector}",
+        f"BROADSIDE_{variable}={path}",
+    ):
+        out.print(line, markup=False, soft_wrap=True)
+    if kind == "ed25519":
+        out.print(
+            "; sign with an RSA key as well (DKIM_PRIVATE_KEY, DKIM_SELECTOR): not every "
+            "receiver checks Ed25519 yet",
+            soft_wrap=True,
+        )

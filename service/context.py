@@ -1,5 +1,5 @@
 """What every domain function needs besides a session: settings, tokens, mail templates,
-and the public URLs built from them. Built once at start-up and passed down."""
+the DKIM signer, and the public URLs built from them. Built once at start-up, passed down."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from .config import Settings
+from .mail.dkim import DkimSigner
 from .mail.render import MailTemplates
 from .tokens import Purpose, Tokens, tokens_for
 
@@ -22,11 +23,13 @@ class Requester:
 
 @dataclass(frozen=True)
 class AppContext:
-    """Settings, tokens and mail templates: what every domain function is handed."""
+    """Settings, tokens, mail templates and the DKIM signer: what every domain function is
+    handed."""
 
     settings: Settings
     tokens: Tokens
     mail: MailTemplates
+    dkim: DkimSigner | None = None  # None: DKIM not configured, mail goes out unsigned
 
     def confirm_url(self, token: str) -> str:
         """The confirmation link for a confirm token."""
@@ -47,4 +50,9 @@ class AppContext:
 
 def build_context(settings: Settings) -> AppContext:
     """The context for these settings, built once at start-up."""
-    return AppContext(settings=settings, tokens=tokens_for(settings), mail=MailTemplates(settings))
+    return AppContext(
+        settings=settings,
+        tokens=tokens_for(settings),
+        mail=MailTemplates(settings),
+        dkim=DkimSigner.from_settings(settings),  # the keys are loaded here, once
+    )

@@ -6,14 +6,17 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import functools
+import hashlib
 import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import TEMPLATES_DIR, Settings
+from ..mail.dkim import DkimSigner, canonical_lines, header_fields
 from ..mail.message import date_value, mailbox, one_line, sender, unstructured
 from ..mail.render import environment, inline_css, site_globals
 from .model import ParsedColumn
@@ -91,16 +94,21 @@ class _Body:
     """
 
     pieces: tuple[bytes | str, ...]
+    # The relaxed DKIM form of each static piece, computed once (None for the reader's lines).
+    canonical: tuple[bytes | None, ...]
 
-    def encode(self, values: Mapping[str, str]) -> bytes:
-        return b"".join(
-            [
-                p
-                if isinstance(p, bytes)
-                else binascii.b2a_qp((p.format_map(values) + "\r\n").encode())
-                for p in self.pieces
-            ]
-        )
+    def encode(self, values: Mapping[str, str]) -> list[bytes]:
+        """Each piece's bytes for one reader (join them for the part)."""
+        return [
+            p if isinstance(p, bytes) else binascii.b2a_qp((p.format_map(values) + "\r\n").encode())
+            for p in self.pieces
+        ]
+
+    def digest_into(self, hasher: Any, encoded: list[bytes]) -> None:
+        """Feed the DKIM body hash with this part as encoded for one reader: pieces end at line
+        ends, so each canonicalises alone; only the reader's few lines cost anything."""
+        for canonical, piece in zip(self.canonical, encoded, strict=True):
+            hasher.update(canonical if canonical is not None else canonical_lines(piece))
 
     def static_size(self) -> int:
         return sum(len(p) if isinstance(p, bytes) else 3 * len(p) for p in self.pieces)
@@ -124,7 +132,8 @@ def _compile(body: str, markers: Mapping[str, str], nonce: str) -> _Body:
         pieces.append(template)
     if static:
         pieces.append(_qp(static))
-    return _Body(tuple(pieces))
+    canonical = tuple(canonical_lines(p) if isinstance(p, bytes) else None for p in pieces)
+    return _Body(tuple(pieces), canonical)
 
 
 def _require(body: _Body, codes: str, part: str) -> None:
@@ -184,7 +193,8 @@ class PreparedColumn:
     head_from: str  # From: … CRLF
     head_subject: str  # Subject: … CRLF (folded)
     head_list: str  # Reply-To, List-Id: lines before List-Unsubscribe
-    head_tail: bytes  # List-Unsubscribe-Post … multipart headers and the text part's headers
+    head_fields: bytes  # List-Unsubscribe-Post … Content-Type: the rest of the header block
+    body_start: bytes  # after the blank line: the first boundary and the text part's headers
     html_separator: bytes  # boundary and the HTML part's headers
     closing: bytes
     unsubscribe_mailto: str  # <mailto:…?subject=unsubscribe>
@@ -200,8 +210,10 @@ class PreparedColumn:
         feedback_url: str,
         message_id: str,
         date_header: str | None = None,
+        signer: DkimSigner | None = None,
     ) -> bytes:
-        """The whole mail for one reader, CRLF throughout, ready for SMTP DATA."""
+        """The whole mail for one reader, CRLF throughout, ready for SMTP DATA (and signed,
+        when a signer is given, over exactly these bytes)."""
         name = one_line(name)
         if not (message_id.startswith("<") and message_id.endswith(">")):
             message_id = f"<{message_id}>"
@@ -224,15 +236,37 @@ class PreparedColumn:
             "f": _escape_attribute(feedback_url),
         }
         variant = self.named if name else self.anonymous
-        return b"".join(
+        text_parts, html_parts = variant.text.encode(text), variant.html.encode(html)
+        message = b"".join(
             (
                 head,
-                self.head_tail,
-                variant.text.encode(text),
+                self.head_fields,
+                b"\r\n",
+                self.body_start,
+                *text_parts,
                 self.html_separator,
-                variant.html.encode(html),
+                *html_parts,
                 self.closing,
             )
+        )
+        if signer is None:
+            return message
+        hasher = hashlib.sha256()
+        hasher.update(self._canonical[0])
+        variant.text.digest_into(hasher, text_parts)
+        hasher.update(self._canonical[1])
+        variant.html.digest_into(hasher, html_parts)
+        hasher.update(self._canonical[2])
+        headers = header_fields(head + self.head_fields)
+        return signer.sign_parsed(message, headers, hasher.digest())
+
+    @functools.cached_property
+    def _canonical(self) -> tuple[bytes, bytes, bytes]:
+        """The relaxed DKIM form of the body's fixed parts: start, separator, closing."""
+        return (
+            canonical_lines(self.body_start),
+            canonical_lines(self.html_separator),
+            canonical_lines(self.closing),
         )
 
     def _list_unsubscribe(self, url: str) -> str:
@@ -287,14 +321,13 @@ def prepare_column(
     head_list = (f"Reply-To: {settings.reply_to}\r\n" if settings.reply_to else "") + _list_id(
         settings.list_identifier
     )
-    head_tail = (
+    head_fields = (
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
         f"Feedback-ID: {view.date.isoformat()}:column:world-view:{settings.mail_domain}\r\n"
         "MIME-Version: 1.0\r\n"
         f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'
-        "\r\n"
-        f"--{boundary}\r\n{part.format('plain')}\r\n\r\n"
     )
+    body_start = f"--{boundary}\r\n{part.format('plain')}\r\n\r\n"
     return PreparedColumn(
         view=view,
         named=named,
@@ -302,7 +335,8 @@ def prepare_column(
         head_from=_ascii(f"From: {sender(settings)}\r\n"),
         head_subject=_subject_header(view.title),
         head_list=_ascii(head_list),
-        head_tail=head_tail.encode("ascii"),
+        head_fields=head_fields.encode("ascii"),
+        body_start=body_start.encode("ascii"),
         html_separator=f"\r\n--{boundary}\r\n{part.format('html')}\r\n\r\n".encode("ascii"),
         closing=f"\r\n--{boundary}--\r\n".encode("ascii"),
         unsubscribe_mailto=f"<mailto:{settings.list_unsubscribe_mailto}?subject=unsubscribe>",

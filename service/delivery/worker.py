@@ -87,8 +87,9 @@ def job_for(
 
 
 def message_for(job: Job, ctx: AppContext, *, subscriber_id: int, email: str, name: str) -> bytes:
-    """One reader's copy of the column: their name, their own signed links, and a Message-ID
-    that stays the same across retries (so a receiver can spot a duplicate)."""
+    """One reader's copy of the column: their name, their own signed links, a Message-ID that
+    stays the same across retries (so a receiver can spot a duplicate), DKIM-signed when
+    configured."""
     domain = ctx.settings.mail_domain
     return job.prepared.message_bytes(
         to=email,
@@ -96,6 +97,7 @@ def message_for(job: Job, ctx: AppContext, *, subscriber_id: int, email: str, na
         unsubscribe_url=ctx.unsubscribe_url(subscriber_id, job.token_expiry),
         feedback_url=ctx.feedback_url(subscriber_id, job.token_expiry),
         message_id=f"<column.{job.message_domain}.{subscriber_id}@{domain}>",
+        signer=ctx.dkim,
     )
 
 

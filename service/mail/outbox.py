@@ -27,6 +27,7 @@ from ..config import Settings
 from ..db import transaction
 from ..models import MailStatus, OutboxMail
 from ..retry import next_attempt, worker_name
+from .dkim import DkimSigner
 from .leases import due_or_abandoned, owned_by
 from .message import build, to_bytes
 from .render import MailTemplates
@@ -47,6 +48,10 @@ class MailContext(Protocol):
     def mail(self) -> MailTemplates:
         """The mail templates."""
 
+    @property
+    def dkim(self) -> DkimSigner | None:
+        """The DKIM signer, when DKIM is configured."""
+
 
 def queue(
     session: Session,
@@ -64,10 +69,11 @@ def queue(
     `values`, build the message and add it to the outbox in the caller's transaction."""
     rendered = ctx.mail.render(template, **values)
     msg = build(ctx.settings, to=to, to_name=to_name, rendered=rendered, reply_to=reply_to)
+    data = to_bytes(msg)
+    if ctx.dkim is not None:  # signed now: these bytes are exactly what goes out, later
+        data = ctx.dkim.sign(data)
     envelope_from = ctx.settings.mail_from
-    session.add(
-        OutboxMail(kind=kind, recipient=to, envelope_from=envelope_from, message=to_bytes(msg))
-    )
+    session.add(OutboxMail(kind=kind, recipient=to, envelope_from=envelope_from, message=data))
     session.flush()
 
 
