@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import signal
@@ -126,25 +127,72 @@ def serve(
 def worker() -> None:
     """Run the daily scheduler and the outbox sender without a web server."""
     from .context import build_context
-    from .runtime import background
+    from .runtime import background, bounce_mailbox, bounce_receiver
 
     settings = settings_or_exit()
     engine = make_engine(settings.database_url)
     ctx = build_context(settings)
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        async with background(engine, ctx, scheduler=True):
-            err.print(
-                "worker running: daily send at "
-                f"{settings.send_time.strftime('%H:%M')} {settings.timezone}; Ctrl-C stops"
-            )
-            await stop.wait()
+        with contextlib.ExitStack() as receiving:
+            if settings.bounce_smtp_port is not None:
+                port = receiving.enter_context(bounce_receiver(engine, ctx))
+                err.print(f"bounce receiver on {settings.bounce_smtp_host}:{port}")
+            async with background(engine, ctx, scheduler=True), bounce_mailbox(engine, ctx):
+                err.print(
+                    "worker running: daily send at "
+                    f"{settings.send_time.strftime('%H:%M')} {settings.timezone}; Ctrl-C stops"
+                )
+                await until_stopped()
 
-    guarded(lambda: asyncio.run(run()))
+    try:
+        guarded(lambda: asyncio.run(run()))
+    except OSError as exc:  # the bounce receiver's port is taken
+        raise fail(str(exc)) from None
+
+
+async def until_stopped() -> None:
+    """Wait for SIGTERM or Ctrl-C."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+@app.command()
+def bounces() -> None:
+    """Receive bounces, complaints (ARF) and mailto: unsubscribes by SMTP on
+    BOUNCE_SMTP_HOST:BOUNCE_SMTP_PORT (default 127.0.0.1:2526), until stopped."""
+    from .context import build_context
+    from .runtime import bounce_mailbox, bounce_receiver
+
+    settings = settings_or_exit()
+    engine = make_engine(settings.database_url)
+    ctx = build_context(settings)
+
+    async def run() -> None:
+        with bounce_receiver(engine, ctx) as port:
+            if settings.bounce_imap_url is not None:
+                err.print(f"reading the bounce mailbox every {settings.bounce_imap_interval}")
+            accepted = (
+                f"{settings.bounce_local}[+token]@{settings.bounce_domain}, "
+                f"unsubscribe+token@{settings.bounce_domain}"
+                if settings.bounce_domain
+                else settings.bounce_address
+            )
+            err.print(
+                f"bounce receiver on {settings.bounce_smtp_host}:{port}, taking mail for "
+                f"{accepted}; Ctrl-C stops",
+                markup=False,
+            )
+            async with bounce_mailbox(engine, ctx):
+                await until_stopped()
+
+    try:
+        guarded(lambda: asyncio.run(run()))
+    except OSError as exc:  # the port is taken
+        raise fail(str(exc)) from None
 
 
 def _day(value: str | None, settings: Settings) -> dt.date:

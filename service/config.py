@@ -30,6 +30,8 @@ DNS_NAME_RE = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
 DkimKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+BOUNCE_LOCAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,23}")
+SNS_TOPIC_ARN_RE = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}")
 # Seconds for the hand-offs in progress to finish at a stop (SIGTERM, Ctrl-C); what still runs
 # then is cancelled, so a stop never takes longer than this (docker's default wait is 10 s).
 SHUTDOWN_GRACE = 8.0
@@ -77,6 +79,36 @@ class RelayUrl:
     def __repr__(self) -> str:  # never log the password
         tls = f"tls={self.implicit_tls}, starttls={self.starttls}"
         return f"RelayUrl({self.host}:{self.port}, {tls})"
+
+
+@dataclass(frozen=True)
+class ImapUrl:
+    """BOUNCE_IMAP_URL: `imaps://user:password@host[:993]/MAILBOX` (TLS only: the password
+    and readers' addresses cross the network)."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+    mailbox: str
+
+    @classmethod
+    def parse(cls, url: str) -> ImapUrl:
+        """Parse the URL, or ValueError naming what is wrong with it."""
+        parts = urlsplit(url)
+        if parts.scheme != "imaps":
+            raise ValueError("must start with imaps:// (IMAP over TLS, port 993)")
+        if not parts.hostname or not parts.username or parts.password is None:
+            raise ValueError("must name a user, a password and a host: imaps://user:pass@host")
+        try:
+            port = parts.port or 993
+        except ValueError:
+            raise ValueError("has a port that is not a number") from None
+        mailbox = unquote(parts.path.lstrip("/")) or "INBOX"
+        return cls(parts.hostname, port, unquote(parts.username), unquote(parts.password), mailbox)
+
+    def __repr__(self) -> str:  # never the password
+        return f"ImapUrl({self.host}:{self.port}/{self.mailbox})"
 
 
 def load_dkim_key(value: str, kind: Literal["rsa", "ed25519"]) -> DkimKey:
@@ -148,7 +180,6 @@ class Settings(BaseSettings):
     from_name: str = "World View"
     reply_to: str | None = None
     envelope_from: str | None = None
-    unsubscribe_mailto: str | None = None
     list_id: str | None = None
     postal_address: str = "World View, 1 Example Street, Example City"
     feedback_notify: str | None = None
@@ -159,6 +190,19 @@ class Settings(BaseSettings):
     dkim_private_key: SecretStr | None = None
     dkim_selector_ed25519: str | None = None
     dkim_private_key_ed25519: SecretStr | None = None
+
+    # Bounces and complaints: VERP return paths, the mailto: unsubscribe and the receiver
+    bounce_domain: str | None = None
+    bounce_local: str = "bounces"
+    bounce_smtp_host: str = "127.0.0.1"
+    bounce_smtp_port: int | None = Field(None, ge=0, le=65535)
+    bounce_imap_url: SecretStr | None = None
+    bounce_imap_interval: timedelta = timedelta(minutes=5)
+    soft_bounce_limit: int = Field(3, ge=1)
+    soft_bounce_window: timedelta = timedelta(days=15)
+    postmark_webhook_user: str | None = None
+    postmark_webhook_password: SecretStr | None = None
+    ses_topic_arns: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Admin
     admin_token: SecretStr | None = None
@@ -227,9 +271,7 @@ class Settings(BaseSettings):
             return value
         return None
 
-    @field_validator(
-        "from_address", "reply_to", "envelope_from", "feedback_notify", "unsubscribe_mailto"
-    )
+    @field_validator("from_address", "reply_to", "envelope_from", "feedback_notify")
     @classmethod
     def _addresses(cls, value: str | None) -> str | None:
         return _check_address(value)
@@ -249,7 +291,7 @@ class Settings(BaseSettings):
             raise ValueError("must look like 'Name <list.example.com>' (ASCII inside <>)")
         return value
 
-    @field_validator("old_secret_keys", "trusted_proxies", mode="before")
+    @field_validator("old_secret_keys", "trusted_proxies", "ses_topic_arns", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return _comma_list(value)
@@ -267,7 +309,13 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "send_grace", "notice_interval", "retry_deadline", "resume_interval", mode="before"
+        "send_grace",
+        "notice_interval",
+        "retry_deadline",
+        "resume_interval",
+        "bounce_imap_interval",
+        "soft_bounce_window",
+        mode="before",
     )
     @classmethod
     def _seconds(cls, value: object) -> object:
@@ -277,12 +325,38 @@ class Settings(BaseSettings):
             return timedelta(seconds=float(value))
         return value
 
-    @field_validator("dkim_domain", "dkim_selector", "dkim_selector_ed25519")
+    @field_validator("dkim_domain", "dkim_selector", "dkim_selector_ed25519", "bounce_domain")
     @classmethod
     def _dns_label(cls, value: str | None) -> str | None:
         if value and not DNS_NAME_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a DNS name (ASCII letters, digits, '-', '.')")
         return value.lower() if value else None
+
+    @field_validator("bounce_local")
+    @classmethod
+    def _bounce_local(cls, value: str) -> str:
+        # VERP puts "+<token>" after it, and the whole local part must fit 64 characters.
+        if not BOUNCE_LOCAL_RE.fullmatch(value):
+            raise ValueError(
+                "must be 1-24 ASCII letters, digits, '.', '-' or '_' (no '+': VERP adds it)"
+            )
+        return value.lower()
+
+    @field_validator("bounce_imap_url")
+    @classmethod
+    def _imap_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        ImapUrl.parse(value.get_secret_value())
+        return value
+
+    @field_validator("ses_topic_arns")
+    @classmethod
+    def _topic_arns(cls, value: list[str]) -> list[str]:
+        for arn in value:
+            if not SNS_TOPIC_ARN_RE.fullmatch(arn):
+                raise ValueError(f"{arn!r} is not an SNS topic ARN (arn:aws:sns:REGION:ID:NAME)")
+        return value
 
     @field_validator("dkim_private_key")
     @classmethod
@@ -339,6 +413,10 @@ class Settings(BaseSettings):
             )
         if self.dkim_domain and not keys:
             raise ValueError("DKIM_PRIVATE_KEY (or DKIM_PRIVATE_KEY_ED25519) must be set to sign")
+        if self.postmark_webhook_user and not self.postmark_webhook_password:
+            raise ValueError("POSTMARK_WEBHOOK_USER needs POSTMARK_WEBHOOK_PASSWORD set too")
+        if self.postmark_webhook_password and not self.postmark_webhook_user:
+            raise ValueError("POSTMARK_WEBHOOK_PASSWORD needs POSTMARK_WEBHOOK_USER set too")
         if self.outbox_lease_seconds < 4 * self.smtp_timeout:
             raise ValueError(
                 "OUTBOX_LEASE_SECONDS must be at least 4 × SMTP_TIMEOUT, "
@@ -370,9 +448,12 @@ class Settings(BaseSettings):
         return self.envelope_from or self.from_address
 
     @property
-    def list_unsubscribe_mailto(self) -> str:
-        """The address of List-Unsubscribe's mailto: half."""
-        return self.unsubscribe_mailto or f"unsubscribe@{self.mail_domain}"
+    def bounce_address(self) -> str:
+        """Where bounces of transactional mail go, and the feedback-loop address to register
+        with mailbox providers: BOUNCE_LOCAL@BOUNCE_DOMAIN, or the plain envelope sender."""
+        if self.bounce_domain is None:
+            return self.mail_from
+        return f"{self.bounce_local}@{self.bounce_domain}"
 
     @property
     def list_identifier(self) -> str:

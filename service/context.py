@@ -11,6 +11,8 @@ from .mail.dkim import DkimSigner
 from .mail.render import MailTemplates
 from .tokens import Purpose, Tokens, tokens_for
 
+UNSUBSCRIBE_LOCAL = "unsubscribe"  # the mailto: unsubscribe address's local part, before "+"
+
 
 @dataclass(frozen=True)
 class Requester:
@@ -46,6 +48,25 @@ class AppContext:
             return f"{self.settings.base_url}/feedback"
         token = self.tokens.make(Purpose.feedback, str(subscriber_id), expires)
         return f"{self.settings.base_url}/feedback?t={quote(token)}"
+
+    def return_path(self, delivery_id: int) -> str:
+        """The envelope sender of one column delivery: with BOUNCE_DOMAIN, a VERP address
+        (BOUNCE_LOCAL+token@BOUNCE_DOMAIN) whose signed token names the delivery, so that any
+        bounce to it is attributed without reading the report; else ENVELOPE_FROM."""
+        s = self.settings
+        if s.bounce_domain is None:
+            return s.mail_from
+        token = self.tokens.for_address(Purpose.bounce, delivery_id)
+        return f"{s.bounce_local}+{token}@{s.bounce_domain}"
+
+    def unsubscribe_mailto(self, subscriber_id: int) -> str | None:
+        """The reader's own List-Unsubscribe mailto: address (RFC 2369), read by the bounce
+        receiver; None when no receiver domain is configured (then only HTTPS is offered)."""
+        domain = self.settings.bounce_domain
+        if domain is None:
+            return None
+        token = self.tokens.for_address(Purpose.mail_unsubscribe, subscriber_id)
+        return f"{UNSUBSCRIBE_LOCAL}+{token}@{domain}"
 
 
 def build_context(settings: Settings) -> AppContext:

@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 
@@ -51,6 +53,16 @@ def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def insert_new(session: Session, table: Table, rows: list[dict[str, Any]], *, key: str) -> None:
+    """Insert `rows`, skipping those whose unique `key` is taken (by another row or another
+    transaction): ON CONFLICT DO NOTHING, in SQLite's and PostgreSQL's words."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+    session.connection().execute(insert(table).on_conflict_do_nothing(index_elements=[key]), rows)
 
 
 def ping(engine: Engine) -> None:

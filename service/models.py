@@ -201,3 +201,56 @@ class Delivery(LeasedWork, table=True):
     subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
     email: str = Field(max_length=320)
     name: str = Field(default="", max_length=100)
+
+
+class BounceKind(StrEnum):
+    """What a report from a receiving system says about a reader, and so what it changes."""
+
+    hard = "hard"  # the mailbox does not exist or cannot take mail: suppressed at once
+    soft = "soft"  # full, deferred, delayed: counts towards SOFT_BOUNCE_LIMIT
+    policy = "policy"  # the receiver refused our message (5.7.x, content): the operator's
+    complaint = "complaint"  # "this is spam" (ARF, a webhook): suppressed at once
+    unsubscribe = "unsubscribe"  # a mail to List-Unsubscribe's mailto: address
+    auto_reply = "auto-reply"  # out of office and the like: not a bounce, changes nothing
+    unknown = "unknown"  # not attributable or not understood: kept, raw, for the operator
+
+
+class Bounce(SQLModel, table=True):
+    """Every report that came back about our mail, with what it was about."""
+
+    __tablename__ = "bounces"
+
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(), index=True)
+    source: str = Field(max_length=16)  # at-send, smtp, imap, ses, postmark
+    kind: BounceKind = Field(sa_type=String(16))
+    email: str | None = Field(default=None, max_length=320)
+    subscriber_id: int | None = Field(default=None, foreign_key="subscribers.id", index=True)
+    delivery_id: int | None = Field(default=None, sa_type=BigInteger())
+    status: str | None = Field(default=None, max_length=16)  # RFC 3463, e.g. 5.1.1
+    diagnostic: str | None = Field(default=None, max_length=1000)
+    raw_size: int = 0
+    # The whole report, kept when nothing could be attributed: for the operator to read.
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+
+
+class SuppressionReason(StrEnum):
+    """Why an address is on the suppression list."""
+
+    unsubscribed = "unsubscribed"
+    bounced = "bounced"
+    complained = "complained"
+    erased = "erased"
+
+
+class Suppression(SQLModel, table=True):
+    """The one suppression list: addresses never mailed again until their owner confirms a
+    new subscription. Only a keyed hash of the address is kept (Tokens.address_hash), so the
+    list can say "this one" of an erased reader's address but cannot be read back."""
+
+    __tablename__ = "suppressions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    address_hash: str = Field(max_length=64, unique=True)
+    reason: SuppressionReason = Field(sa_type=String(16))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())

@@ -1,6 +1,6 @@
 """The long-running pieces a process needs besides requests: the SMTP target (relay or
-embedded capture server), the outbox sender and the daily scheduler. Shared by
-`broadside serve` (the app's lifespan) and `broadside worker`."""
+embedded capture server), the outbox sender, the daily scheduler and the bounce receiver.
+Shared by `broadside serve` (the app's lifespan), `broadside worker` and `broadside bounces`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
+from .bounces.imap import poll_forever
+from .bounces.receiver import BounceReceiver
 from .config import SHUTDOWN_GRACE, Settings
 from .context import AppContext
 from .delivery.courier import Courier
@@ -70,3 +72,33 @@ async def background(engine: Engine, ctx: AppContext, *, scheduler: bool) -> Asy
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+@asynccontextmanager
+async def bounce_mailbox(engine: Engine, ctx: AppContext) -> AsyncIterator[None]:
+    """With BOUNCE_IMAP_URL, its poller runs for as long as the caller does."""
+    if ctx.settings.bounce_imap_url is None:
+        yield
+        return
+    task = asyncio.create_task(poll_forever(engine, ctx), name="bounce-imap-poller")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.contextmanager
+def bounce_receiver(engine: Engine, ctx: AppContext, port: int | None = None) -> Iterator[int]:
+    """The bounce receiver listening for as long as the caller runs; yields its port.
+    OSError (naming the address) when the port is taken."""
+    receiver = BounceReceiver(engine, ctx, port=port)
+    try:
+        receiver.start()
+    except OSError as exc:
+        raise OSError(f"cannot listen on {receiver.host}:{receiver.port}: {exc.strerror}") from exc
+    try:
+        yield receiver.port
+    finally:
+        receiver.stop()

@@ -12,14 +12,14 @@ from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, delete, select
 
 from .clock import utcnow
 from .context import AppContext, Requester
 from .errors import AlreadyConfirmed, CannotResubscribe, InvalidInput, LinkUsed
 from .limits import DAY, HOUR, check_and_count
 from .mail import message, outbox
-from .models import Consent, Subscriber, SubscriberStatus
+from .models import Consent, Subscriber, SubscriberStatus, Suppression, SuppressionReason
 from .tokens import Purpose, TokenError
 
 MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3: the longest path a relay must accept
@@ -218,6 +218,7 @@ def confirm(
     subscriber.confirm_nonce = None
     subscriber.confirmed_at = now
     subscriber.updated_at = now
+    lift_suppression(session, ctx, subscriber.email)  # the owner asked for mail again
     _record(session, subscriber, "confirm", who, now)
     return subscriber
 
@@ -256,17 +257,45 @@ def unsubscribe(
     now: datetime | None = None,
 ) -> Subscriber:
     """Stop all mail to this reader at once. Doing it twice is fine; no goodbye mail is sent."""
-    now = now or utcnow()
     subscriber = subscriber_for_link(session, ctx, token, Purpose.unsubscribe)
-    if receives_mail(subscriber):
-        subscriber.status = SubscriberStatus.unsubscribed
-        subscriber.confirm_nonce = None
-        subscriber.pending_name = None
+    action = "one-click-unsubscribe" if one_click else "unsubscribe"
+    return stop_mail(
+        session, ctx, subscriber, SubscriberStatus.unsubscribed, action, who, now=now or utcnow()
+    )
+
+
+def stop_mail(
+    session: Session,
+    ctx: AppContext,
+    subscriber: Subscriber,
+    status: SubscriberStatus,
+    action: str,
+    who: Requester,
+    *,
+    now: datetime,
+    why: str | None = None,
+) -> Subscriber:
+    """Stop all mail to a reader at once (unsubscribed, bounced, complained) and put the
+    address on the suppression list, with a consent record saying who did it and how. A
+    reader already out stays as they are; a complaint still suppresses a bounced address."""
+    reason = {
+        SubscriberStatus.unsubscribed: SuppressionReason.unsubscribed,
+        SubscriberStatus.bounced: SuppressionReason.bounced,
+        SubscriberStatus.complained: SuppressionReason.complained,
+    }[status]
+    suppress(session, ctx, subscriber.email, reason)
+    if not receives_mail(subscriber):
+        return subscriber
+    subscriber.status = status
+    subscriber.confirm_nonce = None
+    subscriber.pending_name = None
+    subscriber.updated_at = now
+    if status == SubscriberStatus.unsubscribed:
         subscriber.unsubscribed_at = now
-        subscriber.updated_at = now
-        _record(
-            session, subscriber, "one-click-unsubscribe" if one_click else "unsubscribe", who, now
-        )
+    else:
+        subscriber.bounced_at = now
+        subscriber.bounce_reason = (why or status.value)[:1000]
+    _record(session, subscriber, action, who, now)
     return subscriber
 
 
@@ -300,6 +329,7 @@ def resubscribe(
     subscriber.confirmed_at = subscriber.confirmed_at or now
     subscriber.unsubscribed_at = None
     subscriber.updated_at = now
+    lift_suppression(session, ctx, subscriber.email)
     _record(session, subscriber, "resubscribe", who, now)
     return subscriber
 
@@ -307,3 +337,37 @@ def resubscribe(
 def _stamp(moment: datetime) -> str:
     """Microseconds since 1970 in integers: SQLite and PostgreSQL both keep them exactly."""
     return str((moment - EPOCH) // timedelta(microseconds=1))
+
+
+# Suppression ------------------------------------------------------------------------------
+
+
+def suppress(session: Session, ctx: AppContext, address: str, reason: SuppressionReason) -> None:
+    """Put an address on the suppression list (it keeps its first reason). Concurrent
+    suppressions of one address (a bounce and a complaint at once) are fine: one row wins."""
+    if suppression_of(session, ctx, address) is not None:
+        return
+    try:
+        with session.begin_nested():
+            session.add(Suppression(address_hash=ctx.tokens.address_hash(address), reason=reason))
+    except IntegrityError:
+        pass  # another transaction suppressed it first
+
+
+def suppression_of(session: Session, ctx: AppContext, address: str) -> SuppressionReason | None:
+    """Why `address` is suppressed, or None when we may write to it."""
+    row = session.exec(
+        select(Suppression).where(
+            col(Suppression.address_hash).in_(ctx.tokens.address_hashes(address))
+        )
+    ).first()
+    return None if row is None else SuppressionReason(row.reason)
+
+
+def lift_suppression(session: Session, ctx: AppContext, address: str) -> None:
+    """The owner of `address` confirmed a new subscription: mail them again."""
+    session.execute(
+        delete(Suppression).where(
+            col(Suppression.address_hash).in_(ctx.tokens.address_hashes(address))
+        )
+    )

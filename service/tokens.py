@@ -29,6 +29,12 @@ PAYLOAD_RE = re.compile(r"[A-Za-z0-9_-]{1,200}")
 TOKEN_RE = re.compile(r"([A-Za-z0-9_-]{1,200})\.([0-9a-z]{1,12})\.([A-Za-z0-9_-]{22})")
 MAX_TOKEN = 200 + 1 + 12 + 1 + SIGNATURE_CHARS
 RESUBSCRIBE_LIFETIME = timedelta(days=2)  # the goodbye page's "subscribe again" button
+# Tokens inside an address's local part (VERP, the mailto: unsubscribe): the number in base 36,
+# "-", and 80 bits of HMAC in lower-case base32; at most 30 characters, so that with
+# BOUNCE_LOCAL (24 at most) and "+" they fit the 64 characters RFC 5321 allows a local part.
+# Lower case only: relays may change the case of a local part, so it is read case-blind.
+ADDRESS_MAC_BYTES = 10
+ADDRESS_TOKEN_RE = re.compile(r"([0-9a-z]{1,13})-([a-z2-7]{16})")
 
 
 class Purpose(StrEnum):
@@ -38,6 +44,8 @@ class Purpose(StrEnum):
     unsubscribe = "unsubscribe"
     feedback = "feedback"
     resubscribe = "resubscribe"
+    bounce = "bounce"  # VERP: names one delivery in a return path
+    mail_unsubscribe = "mail-unsubscribe"  # names a reader in List-Unsubscribe's mailto:
 
 
 class TokenError(Exception):
@@ -65,6 +73,10 @@ class Tokens:
             for purpose in Purpose
         }
         self._lifetimes = lifetimes
+        self._hash_keys = [
+            hmac.new(key, b"broadside.suppression", hashlib.sha256).digest()
+            for key in (secret, *old_secrets)
+        ]
 
     def expiry(self, purpose: Purpose, now: float | None = None) -> int:
         """Unix time at which a token made now stops working."""
@@ -96,6 +108,48 @@ class Tokens:
         if int(expiry, 36) < (time.time() if now is None else now):
             raise TokenExpired(purpose)
         return payload
+
+    def for_address(self, purpose: Purpose, number: int) -> str:
+        """A short token naming `number` (a delivery, a reader) for an address's local part.
+        It does not expire: a bounce or an unsubscribe by mail may come months later."""
+        if not 0 <= number < 36**13:
+            raise ValueError("the number does not fit an address token")
+        digits = _b36(number)
+        return f"{digits}-{_address_mac(self._signers[purpose], digits)}"
+
+    def read_address(self, purpose: Purpose, token: str) -> int:
+        """The number an address token names, or TokenError (not ours, altered, another
+        purpose). Case-blind, as some relays change the case of local parts."""
+        shape = ADDRESS_TOKEN_RE.fullmatch(token.lower()) if len(token) <= 30 else None
+        if shape is None:
+            raise TokenError(purpose)
+        digits, given = shape.groups()
+        if not any(
+            hmac.compare_digest(_address_mac(mac, digits), given)
+            for mac in self._verifiers[purpose]
+        ):
+            raise TokenError(purpose)
+        return int(digits, 36)
+
+    def address_hash(self, address: str) -> str:
+        """A keyed hash of an address under the current secret (hex), case-blind: what the
+        suppression list keeps, so an address can be recognised but not read back."""
+        return _keyed_hash(self._hash_keys[0], address.strip().lower())
+
+    def address_hashes(self, address: str) -> list[str]:
+        """The address's keyed hash under the current and every retired secret: one hashed
+        before a key rotation is still recognised."""
+        return [_keyed_hash(key, address.strip().lower()) for key in self._hash_keys]
+
+
+def _address_mac(mac: hmac.HMAC, number: str) -> str:
+    one = mac.copy()
+    one.update(number.encode("ascii"))
+    return base64.b32encode(one.digest()[:ADDRESS_MAC_BYTES]).decode("ascii").lower()
+
+
+def _keyed_hash(key: bytes, value: str) -> str:
+    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def _purpose_mac(secret: bytes, purpose: Purpose) -> hmac.HMAC:

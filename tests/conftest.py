@@ -29,6 +29,8 @@ for _name in list(os.environ):
 PG_URL = os.environ.get("BROADSIDE_TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 TABLES = [
+    "bounces",
+    "suppressions",
     "deliveries",
     "sends",
     "columns",

@@ -197,7 +197,6 @@ class PreparedColumn:
     body_start: bytes  # after the blank line: the first boundary and the text part's headers
     html_separator: bytes  # boundary and the HTML part's headers
     closing: bytes
-    unsubscribe_mailto: str  # <mailto:…?subject=unsubscribe>
     boundary: str
     zone: dt.tzinfo  # TIMEZONE: the Date header's offset
 
@@ -210,14 +209,17 @@ class PreparedColumn:
         feedback_url: str,
         message_id: str,
         date_header: str | None = None,
+        unsubscribe_mailto: str | None = None,
         signer: DkimSigner | None = None,
     ) -> bytes:
         """The whole mail for one reader, CRLF throughout, ready for SMTP DATA (and signed,
-        when a signer is given, over exactly these bytes)."""
+        when a signer is given, over exactly these bytes). `unsubscribe_mailto` is the
+        reader's own unsubscribe address for List-Unsubscribe, when a receiver reads it."""
         name = one_line(name)
         if not (message_id.startswith("<") and message_id.endswith(">")):
             message_id = f"<{message_id}>"
-        if _HEADER_UNSAFE.search(f"{to}{unsubscribe_url}{feedback_url}{message_id[1:-1]}"):
+        mailto = unsubscribe_mailto or ""
+        if _HEADER_UNSAFE.search(f"{to}{unsubscribe_url}{feedback_url}{message_id[1:-1]}{mailto}"):
             raise ValueError('address, URLs and Message-ID must be visible ASCII without <>"')
         if date_header is None:
             date_header = _date_header(int(time.time()), self.zone)
@@ -226,7 +228,7 @@ class PreparedColumn:
         head = (
             f"{self.head_from}To: {_to_header(to, name)}\r\n{self.head_subject}"
             f"Date: {date_header}\r\nMessage-ID: {message_id}\r\n{self.head_list}"
-            f"{self._list_unsubscribe(unsubscribe_url)}"
+            f"{_list_unsubscribe(unsubscribe_url, unsubscribe_mailto)}"
         ).encode("ascii")
         text = {"n": name, "e": to, "u": unsubscribe_url, "f": feedback_url}
         html = {
@@ -269,15 +271,20 @@ class PreparedColumn:
             canonical_lines(self.closing),
         )
 
-    def _list_unsubscribe(self, url: str) -> str:
-        """RFC 2369/8058. Never encoded; if long, folded only between the two URIs, because a
-        provider reads a URI cut by folding or hidden in an encoded-word as no URI at all."""
-        line = f"List-Unsubscribe: <{url}>, {self.unsubscribe_mailto}\r\n"
-        if len(line) <= 80:  # 78 characters + CRLF
-            return line
-        if len(url) + 21 > 998:  # "List-Unsubscribe: <" + url + ">,"
-            raise ValueError("the unsubscribe URL is too long for a header line")
-        return f"List-Unsubscribe: <{url}>,\r\n {self.unsubscribe_mailto}\r\n"
+
+def _list_unsubscribe(url: str, mailto: str | None) -> str:
+    """RFC 2369/8058: the HTTPS URI, and the mailto: one when a receiver reads it. Never
+    encoded; if long, folded only between the two URIs, because a provider reads a URI cut by
+    folding or hidden in an encoded-word as no URI at all."""
+    if len(url) + 21 > 998:  # "List-Unsubscribe: <" + url + ">,"
+        raise ValueError("the unsubscribe URL is too long for a header line")
+    if mailto is None:
+        return f"List-Unsubscribe: <{url}>\r\n"
+    second = f"<mailto:{mailto}?subject=unsubscribe>"
+    line = f"List-Unsubscribe: <{url}>, {second}\r\n"
+    if len(line) <= 80:  # 78 characters + CRLF
+        return line
+    return f"List-Unsubscribe: <{url}>,\r\n {second}\r\n"
 
 
 def _subject_header(title: str) -> str:
@@ -339,7 +346,6 @@ def prepare_column(
         body_start=body_start.encode("ascii"),
         html_separator=f"\r\n--{boundary}\r\n{part.format('html')}\r\n\r\n".encode("ascii"),
         closing=f"\r\n--{boundary}--\r\n".encode("ascii"),
-        unsubscribe_mailto=f"<mailto:{settings.list_unsubscribe_mailto}?subject=unsubscribe>",
         boundary=boundary,
         zone=settings.tz,
     )

@@ -355,7 +355,7 @@ async def preview(courier: Courier, day: dt.date, address: str) -> str | None:
     data = message_for(job, courier.ctx, subscriber_id=subscriber_id, email=address, name=name)
     async with SmtpConnection(courier.target) as conn:
         try:
-            await conn.send(settings.mail_from, address, data)
+            await conn.send(settings.bounce_address, address, data)
         except SmtpFailure as failure:
             return failure.reason
     return None

@@ -14,8 +14,20 @@ from dataclasses import dataclass, field
 from sqlalchemy import Table, and_, bindparam, exists, update
 from sqlmodel import Session, col, select
 
+from ..db import insert_new
 from ..mail.leases import due_or_abandoned, owned_by
-from ..models import Delivery, MailStatus, Send, SendStatus, Subscriber, SubscriberStatus
+from ..models import (
+    Bounce,
+    BounceKind,
+    Delivery,
+    MailStatus,
+    Send,
+    SendStatus,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    SuppressionReason,
+)
 
 LEFT_BEFORE_HAND_OFF = "not sent: the reader was no longer subscribed at hand-off time"
 
@@ -31,6 +43,19 @@ class Claim:
     attempts: int
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A hand-off the relay refused for good because of the reader's mailbox (a 5xx at RCPT):
+    the row fails, the reader is suppressed, and the refusal is kept as a bounce."""
+
+    row_id: int
+    subscriber_id: int
+    email: str
+    address_hash: str  # Tokens.address_hash(email): its entry on the suppression list
+    reason: str  # the relay's reply
+    status: str | None  # its RFC 3463 code
+
+
 @dataclass
 class Outcomes:
     """What a group of hand-offs came to; written together in one transaction."""
@@ -38,7 +63,7 @@ class Outcomes:
     sent: list[int] = field(default_factory=list)
     retry: list[tuple[int, dt.datetime, str]] = field(default_factory=list)  # id, when, why
     failed: list[tuple[int, str]] = field(default_factory=list)  # id, why: gave up
-    bounced: list[tuple[int, int, str]] = field(default_factory=list)  # id, subscriber, 5xx reply
+    bounced: list[Refused] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.sent) + len(self.retry) + len(self.failed) + len(self.bounced)
@@ -149,6 +174,8 @@ def reclaim_own(session: Session, *, send_id: int, worker: str) -> int:
 # and rebuilding statements per call tripled the ledger's cost.
 _deliveries: Table = Delivery.__table__  # type: ignore[attr-defined]
 _subscribers: Table = Subscriber.__table__  # type: ignore[attr-defined]
+_bounces: Table = Bounce.__table__  # type: ignore[attr-defined]
+_suppressions: Table = Suppression.__table__  # type: ignore[attr-defined]
 _OWNED = owned_by(_deliveries.c, bindparam("worker"))
 _MARK_SENT = (
     update(_deliveries)
@@ -196,7 +223,7 @@ _SUPPRESS = (
 
 def record(session: Session, outcomes: Outcomes, *, worker: str, now: dt.datetime) -> None:
     """Write a group of outcomes together (one statement per kind)."""
-    gave_up = outcomes.failed + [(i, why) for i, _sub, why in outcomes.bounced]
+    gave_up = outcomes.failed + [(r.row_id, r.reason) for r in outcomes.bounced]
     conn = session.connection()
     if outcomes.sent:
         conn.execute(_MARK_SENT, {"ids": outcomes.sent, "now": now, "worker": worker})
@@ -213,10 +240,65 @@ def record(session: Session, outcomes: Outcomes, *, worker: str, now: dt.datetim
             _MARK_FAILED, [{"row_id": i, "why": why, "worker": worker} for i, why in gave_up]
         )
     if outcomes.bounced:
+        _record_refusals(session, outcomes.bounced, worker=worker, now=now)
+
+
+def _record_refusals(
+    session: Session, refused: list[Refused], *, worker: str, now: dt.datetime
+) -> None:
+    """For the rows this worker still owned (its failed mark took effect): the reader is
+    marked bounced, the address goes on the suppression list, and the refusal is kept like
+    any bounce that comes back later. A worker that lost its lease changes nobody."""
+    conn = session.connection()
+    ours = set(
         conn.execute(
-            _SUPPRESS,
-            [
-                {"sub_id": sub, "row_id": i, "why": why[:1000], "now": now, "worker": worker}
-                for i, sub, why in outcomes.bounced
-            ],
-        )
+            select(_deliveries.c.id).where(
+                _deliveries.c.id.in_([r.row_id for r in refused]),
+                _deliveries.c.claimed_by == worker,
+                _deliveries.c.status == MailStatus.failed.value,
+            )
+        ).scalars()
+    )
+    refused = [r for r in refused if r.row_id in ours]
+    if not refused:
+        return
+    conn.execute(
+        _SUPPRESS,
+        [
+            {
+                "sub_id": r.subscriber_id,
+                "row_id": r.row_id,
+                "why": r.reason[:1000],
+                "now": now,
+                "worker": worker,
+            }
+            for r in refused
+        ],
+    )
+    insert_new(
+        session,
+        _suppressions,
+        [
+            {"address_hash": r.address_hash, "reason": SuppressionReason.bounced, "created_at": now}
+            for r in refused
+        ],
+        key="address_hash",
+    )
+    conn.execute(
+        _bounces.insert(),
+        [
+            {
+                "received_at": now,
+                "source": "at-send",
+                "kind": BounceKind.hard,
+                "email": r.email,
+                "subscriber_id": r.subscriber_id,
+                "delivery_id": r.row_id,
+                "status": r.status,
+                "diagnostic": r.reason[:1000],
+                "raw_size": 0,
+                "raw": None,
+            }
+            for r in refused
+        ],
+    )

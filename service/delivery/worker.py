@@ -36,7 +36,7 @@ from ..retry import next_attempt, worker_name
 from ..tokens import Purpose
 from . import ledger, sends
 from .courier import Courier
-from .ledger import Claim, Outcomes
+from .ledger import Claim, Outcomes, Refused
 
 log = logging.getLogger(__name__)
 IDLE_POLL = 1.0  # seconds between looks when the rest of the send is deferred or elsewhere
@@ -97,6 +97,7 @@ def message_for(job: Job, ctx: AppContext, *, subscriber_id: int, email: str, na
         unsubscribe_url=ctx.unsubscribe_url(subscriber_id, job.token_expiry),
         feedback_url=ctx.feedback_url(subscriber_id, job.token_expiry),
         message_id=f"<column.{job.message_domain}.{subscriber_id}@{domain}>",
+        unsubscribe_mailto=ctx.unsubscribe_mailto(subscriber_id),
         signer=ctx.dkim,
     )
 
@@ -282,7 +283,7 @@ class SendWorker:
             reason = f"cannot build message: {exc}"[:1000]
             return lambda o: o.failed.append((claim.id, reason))
         try:
-            await conn.send(self.settings.mail_from, claim.email, data)
+            await conn.send(self.ctx.return_path(claim.id), claim.email, data)
         except SmtpFailure as failure:
             return await self._failed(job, claim, failure)
         self._relay_streak = 0
@@ -298,8 +299,16 @@ class SendWorker:
         until the deadline; an outage is logged once and pauses this connection briefly."""
         if failure.fault is Fault.recipient:
             self._relay_streak = 0
-            log.info("delivery %s to %s refused for good: %s", claim.id, claim.email, failure)
-            return lambda o: o.bounced.append((claim.id, claim.subscriber_id, failure.reason))
+            log.info("delivery %s refused for good: %s", claim.id, failure)
+            refused = Refused(
+                row_id=claim.id,
+                subscriber_id=claim.subscriber_id,
+                email=claim.email,
+                address_hash=self.ctx.tokens.address_hash(claim.email),
+                reason=failure.reason,
+                status=failure.status,
+            )
+            return lambda o: o.bounced.append(refused)
         if failure.fault is Fault.relay:
             self._relay_problem(job, failure)
         now = utcnow()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -25,8 +26,9 @@ from sqlmodel import Session, col, select
 from ..clock import utcnow
 from ..config import Settings
 from ..db import transaction
-from ..models import MailStatus, OutboxMail
+from ..models import MailStatus, OutboxMail, Suppression
 from ..retry import next_attempt, worker_name
+from ..tokens import tokens_for
 from .dkim import DkimSigner
 from .leases import due_or_abandoned, owned_by
 from .message import build, to_bytes
@@ -72,7 +74,7 @@ def queue(
     data = to_bytes(msg)
     if ctx.dkim is not None:  # signed now: these bytes are exactly what goes out, later
         data = ctx.dkim.sign(data)
-    envelope_from = ctx.settings.mail_from
+    envelope_from = ctx.settings.bounce_address
     session.add(OutboxMail(kind=kind, recipient=to, envelope_from=envelope_from, message=data))
     session.flush()
 
@@ -82,6 +84,7 @@ class Claimed:
     """One claimed outbox mail, ready to hand over."""
 
     id: int
+    kind: str
     recipient: str
     envelope_from: str
     message: bytes
@@ -107,7 +110,8 @@ def claim_due(
             row.lease_until = now + lease
             row.attempts += 1
         return [
-            Claimed(r.id or 0, r.recipient, r.envelope_from, r.message, r.attempts) for r in rows
+            Claimed(r.id or 0, r.kind, r.recipient, r.envelope_from, r.message, r.attempts)
+            for r in rows
         ]
 
 
@@ -115,13 +119,41 @@ def _owned(mail_id: int, worker: str):  # type: ignore[no-untyped-def]
     return and_(col(OutboxMail.id) == mail_id, owned_by(OutboxMail, worker))
 
 
-def renew(engine: Engine, mail_id: int, *, worker: str, until: datetime) -> bool:
-    """Extend the lease of one claimed mail; False if it is no longer ours to send."""
+# Confirmation mails go even to a suppressed address: the person asked for a new subscription,
+# and confirming it is what lifts the suppression.
+EXEMPT_FROM_SUPPRESSION = frozenset({"confirm"})
+SUPPRESSED = "not sent: the address is on the suppression list"
+
+
+def renew(
+    engine: Engine,
+    mail_id: int,
+    *,
+    worker: str,
+    until: datetime,
+    address_hashes: Sequence[str] = (),
+) -> bool:
+    """Extend the lease of one claimed mail right before its hand-off; False if it is no
+    longer ours to send, or if its recipient (one of `address_hashes`) went on the
+    suppression list since it was queued: then it is marked skipped and never sent."""
     with transaction(engine) as session:
+        if address_hashes and _suppressed(session, address_hashes):
+            session.execute(
+                update(OutboxMail)
+                .where(_owned(mail_id, worker))
+                .values(status=MailStatus.skipped, lease_until=None, claimed_by=None)
+                .values(last_error=SUPPRESSED)
+            )
+            return False
         result = session.execute(
             update(OutboxMail).where(_owned(mail_id, worker)).values(lease_until=until)
         )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _suppressed(session: Session, address_hashes: Sequence[str]) -> bool:
+    found = select(Suppression.id).where(col(Suppression.address_hash).in_(address_hashes))
+    return session.exec(found).first() is not None
 
 
 def _finish(engine: Engine, mail_id: int, worker: str, **values: object) -> None:
@@ -146,6 +178,7 @@ class OutboxSender:
         self._stopping = False
         self.name = worker_name()
         self.lease = timedelta(seconds=settings.outbox_lease_seconds)
+        self.tokens = tokens_for(settings)  # for the suppression list's keyed hashes
 
     def notify(self) -> None:
         """Wake the sender now (safe to call from any thread, or before it runs)."""
@@ -182,10 +215,20 @@ class OutboxSender:
         async with SmtpConnection(self.target) as conn:
             for index, mail in enumerate(claimed):
                 until = utcnow() + self.lease
+                hashes = (
+                    ()
+                    if mail.kind in EXEMPT_FROM_SUPPRESSION
+                    else self.tokens.address_hashes(mail.recipient)
+                )
                 if not await asyncio.to_thread(
-                    renew, self.engine, mail.id, worker=self.name, until=until
+                    renew,
+                    self.engine,
+                    mail.id,
+                    worker=self.name,
+                    until=until,
+                    address_hashes=hashes,
                 ):
-                    continue  # its lease ran out while earlier mails were slow: another has it
+                    continue  # suppressed meanwhile, or its lease ran out and another has it
                 try:
                     await conn.send(mail.envelope_from, mail.recipient, mail.message)
                 except SmtpFailure as failure:

@@ -33,6 +33,7 @@ class SmtpFailure(Exception):
     reason: str
     code: int | None = None
     connection_lost: bool = False
+    status: str | None = None  # the reply's RFC 3463 code, when it gave one
 
     @property
     def permanent(self) -> bool:
@@ -52,6 +53,12 @@ _SENDER_DETAILS = frozenset({(1, 7), (1, 8)})
 # 550 mailbox unavailable, 551 user not local, 553 mailbox name not allowed. 552 is left out:
 # at RCPT it also means "too many recipients" on older relays.
 _MAILBOX_CODES = frozenset({550, 551, 553})
+
+
+def enhanced_status(text: str) -> str | None:
+    """The RFC 3463 status code (e.g. "5.1.1") at the start of a reply's text, if any."""
+    found = _ENHANCED.match(text)
+    return None if found is None else ".".join(found.groups())
 
 
 def sort_reply(stage: str, code: int, message: str) -> Fault:
@@ -106,7 +113,8 @@ def classify(exc: BaseException) -> SmtpFailure:
 
 def _reply(stage: str, code: int, message: str, *, connection_lost: bool = False) -> SmtpFailure:
     reason = f"{stage} {code}: {message}"[:1000]
-    return SmtpFailure(sort_reply(stage, code, message), reason, code, connection_lost)
+    fault = sort_reply(stage, code, message)
+    return SmtpFailure(fault, reason, code, connection_lost, enhanced_status(message))
 
 
 @dataclass(frozen=True)

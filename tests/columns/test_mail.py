@@ -272,35 +272,40 @@ def test_non_ascii_sender_name_is_encoded(view, tmp_path):
 # One-click unsubscribe (RFC 8058)
 
 
-def test_list_unsubscribe_carries_the_https_url_then_the_mailto(view, tmp_path):
-    settings = settings_for(tmp_path, unsubscribe_mailto="u@n.ex")
-    prepared = prepare_column(view, settings)
+MAILTO = "unsubscribe+1-abcdefghijklmnop@bounces.news.example.com"
 
-    data = prepared.message_bytes(**reader(unsubscribe_url="https://n.ex/1"))
+
+def test_list_unsubscribe_carries_the_https_url_then_the_mailto(prepared):
+    data = prepared.message_bytes(
+        **reader(unsubscribe_url="https://n.ex/1"), unsubscribe_mailto="u@n.ex"
+    )
 
     line = raw_header_line(data, "List-Unsubscribe")
     assert line == "List-Unsubscribe: <https://n.ex/1>, <mailto:u@n.ex?subject=unsubscribe>"
 
 
-def test_a_list_unsubscribe_over_78_characters_is_folded_between_the_uris(prepared):
+def test_without_a_receiver_list_unsubscribe_offers_only_https(prepared):
     data = prepared.message_bytes(**reader())
 
+    assert raw_header_line(data, "List-Unsubscribe") == f"List-Unsubscribe: <{UNSUBSCRIBE}>"
+
+
+def test_a_list_unsubscribe_over_78_characters_is_folded_between_the_uris(prepared):
+    data = prepared.message_bytes(**reader(), unsubscribe_mailto=MAILTO)
+
     line = raw_header_line(data, "List-Unsubscribe")
-    assert line == (
-        f"List-Unsubscribe: <{UNSUBSCRIBE}>,\r\n"
-        " <mailto:unsubscribe@news.example.com?subject=unsubscribe>"
-    )
+    assert line == f"List-Unsubscribe: <{UNSUBSCRIBE}>,\r\n <mailto:{MAILTO}?subject=unsubscribe>"
 
 
 def test_list_unsubscribe_keeps_a_200_character_token_whole_and_unencoded(prepared):
     url = f"https://news.example.com/unsubscribe/{LONG_TOKEN}"
 
-    data = prepared.message_bytes(**reader(unsubscribe_url=url))
+    data = prepared.message_bytes(**reader(unsubscribe_url=url), unsubscribe_mailto=MAILTO)
 
     line = raw_header_line(data, "List-Unsubscribe")
     first, second = line.split("\r\n")
     assert first == f"List-Unsubscribe: <{url}>,"
-    assert second == " <mailto:unsubscribe@news.example.com?subject=unsubscribe>"
+    assert second == f" <mailto:{MAILTO}?subject=unsubscribe>"
     assert "=?" not in line
     assert parse(data)["List-Unsubscribe"].startswith(f"<{url}>,")
 

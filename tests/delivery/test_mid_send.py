@@ -19,7 +19,7 @@ from service.db import make_engine, transaction
 from service.delivery import ledger, sends
 from service.delivery.worker import LeaseLost, SendWorker
 from service.mail.smtp import relay_target
-from service.models import Delivery, MailStatus, Subscriber, SubscriberStatus
+from service.models import Bounce, Delivery, MailStatus, Subscriber, SubscriberStatus, Suppression
 from service.web.app import create_app
 from tests.conftest import Clock, make_settings
 from tests.daily import add_readers, courier, run_job, start_seed_send
@@ -123,7 +123,11 @@ def test_a_worker_that_lost_its_rows_cannot_overwrite_them(
     late = ledger.Outcomes(
         sent=[first],
         retry=[(second, now, "451 later")],
-        bounced=[(third, stale[2].subscriber_id, "550 5.1.1 gone")],
+        bounced=[
+            ledger.Refused(
+                third, stale[2].subscriber_id, stale[2].email, "h" * 64, "550 5.1.1 gone", "5.1.1"
+            )
+        ],
     )
     with transaction(engine) as session:
         ledger.record(session, late, worker="stale", now=now)
@@ -133,6 +137,9 @@ def test_a_worker_that_lost_its_rows_cannot_overwrite_them(
         readers = list(session.exec(select(Subscriber)))
     assert [(r.status, r.claimed_by) for r in rows] == [("sending", "owner")] * 3
     assert {r.status for r in readers} == {SubscriberStatus.active}
+    with Session(engine) as session:  # nor did its refusal suppress or record anything
+        assert list(session.exec(select(Suppression))) == []
+        assert list(session.exec(select(Bounce))) == []
 
     with transaction(engine) as session:
         everyone = ledger.Outcomes(sent=[first, second, third])
