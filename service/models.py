@@ -230,6 +230,10 @@ class Bounce(SQLModel, table=True):
     status: str | None = Field(default=None, max_length=16)  # RFC 3463, e.g. 5.1.1
     diagnostic: str | None = Field(default=None, max_length=1000)
     raw_size: int = 0
+    # The sender's own id of the report (a DSN's Message-ID, SNS's MessageId, Postmark's ID)
+    # with the recipient's place in it: reports arrive at least once, and a repeat must not
+    # count again towards the soft-bounce limit.
+    report_id: str | None = Field(default=None, max_length=300, unique=True)
     # The whole report, kept when nothing could be attributed: for the operator to read.
     raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
 

@@ -30,9 +30,11 @@ def upgrade() -> None:
         sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
         sa.Column('diagnostic', sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=True),
         sa.Column('raw_size', sa.Integer(), nullable=False),
+        sa.Column('report_id', sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True),
         sa.Column('raw', sa.LargeBinary(), nullable=True),
         sa.ForeignKeyConstraint(['subscriber_id'], ['subscribers.id']),
         sa.PrimaryKeyConstraint('id'),
+        sa.UniqueConstraint('report_id'),
     )
     with op.batch_alter_table('bounces', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_bounces_received_at'), ['received_at'], unique=False)

@@ -67,11 +67,13 @@ def process(
                     diagnostic="a mail to the List-Unsubscribe mailto: address",
                 )
                 whom = Whom(subscriber)
-                kept.append(_keep(session, ctx, finding, whom, raw, source))
+                kept.append(_keep(session, ctx, finding, whom, raw, source, None))
                 continue
             report = read_report(raw)
             findings = report.findings or [_unreadable(where)]
-            for finding in findings:
+            for index, finding in enumerate(findings):
+                # By SMTP or IMAP, a retried report keeps its Message-ID.
+                report_id = f"mail:{report.message_id}:{index}" if report.message_id else None
                 whom = attribute(
                     session,
                     ctx,
@@ -79,7 +81,7 @@ def process(
                     email=finding.email,
                     original=report.original,
                 )
-                kept.append(_keep(session, ctx, finding, whom, raw, source))
+                kept.append(_keep(session, ctx, finding, whom, raw, source, report_id))
         return kept
 
 
@@ -92,9 +94,17 @@ def _unreadable(where: Route) -> Finding:
 
 
 def _keep(
-    session: SqlSession, ctx: AppContext, finding: Finding, whom: Whom, raw: bytes, source: str
+    session: SqlSession,
+    ctx: AppContext,
+    finding: Finding,
+    whom: Whom,
+    raw: bytes,
+    source: str,
+    report_id: str | None,
 ) -> Bounce:
-    return record_bounce(session, ctx, finding, whom, source=source, raw_size=len(raw), raw=raw)
+    return record_bounce(
+        session, ctx, finding, whom, source=source, raw_size=len(raw), raw=raw, report_id=report_id
+    )
 
 
 class _Handler:

@@ -10,6 +10,7 @@ from datetime import datetime
 from email.message import Message
 
 from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ..clock import utcnow
@@ -87,13 +88,17 @@ def record_bounce(
     source: str,
     raw_size: int = 0,
     raw: bytes | None = None,
+    report_id: str | None = None,
     now: datetime | None = None,
 ) -> Bounce:
     """Keep one finding and apply it: a hard bounce, a complaint or an unsubscribe by mail
     stop mail to the reader at once; soft bounces do past SOFT_BOUNCE_LIMIT within
     SOFT_BOUNCE_WINDOW; policy refusals, auto-replies and the unknown change nobody. What
-    names no reader is kept whole (`raw`) for the operator."""
+    names no reader is kept whole (`raw`) for the operator. A report seen before (the same
+    `report_id`) is returned as it was recorded and changes nothing again."""
     now = now or utcnow()
+    if report_id is not None and (seen := _seen(session, report_id)) is not None:
+        return seen
     subscriber = whom.subscriber
     bounce = Bounce(
         received_at=now,
@@ -106,9 +111,15 @@ def record_bounce(
         diagnostic=finding.diagnostic[:1000] if finding.diagnostic else None,
         raw_size=raw_size,
         raw=raw if subscriber is None or finding.kind is BounceKind.unknown else None,
+        report_id=report_id[:300] if report_id else None,
     )
-    session.add(bounce)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(bounce)
+    except IntegrityError:  # the same report, recorded by another process just now
+        seen = _seen(session, report_id or "")
+        assert seen is not None
+        return seen
     if subscriber is None:
         log.warning(
             "a %s report (%s) names no reader; kept as bounce %s", finding.kind, source, bounce.id
@@ -136,6 +147,10 @@ def record_bounce(
             session, ctx, subscriber, SubscriberStatus.bounced, "bounce", who, now=now, why=why
         )
     return bounce
+
+
+def _seen(session: Session, report_id: str) -> Bounce | None:
+    return session.exec(select(Bounce).where(Bounce.report_id == report_id[:300])).first()
 
 
 def _soft_bounces(session: Session, ctx: AppContext, subscriber: Subscriber, now: datetime) -> int:

@@ -48,29 +48,26 @@ class Report:
     # usually do): its signed links name the reader even when the recipient is redacted.
     original: Message | None = None
     subject: str = ""
-    auto_reply: bool = False
+    message_id: str = ""  # the report's own Message-ID: the same report, retried, has it too
     notes: list[str] = field(default_factory=list)
 
 
 def read_report(raw: bytes) -> Report:
     """Read a mail sent to one of our bounce addresses."""
     msg = _PARSER.parsebytes(raw)
-    subject = _header(msg, "subject")
-    original = _original(msg)
+    read = Report([], _original(msg), _header(msg, "subject"), _header(msg, "message-id"))
     if _is_report(msg, "feedback-report"):
-        return Report([_complaint(msg)], original, subject)
-    if _is_report(msg, "delivery-status"):
-        findings = _delivery_status(msg)
-        if findings:
-            return Report(findings, original, subject)
+        read.findings = [_complaint(msg)]
+    elif _is_report(msg, "delivery-status") and (found := _delivery_status(msg)):
+        read.findings = found
     # Older MTAs' bounces (Exim's among them) also say Auto-Submitted: the formats they use
     # are tried before a mail is taken for an out-of-office.
-    detected = _detected(msg)
-    if detected:
-        return Report(detected, original, subject, notes=["not RFC 3464: heuristics"])
-    if is_auto_reply(msg):
-        return Report([Finding(BounceKind.auto_reply, diagnostic=subject[:1000])], None, subject)
-    return Report([], original, subject)
+    elif detected := _detected(msg):
+        read.findings, read.notes = detected, ["not RFC 3464: heuristics"]
+    elif is_auto_reply(msg):
+        read.findings = [Finding(BounceKind.auto_reply, diagnostic=read.subject[:1000])]
+        read.original = None
+    return read
 
 
 def is_auto_reply(msg: Message) -> bool:

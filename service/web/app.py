@@ -18,7 +18,7 @@ from ..config import Settings
 from ..context import build_context
 from ..db import make_engine, ping
 from ..runtime import background
-from . import admin, api, columns, dev, errors, pages
+from . import admin, api, columns, dev, errors, pages, webhooks
 from .body_limit import BodyLimit
 from .cross_site import CrossSiteWrites
 from .security_headers import SecurityHeaders
@@ -65,6 +65,7 @@ def create_app(
     app.include_router(api.router)
     app.include_router(columns.router)
     app.include_router(admin.router)
+    app.include_router(webhooks.router)
     if dev_outbox:
         app.include_router(dev.router)
     # The last added runs first: a cross-site post is refused before its body is read.

@@ -14,7 +14,13 @@ from .errors import refuse
 MAX_BODY_BYTES = 64 * 1024
 # The column admin API takes a whole column (up to 1,000,000 characters, JSON-escaped).
 MAX_COLUMN_BODY_BYTES = 4 * 1024 * 1024
-LARGER_LIMITS = {"/api/v1/admin/columns": MAX_COLUMN_BODY_BYTES}
+# SNS messages are up to 256 KB; a Postmark bounce may quote the bounced message.
+MAX_WEBHOOK_BODY_BYTES = 256 * 1024
+LARGER_LIMITS = {
+    "/api/v1/admin/columns": MAX_COLUMN_BODY_BYTES,
+    "/webhooks/ses": MAX_WEBHOOK_BODY_BYTES,
+    "/webhooks/postmark": MAX_WEBHOOK_BODY_BYTES,
+}
 
 
 def body_limit(path: str) -> int:

@@ -52,7 +52,8 @@ EDGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def _is_api(request: Request) -> bool:
-    return request.url.path.startswith("/api/")
+    """Machines call /api/ and /webhooks/: they get JSON errors, people get pages."""
+    return request.url.path.startswith(("/api/", "/webhooks/"))
 
 
 def _json(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -3,8 +3,6 @@ IMAPS only, a self-signed certificate, one mailbox user and a Maildir the test f
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import pwd
 import shutil
@@ -14,12 +12,11 @@ import time
 import uuid
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from service.mail.capture import free_port
+from tests.certificates import self_signed
 from tests.helpers import eventually
 
 DOVECOT = shutil.which("dovecot") or (
@@ -37,29 +34,13 @@ def usable() -> str | None:
     return None
 
 
-def self_signed(folder: Path) -> Path:
-    """A certificate for 127.0.0.1 and localhost; its PEM file doubles as the CA to trust."""
+def self_signed_files(folder: Path) -> Path:
+    """A key and certificate for 127.0.0.1 and localhost in `folder`; the certificate's PEM
+    file doubles as the CA a client is told to trust."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+    (folder / "cert.pem").write_bytes(
+        self_signed(key, "localhost", hosts=["localhost", "127.0.0.1"], days=1)
     )
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (folder / "key.pem").write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -90,7 +71,7 @@ class DovecotServer:
         for sub in ("new", "cur", "tmp"):
             (self.maildir / sub).mkdir(parents=True, exist_ok=True)
         self.folder.chmod(0o755)
-        self.certificate = self_signed(self.folder)
+        self.certificate = self_signed_files(self.folder)
         (self.folder / "passwd").write_text(f"{self.user}:{{PLAIN}}{self.password}\n")
         self._chown(self.folder / "home")
         (self.folder / "dovecot.conf").write_text(self._config())

@@ -526,3 +526,16 @@ def test_broadside_bounces_on_a_taken_port_is_one_line(
     assert result.returncode != 0 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot listen on 127.0.0.1:"), lines
+
+
+def test_a_report_delivered_twice_counts_once(
+    engine: Engine, settings: Settings, smtp_server: SmtpTestServer, receiver: int
+) -> None:
+    mails = column_to(engine, settings, smtp_server, active=1)
+    [(address, mail)] = mails.items()
+    # An MTA that did not hear our 250 sends the same report again, Message-ID and all.
+    delayed = b"Message-ID: <dsn.1@mx.example.org>\r\n" + dsn(address, "4.2.2", "delayed")
+    for _ in range(3):
+        assert deliver(receiver, mail.mail_from, delayed)[0] == 250
+    assert reader(engine, address).status == SubscriberStatus.active
+    assert len(bounces(engine)) == 1
