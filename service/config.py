@@ -206,6 +206,10 @@ class Settings(BaseSettings):
 
     # Admin
     admin_token: SecretStr | None = None
+    # The dashboard's sign-in: a password, or its argon2 hash ("$argon2id$…", which is safer
+    # to keep in a file); hashed with argon2 at start-up either way.
+    admin_password: SecretStr | None = None
+    admin_session_hours: float = Field(8.0, gt=0, le=24 * 30)
     old_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1"])
 
@@ -240,6 +244,10 @@ class Settings(BaseSettings):
     outbox_lease_seconds: float = Field(300.0, gt=0)
 
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    # /metrics: with a port, served on 127.0.0.1:PORT apart from the app (no credential);
+    # without, on the app at /metrics behind the admin token.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
 
     @field_validator("base_url")
     @classmethod
@@ -413,6 +421,8 @@ class Settings(BaseSettings):
             )
         if self.dkim_domain and not keys:
             raise ValueError("DKIM_PRIVATE_KEY (or DKIM_PRIVATE_KEY_ED25519) must be set to sign")
+        if self.admin_password is not None and len(self.admin_password.get_secret_value()) < 12:
+            raise ValueError("ADMIN_PASSWORD must be at least 12 characters (or an argon2 hash)")
         if self.postmark_webhook_user and not self.postmark_webhook_password:
             raise ValueError("POSTMARK_WEBHOOK_USER needs POSTMARK_WEBHOOK_PASSWORD set too")
         if self.postmark_webhook_password and not self.postmark_webhook_user:

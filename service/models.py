@@ -32,6 +32,7 @@ class SubscriberStatus(StrEnum):
     unsubscribed = "unsubscribed"
     bounced = "bounced"  # a relay said the mailbox does not exist or cannot take mail
     complained = "complained"  # the reader marked our mail as spam (set by bounce processing)
+    erased = "erased"  # personal data removed on request; the address is kept only as a hash
 
 
 class MailStatus(StrEnum):
@@ -48,7 +49,8 @@ class SendStatus(StrEnum):
     """Where a send stands."""
 
     sending = "sending"
-    paused = "paused"  # the relay refused mail for reasons of its own; see pause_reason
+    paused = "paused"  # by the operator, or because the relay refused us; see pause_reason
+    cancelled = "cancelled"  # by the operator: nobody not yet handed the column gets it
     done = "done"
 
 
@@ -56,6 +58,8 @@ class Subscriber(SQLModel, table=True):
     """A reader: their address, name, status and when each change happened."""
 
     __tablename__ = "subscribers"
+    # The admin list pages through one status in id order (keyset), at any size.
+    __table_args__ = (Index("ix_subscribers_status_id", "status", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=320, unique=True)  # normalized, lower case
@@ -130,6 +134,7 @@ class Feedback(SQLModel, table=True):
     ip: str | None = Field(default=None, max_length=64)
     user_agent: str | None = Field(default=None, max_length=512)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    resolved_at: datetime | None = Field(default=None, sa_type=DateTime())
 
 
 class RateHit(SQLModel, table=True):
@@ -165,6 +170,10 @@ class ColumnRecord(SQLModel, table=True):
     content_hash: str = Field(max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    # Set by the operator before the send starts: go out at this moment (UTC) instead of at
+    # SEND_TIME on its date, or not at all.
+    send_at: datetime | None = Field(default=None, sa_type=DateTime())
+    cancelled_at: datetime | None = Field(default=None, sa_type=DateTime())
 
 
 class Send(SQLModel, table=True):
@@ -182,6 +191,7 @@ class Send(SQLModel, table=True):
     paused_at: datetime | None = Field(default=None, sa_type=DateTime())
     pause_reason: str | None = Field(default=None, max_length=1000)
     finished_at: datetime | None = Field(default=None, sa_type=DateTime())
+    cancelled_at: datetime | None = Field(default=None, sa_type=DateTime())
 
 
 class Delivery(LeasedWork, table=True):
@@ -258,3 +268,18 @@ class Suppression(SQLModel, table=True):
     address_hash: str = Field(max_length=64, unique=True)
     reason: SuppressionReason = Field(sa_type=String(16))
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+
+
+class AdminSession(SQLModel, table=True):
+    """A signed-in dashboard session: the cookie holds a random token, this table only its
+    hash, so signing out (or a stolen database) ends it for good."""
+
+    __tablename__ = "admin_sessions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    csrf_token: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    expires_at: datetime = Field(sa_type=DateTime())
+    ip: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=512)

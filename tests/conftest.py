@@ -29,6 +29,7 @@ for _name in list(os.environ):
 PG_URL = os.environ.get("BROADSIDE_TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 TABLES = [
+    "admin_sessions",
     "bounces",
     "suppressions",
     "deliveries",
