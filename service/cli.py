@@ -7,18 +7,19 @@ import contextlib
 import datetime as dt
 import logging
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import typer
 from rich.console import Console
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from . import logs
 from .config import ConfigError, Settings, load_settings
 from .db import make_engine
+from .readers import SubscriberStatus
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -42,17 +43,22 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def announce(settings: Settings, message: str) -> None:
+    """A long-running command's status line: on the console, or a log line when the logs are
+    JSON (a log shipper reads that stream line by line)."""
+    if settings.log_format == "json":
+        logging.getLogger(__name__).info(message)
+    else:
+        err.print(message, markup=False, soft_wrap=True)
+
+
 def settings_or_exit() -> Settings:
     """The settings, or exit with one line naming the bad variable; sets up logging."""
     try:
         settings = load_settings()
     except ConfigError as exc:
         raise fail(str(exc)) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings)
     return settings
 
 
@@ -116,7 +122,7 @@ def serve(
 
     settings = settings_or_exit()
     application = create_app(settings, scheduler=scheduler)
-    err.print(f"Broadside on http://{host}:{port}  (public URL {settings.base_url})")
+    announce(settings, f"Broadside on http://{host}:{port}  (public URL {settings.base_url})")
     running = uvicorn.Server(server.config(settings, application, host, port))
     running.run()
     if not running.started:  # the port is taken or the start-up failed; uvicorn said why
@@ -137,11 +143,12 @@ def worker() -> None:
         with contextlib.ExitStack() as receiving:
             if settings.bounce_smtp_port is not None:
                 port = receiving.enter_context(bounce_receiver(engine, ctx))
-                err.print(f"bounce receiver on {settings.bounce_smtp_host}:{port}")
+                announce(settings, f"bounce receiver on {settings.bounce_smtp_host}:{port}")
             async with background(engine, ctx, scheduler=True), bounce_mailbox(engine, ctx):
-                err.print(
+                announce(
+                    settings,
                     "worker running: daily send at "
-                    f"{settings.send_time.strftime('%H:%M')} {settings.timezone}; Ctrl-C stops"
+                    f"{settings.send_time.strftime('%H:%M')} {settings.timezone}; Ctrl-C stops",
                 )
                 await until_stopped()
 
@@ -174,17 +181,18 @@ def bounces() -> None:
     async def run() -> None:
         with bounce_receiver(engine, ctx) as port:
             if settings.bounce_imap_url is not None:
-                err.print(f"reading the bounce mailbox every {settings.bounce_imap_interval}")
+                every = settings.bounce_imap_interval
+                announce(settings, f"reading the bounce mailbox every {every}")
             accepted = (
                 f"{settings.bounce_local}[+token]@{settings.bounce_domain}, "
                 f"unsubscribe+token@{settings.bounce_domain}"
                 if settings.bounce_domain
                 else settings.bounce_address
             )
-            err.print(
+            announce(
+                settings,
                 f"bounce receiver on {settings.bounce_smtp_host}:{port}, taking mail for "
                 f"{accepted}; Ctrl-C stops",
-                markup=False,
             )
             async with bounce_mailbox(engine, ctx):
                 await until_stopped()
@@ -222,6 +230,7 @@ def send(
     """Send a day's column to every active reader now, in the foreground, with progress."""
     from . import console
     from .delivery import daily
+    from .delivery.sends import PAUSED_BY_OPERATOR
     from .delivery.worker import LeaseLost
 
     settings = settings_or_exit()
@@ -246,6 +255,12 @@ def send(
         except LeaseLost as exc:
             raise fail(f"the database stopped answering mid-send ({exc}); run again", 1) from None
     again = f"`broadside send --date {day.isoformat()}`"
+    if outcome.cancelled:
+        raise fail(
+            f"send {outcome.send_id} was cancelled by the operator; nothing more goes out", 1
+        )
+    if outcome.paused == PAUSED_BY_OPERATOR:
+        raise fail(f"send {outcome.send_id} was paused by the operator; run {again} to resume", 1)
     if outcome.paused:
         raise fail(
             f"send {outcome.send_id} paused: {outcome.paused}. No reader was changed; "
@@ -318,6 +333,115 @@ def columns_import(
     raise typer.Exit(1 if failures else 0)
 
 
+subscribers_app = typer.Typer(no_args_is_help=True, help="Readers: import a list, export it.")
+app.add_typer(subscribers_app, name="subscribers")
+
+
+@subscribers_app.command("import")
+def subscribers_import(
+    file: Annotated[Path, typer.Argument(help="UTF-8 CSV with a header row: email, optional name")],
+    confirmed: Annotated[
+        bool,
+        typer.Option(
+            "--confirmed",
+            help="import as active readers, without a confirmation mail (needs --consent-source)",
+        ),
+    ] = False,
+    consent_source: Annotated[
+        str | None,
+        typer.Option(
+            "--consent-source",
+            help="where these people agreed to get the column (each consent record keeps it)",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, max=5000, help="rows per transaction")
+    ] = None,
+) -> None:
+    """Import readers from a CSV file: new ones pending with a confirmation mail (or active
+    with --confirmed); suppressed addresses and readers who left are never brought back."""
+    from . import console
+    from .context import build_context
+    from .errors import InvalidInput
+    from .subscriber_files import IMPORT_BATCH, UnusableFile, import_options
+
+    if confirmed and not consent_source:
+        raise fail("--confirmed needs --consent-source TEXT: where these people agreed")
+    try:
+        options = import_options(
+            confirmed=confirmed, consent_source=consent_source, file_name=file.name
+        )
+    except InvalidInput as exc:
+        raise fail(f"--consent-source: {exc.message}") from None
+    settings = settings_or_exit()
+    engine = make_engine(settings.database_url)
+    ctx = build_context(settings)
+    try:
+        summary = guarded(
+            lambda: console.import_readers(engine, ctx, file, options, batch_size or IMPORT_BATCH)
+        )
+    except OSError as exc:
+        raise fail(f"{file}: {exc.strerror or exc}", 1) from None
+    except UnusableFile as exc:
+        raise fail(f"{file}: {exc}; nothing was imported", 1) from None
+    except KeyboardInterrupt:  # the batch being written finished first: whole batches only
+        raise fail(
+            "interrupted; the batches imported so far are kept: run the same import again "
+            "to finish (rows already in are left as they are)",
+            130,
+        ) from None
+    if summary.stopped is not None:
+        raise fail(
+            f"{file}: {summary.stopped}; the rows before it were imported, "
+            "fix it and run the import again (rows already in are left as they are)",
+            1,
+        )
+
+
+@subscribers_app.command("export")
+def subscribers_export(
+    status: Annotated[
+        SubscriberStatus | None, typer.Option("--status", help="only readers in this status")
+    ] = None,
+    fmt: Annotated[
+        Literal["csv", "json"], typer.Option("--format", help="CSV, or one JSON array")
+    ] = "csv",
+    output: Annotated[
+        Path | None, typer.Option("--output", help="write to this file instead of stdout")
+    ] = None,
+) -> None:
+    """Export readers (erased ones excepted) as CSV or JSON, streamed in constant memory."""
+    from . import console
+    from .subscriber_files import ExportFormat
+
+    settings = settings_or_exit()
+    engine = make_engine(settings.database_url)
+    try:
+        guarded(
+            lambda: console.export_readers(
+                engine, status=status, fmt=ExportFormat(fmt), output=output
+            )
+        )
+    except OSError as exc:
+        raise fail(f"{output}: {exc.strerror or exc}", 1) from None
+
+
+admin_app = typer.Typer(no_args_is_help=True, help="The dashboard's sign-in.")
+app.add_typer(admin_app, name="admin")
+
+
+@admin_app.command("hash-password")
+def admin_hash_password() -> None:
+    """Ask for a dashboard password twice and print its argon2 hash, for ADMIN_PASSWORD."""
+    from .operators import MIN_PASSWORD, hash_password
+
+    # The prompts go to stderr, so that stdout is the hash alone: VAR=$(broadside admin …).
+    given = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    if len(given) < MIN_PASSWORD:
+        raise fail(f"the password must be at least {MIN_PASSWORD} characters")
+    typer.echo(hash_password(given))
+
+
 dkim_app = typer.Typer(no_args_is_help=True, help="DKIM keys and the DNS records they need.")
 app.add_typer(dkim_app, name="dkim")
 
@@ -350,6 +474,72 @@ def dkim_generate(
     except OSError as exc:
         raise fail(f"cannot write {path}: {exc.strerror}") from None
     console.print_dkim_setup(path, domain, selector, kind, dkim.dns_records(domain, selector, key))
+
+
+sends_app = typer.Typer(no_args_is_help=True, help="Sends: list, show, pause, resume, cancel.")
+app.add_typer(sends_app, name="sends")
+
+
+@sends_app.command("list")
+def sends_list(
+    limit: Annotated[int, typer.Option(help="how many sends to show")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+) -> None:
+    """The latest sends with their counts (as `broadside status`)."""
+    status(limit=limit, as_json=as_json)
+
+
+@sends_app.command("show")
+def sends_show(
+    send_id: Annotated[int, typer.Argument(help="the send's id (see `broadside sends list`)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+) -> None:
+    """One send: counts by state, rate, times, and why it is paused."""
+    from . import console
+
+    settings = settings_or_exit()
+    engine = make_engine(settings.database_url)
+    if not guarded(lambda: console.print_send(engine, send_id, as_json=as_json)):
+        raise fail(f"no send {send_id}")
+
+
+def _change_send(send_id: int, action: str, done: str) -> None:
+    from . import console
+    from .delivery.sends import SendStateError
+
+    settings = settings_or_exit()
+    engine = make_engine(settings.database_url)
+    try:
+        status_now = guarded(lambda: console.change_send(engine, send_id, action))
+    except LookupError:
+        raise fail(f"no send {send_id}") from None
+    except SendStateError as exc:
+        raise fail(str(exc)) from None
+    err.print(f"send {send_id} {done}; it is {status_now} now")
+
+
+@sends_app.command("pause")
+def sends_pause(send_id: Annotated[int, typer.Argument(help="the send's id")]) -> None:
+    """Pause a running send: hand-offs in progress finish, nothing more goes out."""
+    _change_send(send_id, "pause", "paused")
+
+
+@sends_app.command("resume")
+def sends_resume(send_id: Annotated[int, typer.Argument(help="the send's id")]) -> None:
+    """Resume a paused send; running `serve`/`worker` processes pick it up within
+    RESUME_INTERVAL (or run `broadside send --date D` to deliver it in the foreground)."""
+    _change_send(send_id, "resume", "resumed")
+
+
+@sends_app.command("cancel")
+def sends_cancel(
+    send_id: Annotated[int, typer.Argument(help="the send's id")],
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+) -> None:
+    """Cancel a send for good: readers not yet handed the column never get it."""
+    if not yes and not typer.confirm(f"Cancel send {send_id} for good?", err=True):
+        raise typer.Exit(1)
+    _change_send(send_id, "cancel", "cancelled")
 
 
 def main() -> None:

@@ -19,12 +19,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "BROADSIDE_"
-# templates/ and migrations/ sit beside the package in a checkout (and in the image, at
-# /app); an installed copy without them falls back to the working directory.
+# templates/ and migrations/ sit beside the package in a checkout (PROJECT_ROOT); a wheel
+# carries them inside it (pyproject.toml maps them there), so an installed copy runs anywhere.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if not (PROJECT_ROOT / "templates").is_dir():
-    PROJECT_ROOT = Path.cwd()
-TEMPLATES_DIR = PROJECT_ROOT / "templates"
+_INSTALLED_DATA = Path(__file__).resolve().parent
+DATA_ROOT = _INSTALLED_DATA if (_INSTALLED_DATA / "templates").is_dir() else PROJECT_ROOT
+TEMPLATES_DIR = DATA_ROOT / "templates"
+MIGRATIONS_DIR = DATA_ROOT / "migrations"
 HEADER_UNSAFE = frozenset("\r\n\0")
 DNS_NAME_RE = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
@@ -32,6 +33,14 @@ DNS_NAME_RE = re.compile(
 DkimKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 BOUNCE_LOCAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,23}")
 SNS_TOPIC_ARN_RE = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}")
+# /readyz: how long the database and the relay may take to answer, and how long the relay's
+# answer is remembered (a probe every few seconds must not open an SMTP session each time).
+READINESS_DATABASE_TIMEOUT = 5.0
+READINESS_RELAY_TIMEOUT = 5.0
+READINESS_RELAY_CHECK_INTERVAL = 30.0
+# Dashboard sign-in attempts, right or wrong, per client IP per window.
+SIGN_IN_ATTEMPTS = 5
+SIGN_IN_WINDOW = timedelta(minutes=15)
 # Seconds for the hand-offs in progress to finish at a stop (SIGTERM, Ctrl-C); what still runs
 # then is cancelled, so a stop never takes longer than this (docker's default wait is 10 s).
 SHUTDOWN_GRACE = 8.0

@@ -6,22 +6,36 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import signal
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
+from . import subscriber_files
 from .columns import sources
 from .columns.mail import mail_size_check
 from .config import Settings
+from .context import AppContext
 from .db import transaction
 from .delivery import daily, sends
 from .delivery.courier import Courier
 from .mail.dkim import DnsRecord
+from .readers import SubscriberStatus
 
 out = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -155,8 +169,8 @@ def print_status(engine: Engine, limit: int, *, as_json: bool = False) -> None:
         if row.status == "paused":
             out.print(
                 f"[bold red]send {row.id} is paused[/] since {_when(row.paused_at)} UTC: "
-                f"{row.pause_reason}\n  fix the relay, then resume it with "
-                f"`broadside send --date {row.date.isoformat()}`",
+                f"{row.pause_reason}\n  resume it with `broadside sends resume {row.id}` "
+                "(if the relay refused us, fix the relay first)",
                 soft_wrap=True,
             )
 
@@ -172,6 +186,9 @@ def _status_record(row: sends.SendSummary) -> dict[str, object]:
         "title": row.title,
         "status": row.status,
         "pause_reason": row.pause_reason,
+        "deferred": row.deferred,
+        "rate": row.rate,
+        "cancelled_at": row.cancelled_at.isoformat() if row.cancelled_at else None,
         "readers": row.readers,
         "sent": row.counts.sent,
         "failed": row.counts.failed,
@@ -221,3 +238,156 @@ def print_dkim_setup(
             "receiver checks Ed25519 yet",
             soft_wrap=True,
         )
+
+
+def print_send(engine: Engine, send_id: int, *, as_json: bool = False) -> bool:
+    """One send in detail (or JSON); False when there is no such send."""
+    with transaction(engine) as session:
+        row = sends.summary(session, send_id)
+    if row is None:
+        return False
+    if as_json:
+        out.print_json(json.dumps(_status_record(row)))
+        return True
+    table = Table(show_header=False, box=None)
+    for label, value in (
+        ("send", str(row.id)),
+        ("column", f"{row.date.isoformat()}  {row.title}"),
+        ("status", row.status + (f" ({row.pause_reason})" if row.pause_reason else "")),
+        ("readers", str(row.readers)),
+        ("sent", str(row.counts.sent)),
+        ("deferred", str(row.deferred)),
+        ("failed", str(row.counts.failed)),
+        ("skipped", str(row.counts.skipped)),
+        ("remaining", str(row.counts.pending)),
+        ("rate", f"{row.rate:.1f} messages/s over the last minute"),
+        ("started (UTC)", _when(row.started_at)),
+        ("finished (UTC)", _when(row.finished_at)),
+        ("cancelled (UTC)", _when(row.cancelled_at)),
+    ):
+        table.add_row(f"[bold]{label}[/]", value)
+    out.print(table)
+    return True
+
+
+def change_send(engine: Engine, send_id: int, action: str) -> str:
+    """Pause, resume or cancel a send; the send's status after it (LookupError for an
+    unknown send, sends.SendStateError when the action does not apply)."""
+    act = {"pause": sends.pause_by_operator, "resume": sends.resume_by_operator}.get(
+        action, sends.cancel
+    )
+    with transaction(engine) as session:
+        return str(act(session, send_id).status)
+
+
+SHOWN_INVALID = 20  # invalid lines printed; the summary counts them all
+
+
+def import_readers(
+    engine: Engine,
+    ctx: AppContext,
+    path: Path,
+    options: subscriber_files.ImportOptions,
+    batch_size: int = subscriber_files.IMPORT_BATCH,
+) -> subscriber_files.ImportSummary:
+    """Import a CSV file of readers with a progress bar over the file's bytes, then print
+    the summary. OSError or UnusableFile before anything is written."""
+    started = time.monotonic()
+    with path.open("rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        listing = subscriber_files.read_csv(file)
+        if listing.ignored_columns:
+            ignored = ", ".join(repr(c) for c in listing.ignored_columns)
+            err_console.print(
+                f"[yellow]warning:[/] ignoring columns {escape(ignored)}", soft_wrap=True
+            )
+        with Progress(
+            TextColumn("[bold]import"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("{task.fields[rows]:,} rows"),
+            TimeRemainingColumn(),
+            console=out,
+        ) as progress:
+            task = progress.add_task("import", total=size, rows=0)
+
+            def advance(rows: int) -> None:
+                progress.update(task, completed=file.tell(), rows=rows)
+
+            summary = subscriber_files.import_rows(
+                engine, ctx, listing.rows, options, batch_size, advance
+            )
+            progress.update(task, completed=size if summary.stopped is None else file.tell())
+    summary.ignored_columns = listing.ignored_columns
+    print_import_summary(summary, time.monotonic() - started)
+    return summary
+
+
+def print_import_summary(summary: subscriber_files.ImportSummary, seconds: float) -> None:
+    """Imported, updated, skipped (and why), invalid with the first lines named."""
+    s = summary
+    rate = s.rows / max(seconds, 1e-6)
+    out.print(
+        f"[bold]imported {s.imported:,}[/] · updated {s.updated:,} · skipped {s.skipped:,} · "
+        f"invalid {s.invalid:,}  ({s.rows:,} rows in {seconds:.1f} s, {rate:,.0f} rows/s)",
+        soft_wrap=True,
+    )
+    reasons = [
+        (s.unchanged, "already on the list"),
+        (s.repeated, "repeated in the file"),
+        (s.suppressed, "on the suppression list"),
+        (s.left, "unsubscribed, bounced, complained or erased"),
+    ]
+    if s.skipped:
+        shown = ", ".join(f"{count:,} {why}" for count, why in reasons if count)
+        out.print(f"skipped: {shown}", soft_wrap=True)
+    if s.mailed:
+        out.print(
+            f"{s.mailed:,} confirmation mails queued: `broadside serve` or `broadside worker` "
+            "sends them; these readers get the column once they confirm",
+            soft_wrap=True,
+        )
+    for invalid in s.invalid_lines[:SHOWN_INVALID]:
+        out.print(
+            f"  line {invalid.line}: {invalid.value!r}: {invalid.reason}",
+            markup=False,
+            soft_wrap=True,
+        )
+    if s.invalid > SHOWN_INVALID:
+        out.print(f"  … and {s.invalid - SHOWN_INVALID:,} more invalid lines")
+
+
+def export_readers(
+    engine: Engine,
+    *,
+    status: SubscriberStatus | None,
+    fmt: subscriber_files.ExportFormat,
+    output: Path | None,
+) -> None:
+    """Stream the export to stdout, or to `output` (written beside it and renamed into place
+    at the end, so a failed export never leaves half a file under that name)."""
+    chunks = subscriber_files.export_chunks(engine, status=status, fmt=fmt)
+    if output is None:
+        _to_stdout(chunks)
+        return
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as file:
+            for chunk in chunks:
+                file.write(chunk)
+        partial.replace(output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    err_console.print(f"exported to {escape(str(output))}")
+
+
+def _to_stdout(chunks: Iterator[str]) -> None:
+    try:
+        for chunk in chunks:
+            sys.stdout.buffer.write(chunk.encode("utf-8"))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's own flush at exit
+        # from failing on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

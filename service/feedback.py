@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from datetime import datetime
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from .clock import utcnow
 from .context import AppContext, Requester
@@ -106,3 +106,40 @@ def _notify_editor(
         subscriber_email=subscriber.email if subscriber else None,
         received_at=feedback.created_at.strftime("%Y-%m-%d %H:%M"),
     )
+
+
+# The operator's inbox ---------------------------------------------------------------------
+
+
+def inbox(
+    session: Session,
+    *,
+    category: str | None = None,
+    resolved: bool | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[Feedback]:
+    """Feedback newest first, filtered by category and by whether it is resolved; pages
+    by id (`before` the last id of the previous page)."""
+    query = select(Feedback)
+    if category is not None:
+        query = query.where(col(Feedback.category) == category)
+    if resolved is not None:
+        resolved_at = col(Feedback.resolved_at)
+        query = query.where(resolved_at.is_not(None) if resolved else resolved_at.is_(None))
+    if before is not None:
+        query = query.where(col(Feedback.id) < before)
+    return list(session.exec(query.order_by(col(Feedback.id).desc()).limit(limit)))
+
+
+def resolve(
+    session: Session, feedback_id: int, *, resolved: bool = True, now: datetime | None = None
+) -> Feedback:
+    """Mark one feedback resolved (or open again); LookupError for an unknown id."""
+    item = session.get(Feedback, feedback_id) if 0 < feedback_id < 2**31 else None
+    if item is None:
+        raise LookupError(f"no feedback {feedback_id}")
+    item.resolved_at = (item.resolved_at or now or utcnow()) if resolved else None
+    session.add(item)
+    session.flush()
+    return item

@@ -91,7 +91,8 @@ class Consent(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
     ip: str | None = Field(default=None, max_length=64)
     user_agent: str | None = Field(default=None, max_length=512)
-    source: str = Field(default="web", max_length=32)
+    # web, api, smtp, imap…, or an import's consent source ("list moved from X, 2026-11")
+    source: str = Field(default="web", max_length=200)
 
 
 class LeasedWork(SQLModel):
@@ -201,6 +202,7 @@ class Delivery(LeasedWork, table=True):
     __table_args__ = (
         UniqueConstraint("send_id", "subscriber_id", name="uq_deliveries_send_subscriber"),
         Index("ix_deliveries_claim", "send_id", "status", "next_attempt_at"),
+        Index("ix_deliveries_sent_at", "send_id", "sent_at"),  # a send's rate, over a minute
     )
 
     id: int | None = Field(

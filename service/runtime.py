@@ -21,6 +21,7 @@ from .delivery.daily import Dispatcher
 from .mail.capture import CaptureServer
 from .mail.outbox import OutboxSender
 from .mail.smtp import SmtpTarget, relay_target
+from .metrics import served_on_port
 from .scheduler import start_scheduler
 
 
@@ -52,8 +53,9 @@ class Runtime:
 @asynccontextmanager
 async def background(engine: Engine, ctx: AppContext, *, scheduler: bool) -> AsyncIterator[Runtime]:
     """The outbox sender and (with `scheduler`) the daily send and its heal, for as long as
-    the caller runs; at the end, everything in progress stops within SHUTDOWN_GRACE."""
-    with smtp_target(ctx.settings) as target:
+    the caller runs, and the metrics on METRICS_PORT when it is set; at the end, everything
+    in progress stops within SHUTDOWN_GRACE."""
+    with smtp_target(ctx.settings) as target, served_on_port(engine, ctx.settings):
         sender = OutboxSender(engine, ctx.settings, target)
         dispatcher = Dispatcher(Courier(engine, ctx, target))
         task = asyncio.create_task(sender.run(), name="outbox-sender")

@@ -15,7 +15,7 @@ from .clock import now
 from .config import Settings
 from .delivery import daily
 from .delivery.daily import ColumnNotSendable, Dispatcher
-from .delivery.sends import SendPaused
+from .delivery.sends import SendCancelled, SendPaused
 
 log = logging.getLogger(__name__)
 JOB_ID = "daily-column"
@@ -41,6 +41,8 @@ def daily_job(dispatcher: Dispatcher, clock: Clock = now) -> Callable[[], Awaita
             await dispatcher.run_daily(daily.local_day(dispatcher.ctx.settings, now))
         except SendPaused as paused:
             log.warning("daily send waits for the operator: %s", paused)
+        except SendCancelled as cancelled:
+            log.warning("daily send: %s", cancelled)
         except ColumnNotSendable as exc:
             log.error("daily send not started: %s", exc)
         except Exception:  # the scheduler must live on; the heal job retries within the grace

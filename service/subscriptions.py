@@ -94,7 +94,7 @@ def subscribe(
     subscriber.status = SubscriberStatus.pending
     subscriber.pending_name = display_name or None
     subscriber.updated_at = now
-    _record(session, subscriber, "subscribe", who, now)
+    record_consent(session, subscriber, "subscribe", who, now)
     _queue_confirmation(session, ctx, subscriber)
 
 
@@ -153,23 +153,47 @@ def _notice_already_subscribed(
 
 def _queue_confirmation(session: Session, ctx: AppContext, subscriber: Subscriber) -> None:
     assert subscriber.id is not None and subscriber.confirm_nonce is not None
-    token = ctx.tokens.make(Purpose.confirm, f"{subscriber.id}-{subscriber.confirm_nonce}")
+    queue_confirmation(
+        session,
+        ctx,
+        subscriber_id=subscriber.id,
+        email=subscriber.email,
+        nonce=subscriber.confirm_nonce,
+        to_name=subscriber.name,
+    )
+
+
+def queue_confirmation(
+    session: Session,
+    ctx: AppContext,
+    *,
+    subscriber_id: int,
+    email: str,
+    nonce: str,
+    to_name: str = "",
+    kind: str = "confirm",
+) -> None:
+    """Queue the confirmation mail of a pending reader: a link bound to their current nonce.
+    `kind` "confirm" (the person asked for it) passes the suppression list; any other kind
+    (an operator's import) is checked against it before it goes out."""
+    token = ctx.tokens.make(Purpose.confirm, f"{subscriber_id}-{nonce}")
     outbox.queue(  # no name in the body: whoever asked may not own the address
         session,
         ctx,
-        kind="confirm",
-        to=subscriber.email,
-        to_name=subscriber.name,
+        kind=kind,
+        to=email,
+        to_name=to_name,
         template="confirm",
-        email=subscriber.email,
+        email=email,
         confirm_url=ctx.confirm_url(token),
         valid_days=ctx.settings.confirm_token_days,
     )
 
 
-def _record(
+def record_consent(
     session: Session, subscriber: Subscriber, action: str, who: Requester, now: datetime
 ) -> None:
+    """Keep the proof of one consent decision: what, when, and who asked from where."""
     assert subscriber.id is not None
     session.add(
         Consent(
@@ -219,7 +243,7 @@ def confirm(
     subscriber.confirmed_at = now
     subscriber.updated_at = now
     lift_suppression(session, ctx, subscriber.email)  # the owner asked for mail again
-    _record(session, subscriber, "confirm", who, now)
+    record_consent(session, subscriber, "confirm", who, now)
     return subscriber
 
 
@@ -295,7 +319,7 @@ def stop_mail(
     else:
         subscriber.bounced_at = now
         subscriber.bounce_reason = (why or status.value)[:1000]
-    _record(session, subscriber, action, who, now)
+    record_consent(session, subscriber, action, who, now)
     return subscriber
 
 
@@ -330,13 +354,59 @@ def resubscribe(
     subscriber.unsubscribed_at = None
     subscriber.updated_at = now
     lift_suppression(session, ctx, subscriber.email)
-    _record(session, subscriber, "resubscribe", who, now)
+    record_consent(session, subscriber, "resubscribe", who, now)
     return subscriber
 
 
 def _stamp(moment: datetime) -> str:
     """Microseconds since 1970 in integers: SQLite and PostgreSQL both keep them exactly."""
     return str((moment - EPOCH) // timedelta(microseconds=1))
+
+
+# The operator's actions ------------------------------------------------------------------
+
+
+def unsubscribe_by_operator(
+    session: Session, ctx: AppContext, subscriber_id: int, who: Requester
+) -> Subscriber:
+    """The operator stops all mail to a reader (asked by phone, say): the reader is
+    unsubscribed and suppressed, with a consent record naming the admin door. LookupError
+    for an unknown id."""
+    subscriber = _by_id(session, subscriber_id)
+    return stop_mail(
+        session,
+        ctx,
+        subscriber,
+        SubscriberStatus.unsubscribed,
+        "admin-unsubscribe",
+        who,
+        now=utcnow(),
+    )
+
+
+class NotPending(InvalidInput):
+    """Only a pending reader has a confirmation to resend."""
+
+
+def resend_confirmation(
+    session: Session, ctx: AppContext, subscriber_id: int, who: Requester
+) -> Subscriber:
+    """Mail a pending reader their confirmation link again (the same link: their nonce is
+    kept, so an earlier mail's link still works). NotPending for anyone else; LookupError
+    for an unknown id."""
+    subscriber = _by_id(session, subscriber_id)
+    if subscriber.status != SubscriberStatus.pending or subscriber.confirm_nonce is None:
+        raise NotPending("status", f"The reader is {subscriber.status}, not pending.")
+    _queue_confirmation(session, ctx, subscriber)
+    record_consent(session, subscriber, "resend-confirmation", who, utcnow())
+    return subscriber
+
+
+def _by_id(session: Session, subscriber_id: int) -> Subscriber:
+    subscriber = session.get(Subscriber, subscriber_id) if 0 < subscriber_id <= MAX_ID else None
+    if subscriber is None:
+        raise LookupError(f"no subscriber {subscriber_id}")
+    return subscriber
 
 
 # Suppression ------------------------------------------------------------------------------

@@ -91,3 +91,16 @@ def sends_done(engine: Engine) -> bool:
     with Session(engine) as session:
         statuses = [send.status for send in session.exec(select(Send))]
     return bool(statuses) and all(status == SendStatus.done for status in statuses)
+
+
+def app_routes(app: object) -> list[object]:
+    """Every route the app serves, through included routers (FastAPI wraps them)."""
+
+    def walk(routes: list[object]) -> list[object]:
+        found: list[object] = []
+        for route in routes:
+            inner = getattr(route, "original_router", None)
+            found += walk(inner.routes) if inner is not None else [route]
+        return found
+
+    return walk(list(getattr(app, "routes", [])))

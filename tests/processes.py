@@ -7,16 +7,21 @@ import datetime as dt
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from service.db import transaction
+from service.mail.capture import free_port
 from service.models import Delivery, MailStatus, Subscriber
 from tests.conftest import ROOT, SEED
+from tests.helpers import eventually
 from tests.smtp_server import SmtpTestServer
 
 
@@ -124,3 +129,29 @@ def unrecorded(engine: Engine, server: SmtpTestServer) -> int:
     most the connections in flight; a resend of one of them leaves the count unchanged."""
     sent = recorded_sent(engine)
     return sum(count - (address in sent) for address, count in server.per_recipient().items())
+
+
+@contextmanager
+def serve_processes(count: int, env: dict[str, str], logs: Path) -> Iterator[list[str]]:
+    """`count` real `broadside serve` processes; yields their base URLs once all answer."""
+    ports = [free_port() for _ in range(count)]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            args = ("serve", "--no-scheduler", "--port", str(port))
+            processes.append(start(*args, env=env, log=logs / f"serve-{port}.log"))
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        assert eventually(lambda: all(_answers(url) for url in urls), 30.0, every=0.2)
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(15)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False

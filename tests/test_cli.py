@@ -121,3 +121,35 @@ def test_preview_mails_one_copy_and_touches_no_subscriber(
     assert_one_line_error(
         broadside("preview", "--date", "2016-02-04", "--to", "not an address", env=cli_env), "--to"
     )
+
+
+def test_sends_show_pause_resume_cancel(
+    cli_env: dict[str, str], engine: Engine, smtp_server: SmtpTestServer, tmp_path: Path
+) -> None:
+    from service.models import Send
+    from tests.conftest import make_settings
+    from tests.daily import start_seed_send
+
+    add_readers(engine, active=3)
+    settings = make_settings(
+        cli_env["BROADSIDE_DATABASE_URL"], tmp_path / "var2", smtp_url=smtp_server.url
+    )
+    send_id = str(start_seed_send(engine, settings).id)
+
+    shown = broadside("sends", "show", send_id, "--json", env=cli_env)
+    assert shown.returncode == 0, shown.stderr
+    assert '"status": "sending"' in shown.stdout and '"readers": 3' in shown.stdout
+    paused = broadside("sends", "pause", send_id, env=cli_env)
+    assert paused.returncode == 0 and "paused now" in paused.stderr
+    listed = broadside("sends", "list", env=cli_env)
+    assert f"broadside sends resume {send_id}" in listed.stdout
+    assert broadside("sends", "resume", send_id, env=cli_env).returncode == 0
+    cancelled = broadside("sends", "cancel", send_id, "--yes", env=cli_env)
+    assert cancelled.returncode == 0 and "cancelled now" in cancelled.stderr
+    with Session(engine) as session:
+        assert session.exec(select(Send)).one().status == "cancelled"
+    assert smtp_server.received == []
+
+    assert_one_line_error(broadside("sends", "pause", send_id, env=cli_env), "cancelled")
+    assert_one_line_error(broadside("sends", "show", "999", env=cli_env), "no send 999")
+    assert_one_line_error(broadside("send", "--date", "2016-02-04", env=cli_env), "cancelled")

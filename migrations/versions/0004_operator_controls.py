@@ -25,8 +25,17 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('cancelled_at', sa.DateTime(), nullable=True))
     with op.batch_alter_table('feedback', schema=None) as batch_op:
         batch_op.add_column(sa.Column('resolved_at', sa.DateTime(), nullable=True))
+    with op.batch_alter_table('consents', schema=None) as batch_op:
+        batch_op.alter_column(
+            'source',
+            existing_type=sqlmodel.sql.sqltypes.AutoString(length=32),
+            type_=sqlmodel.sql.sqltypes.AutoString(length=200),
+            existing_nullable=False,
+        )
     with op.batch_alter_table('subscribers', schema=None) as batch_op:
         batch_op.create_index('ix_subscribers_status_id', ['status', 'id'], unique=False)
+    with op.batch_alter_table('deliveries', schema=None) as batch_op:
+        batch_op.create_index('ix_deliveries_sent_at', ['send_id', 'sent_at'], unique=False)
     op.create_table(
         'admin_sessions',
         sa.Column('id', sa.Integer(), nullable=False),
@@ -43,8 +52,17 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('admin_sessions')
+    with op.batch_alter_table('deliveries', schema=None) as batch_op:
+        batch_op.drop_index('ix_deliveries_sent_at')
     with op.batch_alter_table('subscribers', schema=None) as batch_op:
         batch_op.drop_index('ix_subscribers_status_id')
+    with op.batch_alter_table('consents', schema=None) as batch_op:
+        batch_op.alter_column(
+            'source',
+            existing_type=sqlmodel.sql.sqltypes.AutoString(length=200),
+            type_=sqlmodel.sql.sqltypes.AutoString(length=32),
+            existing_nullable=False,
+        )
     with op.batch_alter_table('feedback', schema=None) as batch_op:
         batch_op.drop_column('resolved_at')
     with op.batch_alter_table('columns', schema=None) as batch_op:

@@ -171,6 +171,56 @@ def column_for(session: Session, day: dt.date) -> ColumnRecord | None:
     return session.exec(select(ColumnRecord).where(ColumnRecord.date == day)).first()
 
 
+def scheduled_due(session: Session, now: dt.datetime) -> list[ColumnRecord]:
+    """Columns the operator scheduled for a moment that has come (`now`, naive UTC) whose
+    send has not started and that are not cancelled."""
+    started = select(Send.id).where(col(Send.column_id) == col(ColumnRecord.id)).exists()
+    return list(
+        session.exec(
+            select(ColumnRecord).where(
+                col(ColumnRecord.send_at).is_not(None),
+                col(ColumnRecord.send_at) <= now,
+                col(ColumnRecord.cancelled_at).is_(None),
+                ~started,
+            )
+        )
+    )
+
+
+class ColumnLocked(Exception):
+    """The column's send has started: its schedule, like its text, can no longer change."""
+
+
+def schedule(
+    session: Session,
+    column_id: int,
+    *,
+    send_at: dt.datetime | None,
+    cancelled: bool,
+    now: dt.datetime | None = None,
+) -> ColumnRecord:
+    """Set when a column goes out before its send starts: at `send_at` (naive UTC) instead of
+    SEND_TIME on its date (None: at SEND_TIME), or not at all (`cancelled`). LookupError for
+    an unknown column, ColumnLocked once its send has started."""
+    record = session.get(ColumnRecord, column_id) if 0 < column_id < 2**31 else None
+    if record is None:
+        raise LookupError(f"no column {column_id}")
+    if _has_send(session, record):
+        raise ColumnLocked(f"the column of {record.date} has started sending")
+    now = now or utcnow()
+    record.send_at = send_at
+    record.cancelled_at = (record.cancelled_at or now) if cancelled else None
+    record.updated_at = now
+    session.add(record)
+    session.flush()
+    return record
+
+
+def column_by_id(session: Session, column_id: int) -> ColumnRecord | None:
+    """The column with this id, or None."""
+    return session.get(ColumnRecord, column_id) if 0 < column_id < 2**31 else None
+
+
 def column_by_slug(session: Session, slug: str) -> ColumnRecord | None:
     """The column at /columns/{slug}, if there is one."""
     return session.exec(select(ColumnRecord).where(ColumnRecord.slug == slug)).first()

@@ -101,7 +101,7 @@ class Dispatcher:
         times, from any number of processes: there is one send per column."""
         try:
             counts = await self._run_daily(day)
-        except (sends.SendPaused, ColumnNotSendable):
+        except (sends.SendPaused, sends.SendCancelled, ColumnNotSendable):
             raise  # waits for the operator, not for the heal
         except Exception:
             self._retry_day = day
@@ -117,6 +117,20 @@ class Dispatcher:
         if column is None:
             log.info("no column for %s: nothing sent today", day.isoformat())
             return None
+        if column.cancelled_at is not None or column.send_at is not None:
+            log.info(
+                "the column of %s is %s by the operator: not sent at SEND_TIME",
+                day.isoformat(),
+                "cancelled"
+                if column.cancelled_at is not None
+                else f"scheduled for {column.send_at}",
+            )
+            return None
+        return await self.send_column(column)
+
+    async def send_column(self, column: ColumnRecord) -> sends.SendCounts | None:
+        """Start (or find) the send of `column` and deliver it here."""
+        settings = self.ctx.settings
         send, created = await asyncio.to_thread(start_send, self.engine, settings, column)
         if created:
             log.info("send %s started: %r to %s readers", send.id, column.title, send.total)
@@ -158,6 +172,13 @@ class Dispatcher:
         if day is not None and within_grace(self.ctx.settings, day, now):
             self._retry_day = None
             self._spawn(self.run_daily(day), f"the daily send of {day}")
+        for column in await asyncio.to_thread(self._scheduled, now):
+            log.info("the column of %s is due (scheduled for %s)", column.date, column.send_at)
+            self._spawn(self.send_column(column), f"the scheduled send of {column.date}")
+
+    def _scheduled(self, now: dt.datetime) -> list[ColumnRecord]:
+        with transaction(self.engine) as session:
+            return store.scheduled_due(session, now.astimezone(dt.UTC).replace(tzinfo=None))
 
     def _unfinished(self) -> list[int]:
         with transaction(self.engine) as session:
@@ -180,6 +201,8 @@ class Dispatcher:
                 await work
             except sends.SendPaused as paused:
                 log.warning("%s is paused: %s", what, paused.reason)
+            except sends.SendCancelled:
+                log.warning("%s was cancelled by the operator", what)
             except ColumnNotSendable as exc:
                 log.error("%s: %s", what, exc)
             except Exception:  # logged with its trace; the next heal tries again
@@ -259,6 +282,7 @@ class SendOutcome:
     counts: sends.SendCounts
     paused: str | None = None  # the relay's reason, when the send paused
     stopped: bool = False  # stop() ended it before the end
+    cancelled: bool = False  # the operator cancelled it
 
 
 class SendRun:
@@ -281,6 +305,11 @@ class SendRun:
         column = await asyncio.to_thread(column_of, engine, self.day)
         if column is None:
             raise LookupError(self.day)
+        if column.cancelled_at is not None:
+            raise ColumnNotSendable(
+                f"the column of {self.day} was cancelled by the operator; "
+                "clear that in the dashboard or with PATCH /api/v1/admin/columns/{id} first"
+            )
         unpaused = await asyncio.to_thread(_unpause, engine, column)
         send, created = await asyncio.to_thread(start_send, engine, settings, column)
         self._send_id = send.id or 0
@@ -302,6 +331,8 @@ class SendRun:
             await task
         except sends.SendPaused as paused:
             return SendOutcome(self._send_id, counts, paused=paused.reason)
+        except sends.SendCancelled:
+            return SendOutcome(self._send_id, counts, cancelled=True)
         except asyncio.CancelledError:
             if not self._stopped:
                 raise
@@ -338,27 +369,41 @@ async def preview(courier: Courier, day: dt.date, address: str) -> str | None:
     """Mail one copy of `day`'s column to `address`, built exactly as a reader's (with the
     address's own unsubscribe link when it is a reader); None when the relay took it, else
     its reason. No send is made and no reader changes."""
-    engine, settings = courier.engine, courier.settings
-    column = await asyncio.to_thread(column_of, engine, day)
+    column = await asyncio.to_thread(column_of, courier.engine, day)
     if column is None:
         raise LookupError(day)
-    reader = await asyncio.to_thread(_reader, engine, address)
-    job = await asyncio.to_thread(
-        job_for,
-        courier,
-        column,
-        send_id=0,
-        message_domain=f"{day.isoformat()}.preview-{secrets.token_hex(4)}",
-        deadline=utcnow(),
-    )
+    return await send_test_copy(courier, column, address)
+
+
+async def send_test_copy(courier: Courier, column: ColumnRecord, address: str) -> str | None:
+    """Mail one copy of `column` to `address` as a reader would get it; None when the relay
+    took it, else its reason. No send is made and no reader changes."""
+    reader = await asyncio.to_thread(_reader, courier.engine, address)
     subscriber_id, name = reader if reader is not None else (0, "")
-    data = message_for(job, courier.ctx, subscriber_id=subscriber_id, email=address, name=name)
+    data = await asyncio.to_thread(
+        reader_copy, courier, column, to=address, name=name, subscriber_id=subscriber_id
+    )
     async with SmtpConnection(courier.target) as conn:
         try:
-            await conn.send(settings.bounce_address, address, data)
+            await conn.send(courier.settings.bounce_address, address, data)
         except SmtpFailure as failure:
             return failure.reason
     return None
+
+
+def reader_copy(
+    courier: Courier, column: ColumnRecord, *, to: str, name: str, subscriber_id: int
+) -> bytes:
+    """The exact bytes a reader would get of `column` (rendered once here, for one reader):
+    what a preview shows and a test copy sends."""
+    job = job_for(
+        courier,
+        column,
+        send_id=0,
+        message_domain=f"{column.date.isoformat()}.preview-{secrets.token_hex(4)}",
+        deadline=utcnow(),
+    )
+    return message_for(job, courier.ctx, subscriber_id=subscriber_id, email=to, name=name)
 
 
 def _reader(engine: Engine, address: str) -> tuple[int, str] | None:

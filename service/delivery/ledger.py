@@ -30,6 +30,10 @@ from ..models import (
 )
 
 LEFT_BEFORE_HAND_OFF = "not sent: the reader was no longer subscribed at hand-off time"
+# How `last_error` starts when a delivery failed without a mailbox refusing it: the service's
+# figures (service/stats.py) tell the reasons apart by these.
+GAVE_UP = "gave up after the retry deadline"
+UNBUILDABLE = "cannot build message"
 
 
 @dataclass(frozen=True)

@@ -40,12 +40,28 @@ class SendCounts:
 
 
 class SendPaused(DomainError):
-    """The relay refused mail for reasons of its own; the send waits for the operator."""
+    """The relay refused mail for reasons of its own, or the operator paused the send; it
+    waits for the operator."""
 
     def __init__(self, send_id: int, reason: str) -> None:
         super().__init__(f"send {send_id} is paused: {reason}")
         self.send_id = send_id
         self.reason = reason
+
+
+class SendCancelled(DomainError):
+    """The operator cancelled the send: nobody not yet handed the column gets it."""
+
+    def __init__(self, send_id: int) -> None:
+        super().__init__(f"send {send_id} was cancelled by the operator")
+        self.send_id = send_id
+
+
+class SendStateError(DomainError):
+    """The send is not in a state that allows this (pausing a finished send, say)."""
+
+
+PAUSED_BY_OPERATOR = "paused by the operator"
 
 
 def for_column(session: Session, column_id: int) -> Send | None:
@@ -175,6 +191,66 @@ def resume(session: Session, send_id: int, now: dt.datetime | None = None) -> bo
     return True
 
 
+def status_of(session: Session, send_id: int) -> SendStatus | None:
+    """A send's status, or None when there is no such send."""
+    found = session.exec(select(Send.status).where(col(Send.id) == send_id)).first()
+    return SendStatus(found) if found is not None else None
+
+
+def pause_by_operator(session: Session, send_id: int, now: dt.datetime | None = None) -> Send:
+    """The operator's pause: workers finish the hand-offs in progress and claim no more;
+    nothing resumes it but the operator. SendStateError unless it is sending (or paused
+    already, which is fine); LookupError for an unknown send."""
+    send = _existing(session, send_id)
+    if send.status == SendStatus.paused:
+        return send
+    if not pause(session, send_id, PAUSED_BY_OPERATOR, now):
+        raise SendStateError(f"send {send_id} is {send.status}: only a sending send pauses")
+    session.refresh(send)
+    return send
+
+
+def resume_by_operator(session: Session, send_id: int, now: dt.datetime | None = None) -> Send:
+    """The operator's resume of a paused send (whoever paused it): due at once, and picked up
+    by every process's heal within RESUME_INTERVAL. A sending send is left as it is; a done
+    or cancelled one is SendStateError."""
+    send = _existing(session, send_id)
+    if send.status == SendStatus.sending:
+        return send
+    if not resume(session, send_id, now):
+        raise SendStateError(f"send {send_id} is {send.status}: only a paused send resumes")
+    session.refresh(send)
+    return send
+
+
+def cancel(session: Session, send_id: int, now: dt.datetime | None = None) -> Send:
+    """Cancel a send that has not finished: workers claim nothing more, readers not yet
+    handed the column never get it (their ledger rows stay as they are, unsent), and nothing
+    can restart it. Messages already handed to the relay are not recalled. SendStateError
+    for a finished send."""
+    send = _existing(session, send_id)
+    if send.status == SendStatus.cancelled:
+        return send
+    result = session.execute(
+        update(Send)
+        .where(
+            col(Send.id) == send_id, col(Send.status).in_([SendStatus.sending, SendStatus.paused])
+        )
+        .values(status=SendStatus.cancelled, cancelled_at=now or utcnow())
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        raise SendStateError(f"send {send_id} is {send.status}: it can no longer be cancelled")
+    session.refresh(send)
+    return send
+
+
+def _existing(session: Session, send_id: int) -> Send:
+    send = session.get(Send, send_id) if 0 < send_id < 2**31 else None
+    if send is None:
+        raise LookupError(f"no send {send_id}")
+    return send
+
+
 def retry_deadline(send: Send, allowed: dt.timedelta) -> dt.datetime:
     """Transient failures are retried until this moment (from the start or the last resume)."""
     return (send.resumed_at or send.created_at) + allowed
@@ -185,37 +261,75 @@ class SendSummary:
     """One send as an operator sees it: which column, where it stands, and why if paused."""
 
     id: int
+    column_id: int
     date: dt.date
     title: str
     status: str
     readers: int
     counts: SendCounts
+    deferred: int  # waiting for a retry after a transient failure
     started_at: dt.datetime
     paused_at: dt.datetime | None
     pause_reason: str | None
     finished_at: dt.datetime | None
+    cancelled_at: dt.datetime | None
+    rate: float  # messages handed over per second, over the last minute (0 when idle)
 
 
-def latest(session: Session, limit: int = 10) -> list[SendSummary]:
-    """The newest sends first, with their counts."""
-    rows = session.exec(
-        select(Send, ColumnRecord)
-        .join(ColumnRecord, col(ColumnRecord.id) == col(Send.column_id))
-        .order_by(col(Send.id).desc())
-        .limit(limit)
-    ).all()
-    return [
-        SendSummary(
-            id=send.id or 0,
-            date=column.date,
-            title=column.title,
-            status=send.status,
-            readers=send.total,
-            counts=counts(session, send.id or 0),
-            started_at=send.created_at,
-            paused_at=send.paused_at,
-            pause_reason=send.pause_reason,
-            finished_at=send.finished_at,
+def latest(session: Session, limit: int = 10, *, before: int | None = None) -> list[SendSummary]:
+    """The newest sends first (older than send `before`, to page), with their counts."""
+    query = select(Send, ColumnRecord).join(
+        ColumnRecord, col(ColumnRecord.id) == col(Send.column_id)
+    )
+    if before is not None:
+        query = query.where(col(Send.id) < before)
+    rows = session.exec(query.order_by(col(Send.id).desc()).limit(limit)).all()
+    return [_summary(session, send, column) for send, column in rows]
+
+
+def summary(session: Session, send_id: int) -> SendSummary | None:
+    """One send with its counts, or None."""
+    send = session.get(Send, send_id) if 0 < send_id < 2**31 else None
+    if send is None:
+        return None
+    column = session.get(ColumnRecord, send.column_id)
+    assert column is not None
+    return _summary(session, send, column)
+
+
+RATE_WINDOW = dt.timedelta(minutes=1)
+
+
+def _summary(session: Session, send: Send, column: ColumnRecord) -> SendSummary:
+    send_id = send.id or 0
+    now = utcnow()
+    recent = session.exec(
+        select(func.count()).where(
+            col(Delivery.send_id) == send_id,
+            col(Delivery.status) == MailStatus.sent,
+            col(Delivery.sent_at) >= now - RATE_WINDOW,
         )
-        for send, column in rows
-    ]
+    ).one()
+    deferred = session.exec(
+        select(func.count()).where(
+            col(Delivery.send_id) == send_id,
+            col(Delivery.status) == MailStatus.pending,
+            col(Delivery.attempts) > 0,
+        )
+    ).one()
+    return SendSummary(
+        id=send_id,
+        column_id=column.id or 0,
+        date=column.date,
+        title=column.title,
+        status=send.status,
+        readers=send.total,
+        counts=counts(session, send_id),
+        deferred=deferred,
+        started_at=send.created_at,
+        paused_at=send.paused_at,
+        pause_reason=send.pause_reason,
+        finished_at=send.finished_at,
+        cancelled_at=send.cancelled_at,
+        rate=round(recent / RATE_WINDOW.total_seconds(), 2),
+    )

@@ -149,6 +149,7 @@ class SendWorker:
         self._stopping = asyncio.Event()
         self._relay_streak = 0  # consecutive refusals about the relay, across connections
         self._pause_reason: str | None = None
+        self._cancelled = False
         self._unsent: list[int] = []
 
     def stop(self) -> None:
@@ -161,6 +162,8 @@ class SendWorker:
             assert send is not None, f"send {send_id} does not exist"
             if send.status == SendStatus.paused:
                 raise sends.SendPaused(send_id, send.pause_reason or "paused")
+            if send.status == SendStatus.cancelled:
+                raise sends.SendCancelled(send_id)
             column = session.get(ColumnRecord, send.column_id)
             assert column is not None
         return job_for(
@@ -190,7 +193,8 @@ class SendWorker:
         ]
         claimer = asyncio.create_task(self._claim_into(queue, job, len(senders)))
         lease_keeper = asyncio.create_task(self._keep_leases())
-        tasks = [claimer, lease_keeper, *senders]
+        watcher = asyncio.create_task(self._watch_send(send_id))
+        tasks = [claimer, lease_keeper, watcher, *senders]
         try:
             await _until_senders_finish(tasks, senders)
         finally:
@@ -231,12 +235,28 @@ class SendWorker:
         for _ in range(senders):
             await queue.put(None)
 
+    async def _watch_send(self, send_id: int) -> None:
+        """Look at the send every IDLE_POLL seconds: once the operator (or another worker)
+        paused or cancelled it, stop at once; the rows claimed but not yet handed over go
+        back (a rate-limited worker may hold seconds of them)."""
+        while not self._stopping.is_set():
+            await asyncio.sleep(IDLE_POLL)
+            with contextlib.suppress(Exception):  # a database blip: the claimer will notice
+                status = await in_thread(self.engine, sends.status_of, send_id)
+                if status in (SendStatus.paused, SendStatus.cancelled):
+                    await asyncio.to_thread(self._nothing_left, send_id)
+                    self._stopping.set()
+
     def _nothing_left(self, send_id: int) -> bool:
-        """True when no row is left to try, or the send was paused (by any worker)."""
+        """True when no row is left to try, or the send was paused or cancelled (by any
+        worker, or the operator)."""
         with transaction(self.engine) as session:
             send = session.get(Send, send_id)
             if send is not None and send.status == SendStatus.paused:
                 self._pause_reason = self._pause_reason or send.pause_reason or "paused"
+                return True
+            if send is not None and send.status == SendStatus.cancelled:
+                self._cancelled = True
                 return True
             return sends.counts(session, send_id).done
 
@@ -244,11 +264,13 @@ class SendWorker:
         with transaction(self.engine) as session:
             if self._pause_reason is not None:
                 sends.pause(session, send_id, self._pause_reason)
-            else:
+            elif not self._cancelled:
                 sends.finish_if_done(session, send_id)
             counts = sends.counts(session, send_id)
         if self._pause_reason is not None:
             raise sends.SendPaused(send_id, self._pause_reason)
+        if self._cancelled:
+            raise sends.SendCancelled(send_id)
         return counts
 
     async def _deliver_from(
@@ -280,7 +302,7 @@ class SendWorker:
                 job, self.ctx, subscriber_id=claim.subscriber_id, email=claim.email, name=claim.name
             )
         except ValueError as exc:  # an address or name we cannot put in a header
-            reason = f"cannot build message: {exc}"[:1000]
+            reason = f"{ledger.UNBUILDABLE}: {exc}"[:1000]
             return lambda o: o.failed.append((claim.id, reason))
         try:
             await conn.send(self.ctx.return_path(claim.id), claim.email, data)
@@ -317,7 +339,7 @@ class SendWorker:
             now, claim.attempts, initial=s.retry_initial_seconds, maximum=s.retry_max_seconds
         )
         if when > job.deadline:
-            reason = f"gave up after the retry deadline: {failure.reason}"[:1000]
+            reason = f"{ledger.GAVE_UP}: {failure.reason}"[:1000]
             return lambda o: o.failed.append((claim.id, reason))
         self.health.failed(failure)
         if failure.connection_lost:

@@ -215,3 +215,23 @@ def build(
 def to_bytes(msg: EmailMessage) -> bytes:
     """Flatten once with our policy (CRLF, 76-column QP); these bytes are what goes out."""
     return msg.as_bytes(policy=POLICY)
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    """A built message as a mail program shows it: the decoded subject and both parts."""
+
+    subject: str
+    text: str
+    html: str
+
+
+def read_back(data: bytes) -> ReadBack:
+    """Decode a message we built (for previews): subject, text part and HTML part."""
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    parts = {
+        kind: part.get_content() if (part := msg.get_body(preferencelist=(kind,))) else ""
+        for kind in ("plain", "html")
+    }
+    return ReadBack(str(msg.get("subject", "")), parts["plain"], parts["html"])

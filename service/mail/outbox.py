@@ -26,6 +26,7 @@ from sqlmodel import Session, col, select
 from ..clock import utcnow
 from ..config import Settings
 from ..db import transaction
+from ..logs import mask_address
 from ..models import MailStatus, OutboxMail, Suppression
 from ..retry import next_attempt, worker_name
 from ..tokens import tokens_for
@@ -255,7 +256,10 @@ class OutboxSender:
         (credentials, policy) is the operator's to fix, and the mail waits for it."""
         if failure.fault is Fault.recipient:
             log.warning(
-                "outbox mail %s to %s refused for good: %s", mail.id, mail.recipient, failure
+                "outbox mail %s to %s refused for good: %s",
+                mail.id,
+                mask_address(mail.recipient),
+                failure,
             )
             values: dict[str, object] = {"status": MailStatus.failed}
         else:

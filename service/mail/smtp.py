@@ -200,6 +200,18 @@ class SmtpConnection:
                 await self.abort()
             raise failure from exc
 
+    async def hello(self) -> None:
+        """Open a session as a hand-off would (TLS, login) and make sure the relay answered
+        EHLO (or HELO), or raise SmtpFailure."""
+        try:
+            if self._smtp is None or not self._smtp.is_connected:
+                self._smtp = await self._connect()
+            if self._smtp.is_ehlo_or_helo_needed:
+                await self._smtp.ehlo()
+        except Exception as exc:
+            await self.abort()
+            raise classify(exc) from exc
+
     async def close(self) -> None:
         """QUIT politely (briefly); a dead or silent connection is just dropped."""
         smtp, self._smtp = self._smtp, None
@@ -223,3 +235,15 @@ class SmtpConnection:
             await self.abort()  # cancelled mid-conversation: the session state is unknown
         else:
             await self.close()
+
+
+async def probe(target: SmtpTarget) -> None:
+    """Whether the relay answers: connect, EHLO (TLS and login as configured), QUIT, all
+    within the target's timeout; SmtpFailure says what went wrong."""
+    async with SmtpConnection(target) as conn:
+        try:
+            async with asyncio.timeout(target.timeout):
+                await conn.hello()
+        except TimeoutError as exc:
+            await conn.abort()  # no QUIT to a relay that has stopped answering
+            raise classify(exc) from exc

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..columns import sources
+from .. import feedback, readers, subscriptions
+from ..columns import sources, store
 from ..columns.mail import mail_size_check
-from ..delivery import sends
-from .deps import SessionDep, SettingsDep
+from ..columns.store import ColumnRecord
+from ..db import in_thread
+from ..delivery import daily, sends
+from ..delivery.courier import Courier
+from ..mail import message
+from ..readers import SubscriberStatus
+from .deps import ContextDep, RequesterDep, SessionDep, SettingsDep
 from .errors import EDGE_RESPONSES, Problem
 
 bearer = HTTPBearer(auto_error=False, description="BROADSIDE_ADMIN_TOKEN")
@@ -39,9 +45,19 @@ router = APIRouter(
     responses={
         **EDGE_RESPONSES,
         401: {"model": Problem, "description": "no or a wrong admin token"},
+        404: {"model": Problem, "description": "no such subscriber, send, column or feedback"},
         503: {"model": Problem, "description": "the admin API is off, or the database is down"},
     },
 )
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": Problem, "description": "not possible in the current state"}
+}
+Id = Annotated[int, Path(ge=1, le=2**31 - 1)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+
+def _missing(what: str) -> HTTPException:
+    return HTTPException(404, f"No such {what}.")
 
 
 class ColumnIn(BaseModel):
@@ -65,26 +81,6 @@ class ColumnOut(BaseModel):
     date: dt.date
     action: Literal["created", "updated", "unchanged", "locked"]
     url: str
-
-
-class SendOut(BaseModel):
-    """One send, with its counts."""
-
-    id: int
-    date: dt.date
-    title: str
-    status: str
-    readers: int
-    sent: int
-    failed: int
-    skipped: int = Field(description="readers who left between the snapshot and the hand-off")
-    remaining: int
-    pause_reason: str | None = Field(
-        description="why a paused send is paused (the relay's reply); resume with "
-        "`broadside send --date D`"
-    )
-    started_at: dt.datetime
-    finished_at: dt.datetime | None
 
 
 @router.post(
@@ -125,25 +121,421 @@ def post_column(
     )
 
 
+# Subscribers ------------------------------------------------------------------------------
+
+
+class SubscriberOut(BaseModel):
+    """A reader as the operator sees them."""
+
+    id: int
+    email: str
+    name: str
+    status: SubscriberStatus
+    created_at: dt.datetime
+    confirmed_at: dt.datetime | None
+    unsubscribed_at: dt.datetime | None
+    bounced_at: dt.datetime | None
+    bounce_reason: str | None
+
+
+class SubscriberPage(BaseModel):
+    """One page of readers; pass `next_after` as `after` for the next one (null: the end)."""
+
+    items: list[SubscriberOut]
+    next_after: int | None
+
+
+class ConsentOut(BaseModel):
+    """One consent decision."""
+
+    at: dt.datetime
+    action: str
+    source: str
+    ip: str | None
+    user_agent: str | None
+
+
+class DeliveryOut(BaseModel):
+    """One column delivery and its outcome."""
+
+    send_id: int
+    column_date: str
+    column_title: str
+    status: str
+    attempts: int
+    sent_at: dt.datetime | None
+    last_error: str | None
+
+
+class BounceOut(BaseModel):
+    """One bounce, complaint or unsubscribe by mail."""
+
+    received_at: dt.datetime
+    source: str
+    kind: str
+    status: str | None
+    diagnostic: str | None
+    delivery_id: int | None
+
+
+class FeedbackOut(BaseModel):
+    """One feedback form."""
+
+    id: int
+    category: str
+    message: str
+    reply_to: str | None
+    subscriber_id: int | None
+    created_at: dt.datetime
+    resolved_at: dt.datetime | None
+
+
+class SubscriberDetail(SubscriberOut):
+    """A reader with their whole history."""
+
+    consents: list[ConsentOut]
+    deliveries: list[DeliveryOut]
+    bounces: list[BounceOut]
+    feedback: list[FeedbackOut]
+
+
+def _subscriber(row: Any) -> SubscriberOut:
+    return SubscriberOut.model_validate(row, from_attributes=True)
+
+
+@router.get("/subscribers", response_model=SubscriberPage)
+def list_subscribers(
+    session: SessionDep,
+    email: Annotated[str | None, Query(max_length=320, description="exact, normalised")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="part of address or name")] = None,
+    status_: Annotated[SubscriberStatus | None, Query(alias="status")] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="the last id seen")] = None,
+    limit: Limit = 50,
+) -> SubscriberPage:
+    """Readers in id order, filtered; keyset pages (`after`), as fast at a million rows."""
+    rows = readers.find(session, email=email, q=q, status=status_, after=after, limit=limit)
+    items = [_subscriber(r) for r in rows]
+    return SubscriberPage(items=items, next_after=items[-1].id if len(items) == limit else None)
+
+
+@router.get("/subscribers/{subscriber_id}", response_model=SubscriberDetail)
+def get_subscriber(subscriber_id: Id, session: SessionDep) -> SubscriberDetail:
+    """One reader: status, times, consent records, deliveries, bounces and feedback."""
+    found = readers.history(session, subscriber_id)
+    if found is None:
+        raise _missing("subscriber")
+    return SubscriberDetail(
+        **_subscriber(found.subscriber).model_dump(),
+        consents=[ConsentOut.model_validate(c, from_attributes=True) for c in found.consents],
+        deliveries=[DeliveryOut.model_validate(d, from_attributes=True) for d in found.deliveries],
+        bounces=[BounceOut.model_validate(b, from_attributes=True) for b in found.bounces],
+        feedback=[FeedbackOut.model_validate(f, from_attributes=True) for f in found.feedback],
+    )
+
+
+@router.post("/subscribers/{subscriber_id}/unsubscribe", response_model=SubscriberOut)
+def unsubscribe_subscriber(
+    subscriber_id: Id, session: SessionDep, ctx: ContextDep, who: RequesterDep
+) -> SubscriberOut:
+    """Stop all mail to the reader at once (and suppress the address)."""
+    try:
+        return _subscriber(subscriptions.unsubscribe_by_operator(session, ctx, subscriber_id, who))
+    except LookupError:
+        raise _missing("subscriber") from None
+
+
+@router.post(
+    "/subscribers/{subscriber_id}/resend-confirmation",
+    response_model=SubscriberOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=CONFLICT,
+)
+def resend_confirmation(
+    subscriber_id: Id, session: SessionDep, ctx: ContextDep, who: RequesterDep
+) -> SubscriberOut:
+    """Mail a pending reader their confirmation link again (409 for anyone else)."""
+    try:
+        return _subscriber(subscriptions.resend_confirmation(session, ctx, subscriber_id, who))
+    except LookupError:
+        raise _missing("subscriber") from None
+    except subscriptions.NotPending as exc:
+        raise HTTPException(409, exc.message) from None
+
+
+@router.delete("/subscribers/{subscriber_id}", response_model=SubscriberOut)
+def erase_subscriber(
+    subscriber_id: Id, session: SessionDep, ctx: ContextDep, who: RequesterDep
+) -> SubscriberOut:
+    """Erase the reader: personal data removed everywhere, the address kept only as a keyed
+    hash on the suppression list. Erasing twice is fine."""
+    try:
+        return _subscriber(readers.erase(session, ctx, subscriber_id, who))
+    except LookupError:
+        raise _missing("subscriber") from None
+
+
+# Sends ------------------------------------------------------------------------------------
+
+
+class SendOut(BaseModel):
+    """One send, with its counts."""
+
+    id: int
+    column_id: int
+    date: dt.date
+    title: str
+    status: str
+    readers: int
+    sent: int
+    failed: int
+    deferred: int = Field(description="waiting for a retry after a transient failure")
+    skipped: int = Field(description="readers who left between the snapshot and the hand-off")
+    remaining: int
+    rate: float = Field(description="messages handed over per second, over the last minute")
+    pause_reason: str | None = Field(
+        description="why a paused send is paused: the operator, or the relay's reply"
+    )
+    started_at: dt.datetime
+    paused_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    cancelled_at: dt.datetime | None
+
+
+def _send(summary: sends.SendSummary) -> SendOut:
+    return SendOut(
+        id=summary.id,
+        column_id=summary.column_id,
+        date=summary.date,
+        title=summary.title,
+        status=summary.status,
+        readers=summary.readers,
+        sent=summary.counts.sent,
+        failed=summary.counts.failed,
+        deferred=summary.deferred,
+        skipped=summary.counts.skipped,
+        remaining=summary.counts.pending,
+        rate=summary.rate,
+        pause_reason=summary.pause_reason,
+        started_at=summary.started_at,
+        paused_at=summary.paused_at,
+        finished_at=summary.finished_at,
+        cancelled_at=summary.cancelled_at,
+    )
+
+
 @router.get("/sends", response_model=list[SendOut])
 def list_sends(
-    session: SessionDep, limit: Annotated[int, Field(ge=1, le=100)] = 20
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    before: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
 ) -> list[SendOut]:
-    """The latest sends with their delivery counts."""
-    return [
-        SendOut(
-            id=summary.id,
-            date=summary.date,
-            title=summary.title,
-            status=summary.status,
-            readers=summary.readers,
-            sent=summary.counts.sent,
-            failed=summary.counts.failed,
-            skipped=summary.counts.skipped,
-            remaining=summary.counts.pending,
-            pause_reason=summary.pause_reason,
-            started_at=summary.started_at,
-            finished_at=summary.finished_at,
-        )
-        for summary in sends.latest(session, limit)
-    ]
+    """The latest sends with their delivery counts (older ones: `before` the last id)."""
+    return [_send(summary) for summary in sends.latest(session, limit, before=before)]
+
+
+@router.get("/sends/{send_id}", response_model=SendOut)
+def get_send(send_id: Id, session: SessionDep) -> SendOut:
+    """One send: counts by state, rate, times, and why it is paused."""
+    summary = sends.summary(session, send_id)
+    if summary is None:
+        raise _missing("send")
+    return _send(summary)
+
+
+def _send_action(session: SessionDep, send_id: int, action: Any) -> SendOut:
+    try:
+        action(session, send_id)
+    except LookupError:
+        raise _missing("send") from None
+    except sends.SendStateError as exc:
+        raise HTTPException(409, str(exc)) from None
+    summary = sends.summary(session, send_id)
+    assert summary is not None
+    return _send(summary)
+
+
+@router.post("/sends/{send_id}/pause", response_model=SendOut, responses=CONFLICT)
+def pause_send(send_id: Id, session: SessionDep) -> SendOut:
+    """Pause a running send: hand-offs in progress finish, nothing more goes out."""
+    return _send_action(session, send_id, sends.pause_by_operator)
+
+
+@router.post("/sends/{send_id}/resume", response_model=SendOut, responses=CONFLICT)
+def resume_send(send_id: Id, session: SessionDep) -> SendOut:
+    """Resume a paused send (paused by the operator or by the relay's refusals); the
+    workers pick it up within RESUME_INTERVAL. Nobody already sent gets it again."""
+    return _send_action(session, send_id, sends.resume_by_operator)
+
+
+@router.post("/sends/{send_id}/cancel", response_model=SendOut, responses=CONFLICT)
+def cancel_send(send_id: Id, session: SessionDep) -> SendOut:
+    """Cancel a send: readers not yet handed the column never get it; it cannot restart."""
+    return _send_action(session, send_id, sends.cancel)
+
+
+# Columns ----------------------------------------------------------------------------------
+
+
+class ColumnSummary(BaseModel):
+    """A stored column and when (or whether) it goes out."""
+
+    id: int
+    date: dt.date
+    slug: str
+    title: str
+    send_at: dt.datetime | None = Field(description="the operator's time (UTC), else SEND_TIME")
+    cancelled_at: dt.datetime | None
+    send_id: int | None
+    send_status: str | None
+
+
+class ColumnPreview(BaseModel):
+    """The exact mail a reader would get."""
+
+    subject: str
+    text: str
+    html: str
+    size_bytes: int
+
+
+class TestCopyIn(BaseModel):
+    """Where to mail a test copy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=3, max_length=254)
+
+
+class TestCopyOut(BaseModel):
+    """What the relay said to the test copy."""
+
+    sent: bool
+    relay_reply: str | None
+
+
+class ScheduleIn(BaseModel):
+    """When a column goes out: `send_at` (with a zone offset; without one, TIMEZONE), null
+    for SEND_TIME on its date; `cancelled` true to not send it at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    send_at: dt.datetime | None = None
+    cancelled: bool = False
+
+
+def _column_summary(session: SessionDep, record: ColumnRecord) -> ColumnSummary:
+    send = sends.for_column(session, record.id or 0)
+    return ColumnSummary(
+        id=record.id or 0,
+        date=record.date,
+        slug=record.slug,
+        title=record.title,
+        send_at=record.send_at,
+        cancelled_at=record.cancelled_at,
+        send_id=send.id if send else None,
+        send_status=send.status if send else None,
+    )
+
+
+def _column(session: SessionDep, column_id: int) -> ColumnRecord:
+    record = store.column_by_id(session, column_id)
+    if record is None:
+        raise _missing("column")
+    return record
+
+
+@router.get("/columns", response_model=list[ColumnSummary])
+def list_columns(
+    session: SessionDep, limit: Annotated[int, Query(ge=1, le=200)] = 30
+) -> list[ColumnSummary]:
+    """The latest columns by date, with their schedule and send."""
+    return [_column_summary(session, record) for record in store.latest(session, limit)]
+
+
+@router.get("/columns/{column_id}/preview", response_model=ColumnPreview)
+def preview_column(column_id: Id, session: SessionDep, request: Request) -> ColumnPreview:
+    """The exact text and HTML a reader would get (for a sample reader's links)."""
+    record = _column(session, column_id)
+    data = daily.reader_copy(
+        _courier(request), record, to="reader@example.com", name="Reader", subscriber_id=0
+    )
+    shown = message.read_back(data)
+    return ColumnPreview(
+        subject=shown.subject, text=shown.text, html=shown.html, size_bytes=len(data)
+    )
+
+
+@router.post(
+    "/columns/{column_id}/test", response_model=TestCopyOut, responses={502: {"model": Problem}}
+)
+async def test_column(column_id: Id, body: TestCopyIn, request: Request) -> TestCopyOut | Response:
+    """Mail one test copy to `to`, as a reader would get it; no reader changes."""
+    address = subscriptions.normalize_address(body.to)
+    record = await in_thread(request.app.state.engine, store.column_by_id, column_id)
+    if record is None:
+        raise _missing("column")
+    reply = await daily.send_test_copy(_courier(request), record, address)
+    if reply is not None:
+        raise HTTPException(502, f"The relay did not take the test copy: {reply}")
+    return TestCopyOut(sent=True, relay_reply=None)
+
+
+@router.patch("/columns/{column_id}", response_model=ColumnSummary, responses=CONFLICT)
+def schedule_column(
+    column_id: Id, body: ScheduleIn, session: SessionDep, settings: SettingsDep
+) -> ColumnSummary:
+    """Reschedule or cancel a column before its send starts (409 after)."""
+    send_at = body.send_at
+    if send_at is not None:
+        aware = send_at if send_at.tzinfo else send_at.replace(tzinfo=settings.tz)
+        send_at = aware.astimezone(dt.UTC).replace(tzinfo=None)
+    try:
+        record = store.schedule(session, column_id, send_at=send_at, cancelled=body.cancelled)
+    except LookupError:
+        raise _missing("column") from None
+    except store.ColumnLocked as exc:
+        raise HTTPException(409, f"{exc}: it can no longer be rescheduled") from None
+    return _column_summary(session, record)
+
+
+def _courier(request: Request) -> Courier:
+    state = request.app.state
+    return Courier(state.engine, state.ctx, state.smtp_target)
+
+
+# Feedback ---------------------------------------------------------------------------------
+
+
+@router.get("/feedback", response_model=list[FeedbackOut])
+def list_feedback(
+    session: SessionDep,
+    category: Annotated[Literal[tuple(feedback.CATEGORIES)] | None, Query()] = None,  # type: ignore[valid-type]
+    resolved: bool | None = None,
+    before: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    limit: Limit = 50,
+) -> list[FeedbackOut]:
+    """What readers reported, newest first; filter by category and resolved."""
+    items = feedback.inbox(
+        session, category=category, resolved=resolved, before=before, limit=limit
+    )
+    return [FeedbackOut.model_validate(f, from_attributes=True) for f in items]
+
+
+@router.post("/feedback/{feedback_id}/resolve", response_model=FeedbackOut)
+def resolve_feedback(feedback_id: Id, session: SessionDep) -> FeedbackOut:
+    """Mark the feedback resolved."""
+    return _feedback_action(session, feedback_id, resolved=True)
+
+
+@router.post("/feedback/{feedback_id}/reopen", response_model=FeedbackOut)
+def reopen_feedback(feedback_id: Id, session: SessionDep) -> FeedbackOut:
+    """Mark resolved feedback open again."""
+    return _feedback_action(session, feedback_id, resolved=False)
+
+
+def _feedback_action(session: SessionDep, feedback_id: int, *, resolved: bool) -> FeedbackOut:
+    try:
+        item = feedback.resolve(session, feedback_id, resolved=resolved)
+    except LookupError:
+        raise _missing("feedback") from None
+    return FeedbackOut.model_validate(item, from_attributes=True)

@@ -16,8 +16,13 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_COLUMN_BODY_BYTES = 4 * 1024 * 1024
 # SNS messages are up to 256 KB; a Postmark bounce may quote the bounced message.
 MAX_WEBHOOK_BODY_BYTES = 256 * 1024
+# A reader list uploaded to the dashboard (spooled to a temporary file as it arrives); larger
+# lists go through `broadside subscribers import`.
+MAX_IMPORT_BODY_BYTES = 64 * 1024 * 1024
 LARGER_LIMITS = {
     "/api/v1/admin/columns": MAX_COLUMN_BODY_BYTES,
+    "/admin/columns": MAX_COLUMN_BODY_BYTES,
+    "/admin/subscribers/import": MAX_IMPORT_BODY_BYTES,
     "/webhooks/ses": MAX_WEBHOOK_BODY_BYTES,
     "/webhooks/postmark": MAX_WEBHOOK_BODY_BYTES,
 }

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
-import logging
 import re
 from typing import Any
 
 from uvicorn.config import LOGGING_CONFIG
+
+from ..logs import JsonFormatter, MaskAddresses, RewriteMessage, WithRequestId
 
 REDACTED = "…"
 # A token in a link is a credential (it confirms, unsubscribes, opens the preferences):
@@ -23,30 +24,28 @@ def redact(text: str) -> str:
     return TOKEN_IN_QUERY_RE.sub(rf"\g<1>{REDACTED}", text)
 
 
-class RedactTokens(logging.Filter):
-    """Redacts the message and its traceback. Plain arguments (str, int, float) stay separate,
-    as uvicorn's access formatter unpacks them; any other message is rendered once, here."""
+class RedactTokens(RewriteMessage):
+    """Replaces link tokens in a record's message, arguments and traceback with …."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Replace link tokens in the record's message and arguments with …."""
-        args = record.args
-        if isinstance(args, tuple) and all(isinstance(a, str | int | float) for a in args):
-            record.msg = redact(str(record.msg))
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
-        else:  # an exception or object logged with %r/%s: its text may hold a URL
-            record.msg = redact(record.getMessage())
-            record.args = ()
-        if record.exc_info and not record.exc_text:
-            # Formatters print exc_text when it is set: the traceback is formatted once, here.
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
-        return True
+    def rewrite(self, text: str) -> str:
+        """`text` without link tokens."""
+        return redact(text)
 
 
-def uvicorn_log_config() -> dict[str, Any]:
-    """uvicorn's own logging set-up with RedactTokens on its handlers, where every access and
-    error line passes; a dictConfig by uvicorn installs it rather than resetting it."""
+def uvicorn_log_config(log_format: str = "text") -> dict[str, Any]:
+    """uvicorn's own logging set-up with RedactTokens, MaskAddresses and the request id on its
+    handlers, where every access and error line passes, and JSON lines for LOG_FORMAT=json;
+    a dictConfig by uvicorn installs it rather than resetting it."""
     config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["redact_tokens"] = {"()": RedactTokens}
+    config.setdefault("filters", {}).update(
+        redact_tokens={"()": RedactTokens},
+        mask_addresses={"()": MaskAddresses},
+        request_id={"()": WithRequestId},
+    )
     for handler in config["handlers"].values():
-        handler["filters"] = [*handler.get("filters", []), "redact_tokens"]
+        filters = ["redact_tokens", "mask_addresses", "request_id"]
+        handler["filters"] = [*handler.get("filters", []), *filters]
+    if log_format == "json":
+        for name in config["formatters"]:
+            config["formatters"][name] = {"()": JsonFormatter}
     return config

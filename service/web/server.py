@@ -23,5 +23,5 @@ def config(settings: Settings, app: FastAPI, host: str, port: int) -> uvicorn.Co
         proxy_headers=True,
         forwarded_allow_ips=list(settings.trusted_proxies),
         log_level=settings.log_level.lower(),
-        log_config=uvicorn_log_config(),
+        log_config=uvicorn_log_config(settings.log_format),
     )
