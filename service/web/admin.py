@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .. import feedback, readers, subscriptions
 from ..columns import sources, store
@@ -53,6 +53,10 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": Problem, "description": "not possible in the current state"}
 }
 Id = Annotated[int, Path(ge=1, le=2**31 - 1)]
+# The database keeps naive UTC; an answer says so (RFC 3339 wants the offset).
+Moment = Annotated[
+    dt.datetime, AfterValidator(lambda v: v.replace(tzinfo=dt.UTC) if v.tzinfo is None else v)
+]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 
@@ -131,10 +135,10 @@ class SubscriberOut(BaseModel):
     email: str
     name: str
     status: SubscriberStatus
-    created_at: dt.datetime
-    confirmed_at: dt.datetime | None
-    unsubscribed_at: dt.datetime | None
-    bounced_at: dt.datetime | None
+    created_at: Moment
+    confirmed_at: Moment | None
+    unsubscribed_at: Moment | None
+    bounced_at: Moment | None
     bounce_reason: str | None
 
 
@@ -148,7 +152,7 @@ class SubscriberPage(BaseModel):
 class ConsentOut(BaseModel):
     """One consent decision."""
 
-    at: dt.datetime
+    at: Moment
     action: str
     source: str
     ip: str | None
@@ -163,14 +167,14 @@ class DeliveryOut(BaseModel):
     column_title: str
     status: str
     attempts: int
-    sent_at: dt.datetime | None
+    sent_at: Moment | None
     last_error: str | None
 
 
 class BounceOut(BaseModel):
     """One bounce, complaint or unsubscribe by mail."""
 
-    received_at: dt.datetime
+    received_at: Moment
     source: str
     kind: str
     status: str | None
@@ -186,8 +190,8 @@ class FeedbackOut(BaseModel):
     message: str
     reply_to: str | None
     subscriber_id: int | None
-    created_at: dt.datetime
-    resolved_at: dt.datetime | None
+    created_at: Moment
+    resolved_at: Moment | None
 
 
 class SubscriberDetail(SubscriberOut):
@@ -295,10 +299,10 @@ class SendOut(BaseModel):
     pause_reason: str | None = Field(
         description="why a paused send is paused: the operator, or the relay's reply"
     )
-    started_at: dt.datetime
-    paused_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    cancelled_at: dt.datetime | None
+    started_at: Moment
+    paused_at: Moment | None
+    finished_at: Moment | None
+    cancelled_at: Moment | None
 
 
 def _send(summary: sends.SendSummary) -> SendOut:
@@ -383,8 +387,8 @@ class ColumnSummary(BaseModel):
     date: dt.date
     slug: str
     title: str
-    send_at: dt.datetime | None = Field(description="the operator's time (UTC), else SEND_TIME")
-    cancelled_at: dt.datetime | None
+    send_at: Moment | None = Field(description="the operator's time (UTC), else SEND_TIME")
+    cancelled_at: Moment | None
     send_id: int | None
     send_status: str | None
 

@@ -58,6 +58,7 @@ def live_api(
         yield url
 
 
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection"})
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -85,6 +86,11 @@ def test_the_api_answers_every_generated_request_within_its_schema(
             suppress_health_check=list(HealthCheck),
         )
         def answers_within_schema(case: schemathesis.Case) -> None:
+            # Made-up framing headers (a Content-Length of "U2{p") are refused by the HTTP
+            # server itself, in plain text, before the app sees the request: not the API's
+            # input, so not the API's to answer.
+            for name in [n for n in case.headers or {} if n.lower() in FRAMING_HEADERS]:
+                del case.headers[name]  # type: ignore[union-attr]
             case.call_and_validate(
                 base_url=live_api,
                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
