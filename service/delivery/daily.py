@@ -80,6 +80,26 @@ def start_send(engine: Engine, settings: Settings, column: ColumnRecord) -> tupl
         return sends.start(session, column=column)
 
 
+class ColumnCancelled(ColumnNotSendable):
+    """The operator cancelled the column; it is not sent until its schedule is set again."""
+
+
+def start_now(engine: Engine, settings: Settings, column_id: int) -> tuple[Send, bool]:
+    """The operator's "send now": start the column's send at once (its readers snapshotted
+    now); the running `serve`/`worker` processes deliver it, picking it up within
+    RESUME_INTERVAL. LookupError for an unknown column, ColumnCancelled for a cancelled one,
+    ColumnNotSendable for one too large to mail; an existing send is returned as it is."""
+    with transaction(engine) as session:
+        column = store.column_by_id(session, column_id)
+    if column is None:
+        raise LookupError(f"no column {column_id}")
+    if column.cancelled_at is not None:
+        raise ColumnCancelled(
+            f"the column of {column.date} is cancelled: set its schedule again first"
+        )
+    return start_send(engine, settings, column)
+
+
 class Dispatcher:
     """This process's sends: runs at most one SendWorker per send, resumes the unfinished ones
     (the periodic heal), and stops them all gracefully. One worker name per process, so that a

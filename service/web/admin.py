@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 from typing import Annotated, Any, Literal
@@ -482,6 +483,38 @@ async def test_column(column_id: Id, body: TestCopyIn, request: Request) -> Test
     if reply is not None:
         raise HTTPException(502, f"The relay did not take the test copy: {reply}")
     return TestCopyOut(sent=True, relay_reply=None)
+
+
+@router.post(
+    "/columns/{column_id}/send",
+    response_model=SendOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"description": "the send had already started"},
+        **CONFLICT,
+        422: {"model": Problem, "description": "the column cannot be mailed (too large)"},
+    },
+)
+async def send_column_now(column_id: Id, request: Request, response: Response) -> SendOut:
+    """Start the column's send now: its active readers are snapshotted at once and the
+    running `serve`/`worker` processes deliver it (within RESUME_INTERVAL). Starting it
+    again returns the send that exists (200); nobody is ever sent it twice."""
+    state = request.app.state
+    try:
+        send, created = await asyncio.to_thread(
+            daily.start_now, state.engine, state.ctx.settings, column_id
+        )
+    except LookupError:
+        raise _missing("column") from None
+    except daily.ColumnCancelled as exc:
+        raise HTTPException(409, str(exc)) from None
+    except daily.ColumnNotSendable as exc:
+        raise HTTPException(422, str(exc)) from None
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    summary = await in_thread(state.engine, sends.summary, send.id or 0)
+    assert summary is not None
+    return _send(summary)
 
 
 @router.patch("/columns/{column_id}", response_model=ColumnSummary, responses=CONFLICT)

@@ -605,13 +605,10 @@ async def send_now(
     running `serve`/`worker` processes deliver it (picked up within RESUME_INTERVAL)."""
     engine = request.app.state.engine
     back = f"/admin/columns/{column_id}"
-    record = await in_thread(engine, store.column_by_id, column_id)
-    if record is None:
-        raise _missing("column")
-    if record.cancelled_at is not None:
-        return redirect(back, "This column is cancelled: schedule it again first.", error=True)
     try:
-        send, created = await asyncio.to_thread(daily.start_send, engine, settings, record)
+        send, created = await asyncio.to_thread(daily.start_now, engine, settings, column_id)
+    except LookupError:
+        raise _missing("column") from None
     except daily.ColumnNotSendable as exc:
         return redirect(back, str(exc), error=True)
     every = _interval(settings.resume_interval)

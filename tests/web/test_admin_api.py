@@ -350,3 +350,30 @@ def test_api_and_outbox_stay_quiet_after_admin_calls(admin: TestClient, engine: 
     assert eventually(lambda: outbox_idle(engine), timeout=5)
     with Session(engine) as session:
         assert list(session.exec(select(OutboxMail).where(col(OutboxMail.id) > 0))) == []
+
+
+def test_send_now_starts_the_send_once_and_never_for_a_cancelled_column(
+    admin: TestClient, engine: Engine, smtp_server: SmtpTestServer
+) -> None:
+    add_readers(engine, active=3)
+    column = seed_column(engine, admin)
+    admin.patch(f"/api/v1/admin/columns/{column.id}", json={"cancelled": True})
+    refused = admin.post(f"/api/v1/admin/columns/{column.id}/send")
+    assert refused.status_code == 409 and "cancelled" in refused.json()["detail"]
+    admin.patch(f"/api/v1/admin/columns/{column.id}", json={"cancelled": False})
+
+    started = admin.post(f"/api/v1/admin/columns/{column.id}/send")
+    assert started.status_code == 201
+    send = started.json()
+    assert (send["status"], send["readers"], send["remaining"]) == ("sending", 3, 3)
+    again = admin.post(f"/api/v1/admin/columns/{column.id}/send")
+    assert again.status_code == 200 and again.json()["id"] == send["id"]
+
+    async def heal() -> None:  # what a running worker's heal does within RESUME_INTERVAL
+        runs = dispatcher(engine, admin.app.state.ctx.settings)  # type: ignore[attr-defined]
+        await runs.heal(dt.datetime.now(dt.UTC))
+        await runs.wait(None)
+
+    asyncio.run(heal())
+    assert sorted(smtp_server.per_recipient().values()) == [1, 1, 1]
+    assert admin.get(f"/api/v1/admin/sends/{send['id']}").json()["status"] == "done"
