@@ -44,6 +44,8 @@ def find(
     """Readers in id order after `after` (keyset pagination: as fast on page 20,000 as on
     page 1): the one at exactly `email` (normalised as stored), those whose address or name
     contains `q`, those in `status`."""
+    if "\x00" in (email or "") + (q or ""):
+        return []  # nothing stored holds a NUL, and PostgreSQL refuses one in a query
     query = select(Subscriber)
     if email is not None:
         query = query.where(col(Subscriber.email) == _as_stored(email))

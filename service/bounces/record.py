@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.message import Message
 
@@ -64,7 +64,7 @@ def attribute(
         subscriber_id = _named_in_links(ctx, original)
         if subscriber_id is not None and 0 < subscriber_id <= MAX_ID:
             return Whom(session.get(Subscriber, subscriber_id))
-    if email:
+    if email and "\x00" not in email:  # PostgreSQL refuses a NUL in a query; none is stored
         found = session.exec(select(Subscriber).where(Subscriber.email == email.lower())).first()
         return Whom(found)
     return Whom()
@@ -97,8 +97,15 @@ def record_bounce(
     names no reader is kept whole (`raw`) for the operator. A report seen before (the same
     `report_id`) is returned as it was recorded and changes nothing again."""
     now = now or utcnow()
+    report_id = _text(report_id, 300)
     if report_id is not None and (seen := _seen(session, report_id)) is not None:
         return seen
+    finding = replace(
+        finding,
+        email=_text(finding.email, 320),
+        status=_text(finding.status, 16),
+        diagnostic=_text(finding.diagnostic, 1000),
+    )
     subscriber = whom.subscriber
     bounce = Bounce(
         received_at=now,
@@ -108,10 +115,10 @@ def record_bounce(
         subscriber_id=subscriber.id if subscriber is not None else None,
         delivery_id=whom.delivery_id,
         status=finding.status,
-        diagnostic=finding.diagnostic[:1000] if finding.diagnostic else None,
+        diagnostic=finding.diagnostic,
         raw_size=raw_size,
         raw=raw if subscriber is None or finding.kind is BounceKind.unknown else None,
-        report_id=report_id[:300] if report_id else None,
+        report_id=_text(report_id, 300),
     )
     try:
         with session.begin_nested():
@@ -149,8 +156,14 @@ def record_bounce(
     return bounce
 
 
+def _text(value: str | None, limit: int) -> str | None:
+    """A report's own words as a column can keep them: no NUL (PostgreSQL refuses it in
+    text), at most `limit` characters."""
+    return value.replace("\x00", "")[:limit] or None if value else None
+
+
 def _seen(session: Session, report_id: str) -> Bounce | None:
-    return session.exec(select(Bounce).where(Bounce.report_id == report_id[:300])).first()
+    return session.exec(select(Bounce).where(Bounce.report_id == report_id)).first()
 
 
 def _soft_bounces(session: Session, ctx: AppContext, subscriber: Subscriber, now: datetime) -> int:

@@ -539,3 +539,14 @@ def test_a_report_delivered_twice_counts_once(
         assert deliver(receiver, mail.mail_from, delayed)[0] == 250
     assert reader(engine, address).status == SubscriberStatus.active
     assert len(bounces(engine)) == 1
+
+
+def test_a_report_with_nul_bytes_in_its_fields_is_still_recorded(
+    engine: Engine, settings: Settings, smtp_server: SmtpTestServer, receiver: int
+) -> None:
+    mails = column_to(engine, settings, smtp_server, active=1)
+    [(address, mail)] = mails.items()
+    report = dsn(address, "5.1.1").replace(b"mailbox says no", b"mailbox\x00says no")
+    assert deliver(receiver, mail.mail_from, report)[0] == 250
+    [bounce] = bounces(engine)
+    assert bounce.kind == BounceKind.hard and "\x00" not in (bounce.diagnostic or "")

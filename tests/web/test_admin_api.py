@@ -377,3 +377,12 @@ def test_send_now_starts_the_send_once_and_never_for_a_cancelled_column(
     asyncio.run(heal())
     assert sorted(smtp_server.per_recipient().values()) == [1, 1, 1]
     assert admin.get(f"/api/v1/admin/sends/{send['id']}").json()["status"] == "done"
+
+
+def test_a_search_with_a_nul_byte_finds_nothing_instead_of_failing(
+    admin: TestClient, engine: Engine
+) -> None:
+    add_readers(engine, active=1)  # PostgreSQL refuses a NUL in a query: found by schemathesis
+    for params in ({"q": "g\x00"}, {"email": "active0@example.com\x00"}):
+        answer = admin.get("/api/v1/admin/subscribers", params=params)
+        assert answer.status_code == 200 and answer.json()["items"] == []
