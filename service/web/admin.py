@@ -492,7 +492,7 @@ async def test_column(column_id: Id, body: TestCopyIn, request: Request) -> Test
     responses={
         200: {"description": "the send had already started"},
         **CONFLICT,
-        422: {"model": Problem, "description": "the column cannot be mailed (too large)"},
+        422: {"description": "a bad id, or a column that cannot be mailed (too large)"},
     },
 )
 async def send_column_now(column_id: Id, request: Request, response: Response) -> SendOut:
@@ -508,8 +508,9 @@ async def send_column_now(column_id: Id, request: Request, response: Response) -
         raise _missing("column") from None
     except daily.ColumnCancelled as exc:
         raise HTTPException(409, str(exc)) from None
-    except daily.ColumnNotSendable as exc:
-        raise HTTPException(422, str(exc)) from None
+    except daily.ColumnNotSendable as exc:  # the same shape as any 422: a list of problems
+        problem = {"loc": ["path", "column_id"], "msg": str(exc), "type": "value_error"}
+        raise HTTPException(422, [problem]) from None
     if not created:
         response.status_code = status.HTTP_200_OK
     summary = await in_thread(state.engine, sends.summary, send.id or 0)
