@@ -2,9 +2,11 @@
 
 Runs in its own process (pinned to its own CPU by the caller) so that its cost is measured
 apart from the client's. Writes a JSON stats file on SIGTERM/SIGINT: connections, messages,
-recipients, bytes, unique recipients and duplicate deliveries.
+recipients, bytes, unique recipients and duplicate deliveries. With `--data-delay S` it
+answers each DATA only after S seconds, as a remote relay does (the scale-out figure: workers
+that wait on the network must add up).
 
-    python -m bench.sink --port 2525 --stats /tmp/sink.json
+    python -m bench.sink --port 2525 --stats /tmp/sink.json [--data-delay 0.05]
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 class Counting:
     """aiosmtpd handler: accept every recipient and message, and count them."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_delay: float = 0.0) -> None:
+        self.data_delay = data_delay
         self.per_rcpt: Counter[str] = Counter()
         self.connections = self.messages = self.recipients = self.bytes = 0
         self.first: float | None = None
@@ -39,6 +42,9 @@ class Counting:
         self.recipients += len(envelope.rcpt_tos)
         self.bytes += len(envelope.original_content or b"")
         self.per_rcpt.update(envelope.rcpt_tos)
+        if self.data_delay:
+            # Counted before the wait: a client that gives up meanwhile still sent it once.
+            await asyncio.sleep(self.data_delay)
         return f"250 2.0.0 OK queued as {self.messages}"
 
     def stats(self) -> dict[str, Any]:
@@ -95,8 +101,8 @@ class FastDataSMTP(SMTP):
         await self.push(status)
 
 
-async def serve(port: int, stats_path: Path | None) -> None:
-    handler = Counting()
+async def serve(port: int, stats_path: Path | None, data_delay: float = 0.0) -> None:
+    handler = Counting(data_delay)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: FastDataSMTP(
@@ -126,8 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--stats", type=Path, help="JSON stats file, written on exit")
+    parser.add_argument(
+        "--data-delay", type=float, default=0.0, help="seconds before answering each DATA"
+    )
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.port, args.stats))
+    asyncio.run(serve(args.port, args.stats, args.data_delay))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,15 @@ SIGN_IN_WINDOW = timedelta(minutes=15)
 # Seconds for the hand-offs in progress to finish at a stop (SIGTERM, Ctrl-C); what still runs
 # then is cancelled, so a stop never takes longer than this (docker's default wait is 10 s).
 SHUTDOWN_GRACE = 8.0
+# DELIVERY_RATE and the relays' PER_HOUR caps are token buckets in the database shared by every
+# worker; a worker takes this many seconds' worth of tokens at a time (one statement), so the
+# rate holds across workers within one such batch each.
+RATE_BATCH_SECONDS = 0.5
+RELAY_CAP_BATCH = 10  # tokens of a relay's hourly cap taken at a time
+# A relay that lost or refused a connection is skipped, then probed after this backoff
+# (doubling while it stays down, up to the maximum).
+RELAY_BACKOFF_SECONDS = 1.0
+RELAY_BACKOFF_MAX_SECONDS = 60.0
 LIST_ID_RE = re.compile(r"[^<>\r\n]*<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+>\s*|[A-Za-z0-9.-]+")
 
 
@@ -88,6 +97,58 @@ class RelayUrl:
     def __repr__(self) -> str:  # never log the password
         tls = f"tls={self.implicit_tls}, starttls={self.starttls}"
         return f"RelayUrl({self.host}:{self.port}, {tls})"
+
+    @property
+    def label(self) -> str:
+        """host:port, never the credentials: what the ledger and the logs name a relay by."""
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RelaySpec:
+    """One relay of SMTP_URLS: `URL[;weight=N][;per_hour=N]`. A connection picks a relay by
+    `weight`; `per_hour` caps what every worker together hands it in an hour."""
+
+    url: RelayUrl
+    weight: int = 1
+    per_hour: int | None = None
+
+    @classmethod
+    def parse(cls, entry: str, number: int) -> RelaySpec:
+        """One entry of the list; ValueError names it by its place and host:port, never by
+        its URL, which may hold a password."""
+        url, *options = (part.strip() for part in entry.split(";"))
+        try:
+            relay = RelayUrl.parse(url)
+        except ValueError as exc:
+            raise ValueError(f"relay {number} {exc}") from None
+        values: dict[str, int] = {}
+        for option in options:
+            name, _, value = option.partition("=")
+            if name.strip() not in ("weight", "per_hour"):
+                raise ValueError(
+                    f"relay {number} ({relay.label}): unknown option {name.strip()!r} "
+                    "(weight=N, per_hour=N)"
+                )
+            if not value.strip().isdigit() or int(value) < 1:
+                raise ValueError(
+                    f"relay {number} ({relay.label}): {name.strip()} must be a whole number ≥ 1"
+                )
+            values[name.strip()] = int(value)
+        return cls(relay, values.get("weight", 1), values.get("per_hour"))
+
+
+def parse_relays(value: str) -> list[RelaySpec]:
+    """SMTP_URLS: relays separated by commas (URL-encode a comma in a password as %2C)."""
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    relays = [RelaySpec.parse(entry, number) for number, entry in enumerate(entries, 1)]
+    labels = [relay.url.label for relay in relays]
+    for label in labels:
+        if labels.count(label) > 1:
+            raise ValueError(f"{label} is listed twice (the ledger names relays by host:port)")
+    if not relays:
+        raise ValueError("lists no relay")
+    return relays
 
 
 @dataclass(frozen=True)
@@ -182,6 +243,8 @@ class Settings(BaseSettings):
 
     # Outgoing mail
     smtp_url: SecretStr | None = None
+    # Several relays, by weight, each with its own hourly cap: see RelaySpec.
+    smtp_urls: SecretStr | None = None
     smtp_timeout: float = Field(30.0, gt=0)
     relay_failure_threshold: int = Field(10, ge=1)
     capture_port: int = Field(2525, ge=0, le=65535)
@@ -285,6 +348,14 @@ class Settings(BaseSettings):
     def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value():
             RelayUrl.parse(value.get_secret_value())
+            return value
+        return None
+
+    @field_validator("smtp_urls")
+    @classmethod
+    def _smtp_urls(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip():
+            parse_relays(value.get_secret_value())
             return value
         return None
 
@@ -410,7 +481,9 @@ class Settings(BaseSettings):
         # Each message starts with the variable it is about: _explain names it from there.
         if self.env == "production" and self.secret_key is None:
             raise ValueError("SECRET_KEY must be set when BROADSIDE_ENV=production")
-        if self.env == "production" and self.smtp_url is None:
+        if self.smtp_url is not None and self.smtp_urls is not None:
+            raise ValueError("SMTP_URLS replaces SMTP_URL: set one of them, not both")
+        if self.env == "production" and self.smtp_url is None and self.smtp_urls is None:
             raise ValueError(
                 "SMTP_URL must be set when BROADSIDE_ENV=production "
                 "(without it mail is only captured, never delivered)"
@@ -451,10 +524,19 @@ class Settings(BaseSettings):
 
     @property
     def relay(self) -> RelayUrl | None:
-        """The configured relay, or None for the embedded capture server."""
+        """The configured relay (the first of SMTP_URLS: transactional mail and /readyz use
+        it), or None for the embedded capture server."""
+        relays = self.relays
+        return relays[0].url if relays else None
+
+    @property
+    def relays(self) -> list[RelaySpec]:
+        """SMTP_URLS, or SMTP_URL as one relay of weight 1, or none (the capture server)."""
+        if self.smtp_urls is not None:
+            return parse_relays(self.smtp_urls.get_secret_value())
         if self.smtp_url is None:
-            return None
-        return RelayUrl.parse(self.smtp_url.get_secret_value())
+            return []
+        return [RelaySpec(RelayUrl.parse(self.smtp_url.get_secret_value()))]
 
     @property
     def mail_domain(self) -> str:

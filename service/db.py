@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -52,7 +53,57 @@ def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        writer.acquire(conn.connection.dbapi_connection)
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            writer.release(conn.connection.dbapi_connection)
+            raise
+
+    writer = _WriterLock(busy_timeout)
+    dialect = engine.dialect
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+
+    def do_commit(dbapi_conn: Any) -> None:
+        try:
+            commit(dbapi_conn)
+        finally:
+            writer.release(dbapi_conn)
+
+    def do_rollback(dbapi_conn: Any) -> None:
+        try:
+            rollback(dbapi_conn)
+        finally:
+            writer.release(dbapi_conn)
+
+    # Per engine: create_engine gives each engine its own dialect object.
+    dialect.do_commit = do_commit  # type: ignore[method-assign,assignment]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign,assignment]
+
+
+class _WriterLock:
+    """The threads of one process take SQLite's write lock in turn, queued on a lock of their
+    own: SQLite's busy handler makes a waiting writer sleep 1, 2, 5 … 100 ms between tries,
+    so under load the lock sits free while every writer sleeps (seconds of p99, then
+    "database is locked"). Held from BEGIN IMMEDIATE until COMMIT or ROLLBACK has run;
+    other processes still wait through busy_timeout."""
+
+    def __init__(self, timeout: float) -> None:
+        self._lock = threading.Lock()
+        self._timeout = timeout
+        self._holder: Any = None  # the DBAPI connection whose transaction holds it
+
+    def acquire(self, dbapi_conn: Any) -> None:
+        # After the timeout, go on without it: SQLite's own lock still decides (a thread
+        # that opens a second transaction while holding one must not wait here forever).
+        if self._lock.acquire(timeout=self._timeout):
+            self._holder = dbapi_conn
+
+    def release(self, dbapi_conn: Any) -> None:
+        dbapi_conn = getattr(dbapi_conn, "dbapi_connection", dbapi_conn)  # the pool's proxy
+        if self._holder is not None and self._holder is dbapi_conn:
+            self._holder = None
+            self._lock.release()
 
 
 def insert_new(session: Session, table: Table, rows: list[dict[str, Any]], *, key: str) -> None:

@@ -138,15 +138,16 @@ class Feedback(SQLModel, table=True):
     resolved_at: datetime | None = Field(default=None, sa_type=DateTime())
 
 
-class RateHit(SQLModel, table=True):
-    """One counted action for rate limiting, shared by every worker through the database."""
+class RateBucket(SQLModel, table=True):
+    """A token bucket per key (a reader's action, a send's DELIVERY_RATE, a relay's hourly
+    cap), shared by every process through the database: `tokens` left as of `updated_at`."""
 
-    __tablename__ = "rate_hits"
-    __table_args__ = (Index("ix_rate_hits_key_at", "key", "at"),)
+    __tablename__ = "rate_buckets"
 
-    id: int | None = Field(default=None, primary_key=True)
-    key: str = Field(max_length=400)
-    at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
+    key: str = Field(primary_key=True, max_length=400)
+    tokens: float
+    granted: int = 0  # what the last take got: RETURNING cannot show the row's old tokens
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
 
 
 class ColumnRecord(SQLModel, table=True):
@@ -213,6 +214,7 @@ class Delivery(LeasedWork, table=True):
     subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
     email: str = Field(max_length=320)
     name: str = Field(default="", max_length=100)
+    relay: str | None = Field(default=None, max_length=255)  # host:port that took it
 
 
 class BounceKind(StrEnum):

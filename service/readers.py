@@ -19,7 +19,7 @@ from .models import (
     Delivery,
     Feedback,
     OutboxMail,
-    RateHit,
+    RateBucket,
     Send,
     Subscriber,
     SubscriberStatus,
@@ -163,7 +163,7 @@ def erase(
     address = subscriber.email
     suppress(session, ctx, address, SuppressionReason.erased)
     session.execute(delete(OutboxMail).where(col(OutboxMail.recipient) == address))
-    session.execute(delete(RateHit).where(col(RateHit.key).like(f"%:{mailbox_key(address)}")))
+    session.execute(delete(RateBucket).where(col(RateBucket.key).like(f"%:{mailbox_key(address)}")))
     placeholder = f"erased-{subscriber_id}@{ERASED_DOMAIN}"
     session.execute(
         update(Delivery)

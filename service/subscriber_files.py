@@ -19,16 +19,18 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Table,
+    Text,
     any_,
     bindparam,
+    cast,
+    column,
     func,
     literal,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -37,8 +39,9 @@ from .context import AppContext
 from .db import transaction
 from .errors import DomainError, InvalidInput
 from .mail.message import one_line
+from .mail.outbox import queue_messages
 from .models import Consent, Subscriber, SubscriberStatus, Suppression
-from .subscriptions import clean_name, normalize_address, queue_confirmation
+from .subscriptions import clean_name, confirmation, normalize_address
 
 IMPORT_BATCH = 1000  # rows per transaction: a crash leaves whole batches behind
 MAX_BATCH = 5000  # SQLite allows 32,766 parameters in one statement (IN lists, hashes)
@@ -225,7 +228,7 @@ def _rows(
                 raise UnusableFile(f"line {line}: {_reason(exc)}") from None
             if fields is None:
                 return
-            if any(value.strip() for value in fields):
+            if "".join(fields).strip():
                 yield Row(
                     line,
                     _cell(fields, email_at),
@@ -395,7 +398,7 @@ def _checked(
         try:
             address = normalize_address(_unescaped(row.email))
             name = clean_name(_unescaped(row.name))
-            status = _row_status(row.status)
+            status = _row_status(row.status) if row.status else None
         except InvalidInput as exc:
             value = {"email": row.email, "name": row.name}.get(exc.field, row.status)
             summary.add_invalid(row.line, value, f"{exc.field}: {exc.message}")
@@ -409,7 +412,7 @@ def _checked(
             # A row our own export wrote as `pending` never confirmed: it stays pending.
             active = options.confirmed and status != SubscriberStatus.pending
             wanted[address] = _Wanted(name, active)
-    hashes = {h: address for address in wanted for h in ctx.tokens.address_hashes(address)}
+    hashes = ctx.tokens.hashed_addresses(wanted)  # addresses are normalised already
     return _Checked(wanted, hashes)
 
 
@@ -558,15 +561,11 @@ def _insert_new(
     )
     summary.imported += len(confirmed) + len(waiting)
     summary.unchanged += len(new) - len(confirmed) - len(waiting)
-    for subscriber_id, email in waiting:
-        queue_confirmation(
-            session,
-            ctx,
-            subscriber_id=subscriber_id,
-            email=email,
-            nonce=nonces[email],
-            kind=IMPORT_MAIL,
-        )
+    mails = [
+        confirmation(ctx, subscriber_id=i, email=email, nonce=nonces[email], kind=IMPORT_MAIL)
+        for i, email in waiting
+    ]
+    queue_messages(session, ctx, mails)  # one INSERT; the mail rendered once per process
     summary.mailed += len(waiting)
     _consent(session, [i for i, _ in confirmed], IMPORTED_CONFIRMED, options.source, now)
     _consent(session, [i for i, _ in waiting], IMPORTED, options.source, now)
@@ -606,11 +605,15 @@ def _postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _among(session: Session, column: Column[Any], values: list[Any]) -> ColumnElement[bool]:
-    """`column IN values`; on PostgreSQL `= ANY(one array)`: psycopg does not cache the
-    parsing of long queries, and a thousand placeholders cost more to parse than to run."""
+def _among(session: Session, column: Column[Any], values: list[str]) -> ColumnElement[bool]:
+    """`column IN values`; on PostgreSQL `= ANY(one array)` of one text parameter split on
+    line ends (no address or hash holds one): psycopg does not cache the parsing of long
+    queries, a thousand placeholders cost more to parse than to run, and psycopg dumps
+    a list parameter element by element in Python."""
     if _postgresql(session):
-        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
+        assert not any("\n" in value for value in values)
+        joined = bindparam(None, "\n".join(values), type_=Text)
+        return column == any_(func.string_to_array(joined, "\n"))
     return column.in_(values)
 
 
@@ -625,26 +628,76 @@ def _insert_rows(
 ) -> Sequence[Any]:
     """One INSERT of many `rows` (each also taking the values in `same`), skipping those
     whose `unique` key is taken, by another row or a concurrent transaction. On PostgreSQL
-    the rows come from unnest() of one array per column, and `same` is bound once: a
-    statement of a handful of parameters however many rows it carries."""
+    the rows come from jsonb_to_recordset() of one JSON parameter (encoded in C, parsed in
+    C), and `same` is bound once: a statement of a handful of parameters however many rows
+    it carries."""
     if _postgresql(session):
         varying = list(rows[0])
-        arrays = [
-            bindparam(None, [r[n] for r in rows], type_=ARRAY(table.c[n].type)) for n in varying
-        ]
-        source = func.unnest(*arrays).table_valued(*varying).render_derived(name="incoming")
+        shape = [column(n, table.c[n].type) for n in varying]
+        document = cast(bindparam(None, json.dumps(rows), type_=Text), JSONB)
+        source = (
+            func.jsonb_to_recordset(document)
+            .table_valued(*shape)
+            .render_derived(name="incoming", with_types=True)
+        )
         fixed = [literal(value, table.c[name].type) for name, value in same.items()]
         values = select(*(source.c[n] for n in varying), *fixed)
         statement: Any = postgresql_insert(table).from_select([*varying, *same], values)
-        params: list[dict[str, Any]] | None = None
     else:
-        statement, params = sqlite_insert(table), [{**r, **same} for r in rows]
+        return _sqlite_insert_rows(session, table, rows, same, unique, returning)
     if unique is not None:
         statement = statement.on_conflict_do_nothing(index_elements=[unique])
     if returning:
         statement = statement.returning(*returning)
-    result = session.connection().execute(statement, params)
+    result = session.connection().execute(statement)
     return result.all() if returning else ()
+
+
+def _sqlite_insert_rows(
+    session: Session,
+    table: Table,
+    rows: list[dict[str, Any]],
+    same: dict[str, Any],
+    unique: str | None,
+    returning: tuple[Column[Any], ...],
+) -> Sequence[Any]:
+    """_insert_rows on SQLite: the driver's executemany of one prepared INSERT, the values
+    in `same` converted once (SQLAlchemy would convert every row's datetimes again). The
+    rows inserted are those past the largest id before: this transaction holds SQLite's
+    write lock from its BEGIN IMMEDIATE (db.py), so no other writer's rows can be among them."""
+    dialect = session.get_bind().dialect
+    varying = list(rows[0])
+    same = {**_scalar_defaults(table, {*varying, *same}), **same}
+    fixed = []
+    for name, value in same.items():
+        convert = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        fixed.append(convert(value) if convert is not None else value)
+    columns = ", ".join(f'"{name}"' for name in (*varying, *same))
+    marks = ", ".join("?" * (len(varying) + len(same)))
+    conflict = f' ON CONFLICT ("{unique}") DO NOTHING' if unique is not None else ""
+    sql = f'INSERT INTO "{table.name}" ({columns}) VALUES ({marks}){conflict}'
+    connection = session.connection()
+    before = 0
+    if returning:
+        before = connection.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()
+    connection.exec_driver_sql(sql, [(*(r[n] for n in varying), *fixed) for r in rows])
+    if not returning:
+        return ()
+    return connection.execute(
+        select(*returning).where(table.c.id > before).order_by(table.c.id)
+    ).all()
+
+
+def _scalar_defaults(table: Table, given: set[str]) -> dict[str, Any]:
+    """The Python-side defaults SQLAlchemy would add to an INSERT of the `given` columns."""
+    defaults = {}
+    for each in table.columns:
+        default = each.default
+        if each.name in given or default is None:
+            continue
+        assert default.is_scalar, f"{table.name}.{each.name} needs a value"
+        defaults[each.name] = default.arg  # type: ignore[attr-defined]
+    return defaults
 
 
 # Exporting -----------------------------------------------------------------------------

@@ -7,10 +7,16 @@ subscriber change and the mail announcing it (the outbox row) land together or n
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import Table, bindparam
+from sqlalchemy import insert as sa_insert
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
 
@@ -29,8 +35,20 @@ EPOCH = datetime(1970, 1, 1)  # naive UTC, like every datetime we store
 
 
 def normalize_address(raw: str | None) -> str:
-    """The address as we store it (lower case, IDN domain in ASCII), or InvalidInput."""
+    """The address as we store it (lower case, IDN domain in ASCII), or InvalidInput. An
+    address whose part before the @ is a plain dot-atom, at a domain seen valid before, is
+    answered from the domain cache (an import reads a million of them); any other goes
+    through email-validator, which also gives the reason a bad one is refused."""
     value = (raw or "").strip()
+    local, at, domain = value.partition("@")
+    known = _DOMAINS.get(domain) if at else None
+    if known is not None and len(local) + known[1] <= MAX_ADDRESS and _DOT_ATOM.match(local):
+        return f"{local}@{known[0]}".lower()
+    return _validated(value)
+
+
+def _validated(value: str) -> str:
+    """normalize_address the slow way (email-validator), remembering a valid domain."""
     if not value:
         raise InvalidInput("email", "Enter your e-mail address.")
     if len(value) > MAX_ADDRESS:
@@ -43,7 +61,25 @@ def normalize_address(raw: str | None) -> str:
         checked = validate_email(value, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise InvalidInput("email", str(exc)) from None
+    _remember_domain(value.rpartition("@")[2], checked.domain, checked.ascii_domain)
     return (checked.ascii_email or checked.normalized).lower()
+
+
+# email-validator's dot-atom (RFC 5322 3.2.3 atext, dots between): a local part of this shape
+# is valid as it is, so only its domain needs the library, once per domain.
+_ATEXT = r"a-zA-Z0-9_!#\$%&\'\*\+\-/=\?\^`\{\|\}~"
+_DOT_ATOM = re.compile(f"[{_ATEXT}]+(?:\\.[{_ATEXT}]+)*\\Z")
+# A valid domain as typed -> (its IDNA ASCII form, the longest form's length in UTF-8 + "@"):
+# email-validator checks the address's length as typed, normalised and in ASCII (<= 254).
+_DOMAINS: dict[str, tuple[str, int]] = {}
+MAX_CACHED_DOMAINS = 100_000  # constant memory, whatever the list: then it starts afresh
+
+
+def _remember_domain(typed: str, unicode_domain: str, ascii_domain: str) -> None:
+    if len(_DOMAINS) >= MAX_CACHED_DOMAINS:
+        _DOMAINS.clear()
+    longest = max(len(form.encode()) for form in (typed, unicode_domain, ascii_domain))
+    _DOMAINS[typed] = (ascii_domain, longest + 1)
 
 
 def mailbox_key(address: str) -> str:
@@ -58,10 +94,14 @@ def clean_name(raw: str | None) -> str:
     """A reader's name as we store it (one line for the To header, at most 100 characters),
     or InvalidInput: a name with a line break is refused, not silently rewritten."""
     value = (raw or "").strip()
+    if len(value) > MAX_NAME:
+        if not message.header_safe(value):  # the reason that matters more
+            raise InvalidInput("name", "A name cannot contain line breaks or control characters.")
+        raise InvalidInput("name", f"Please keep the name under {MAX_NAME} characters.")
+    if value.isascii() and value.isprintable() and "  " not in value:
+        return value  # what one_line() would give back: the common case, answered in C
     if not message.header_safe(value):
         raise InvalidInput("name", "A name cannot contain line breaks or control characters.")
-    if len(value) > MAX_NAME:
-        raise InvalidInput("name", f"Please keep the name under {MAX_NAME} characters.")
     return message.one_line(value)
 
 
@@ -84,15 +124,33 @@ def subscribe(
     now = now or utcnow()
     address = normalize_address(email)
     display_name = clean_name(name)
+    _start_double_opt_in(session, ctx, address, display_name, who, now)
+    # Counted last, in the same transaction: a refused request rolls back what it did, and
+    # on PostgreSQL a bucket's row (one for every request of a client) stays locked from
+    # its count to the commit, so the count goes where that is shortest.
     _count_subscribe_request(session, ctx, mailbox_key(address), who, now)
-    subscriber = _find(session, address) or _create(session, address, now)
+
+
+def _start_double_opt_in(
+    session: Session, ctx: AppContext, address: str, name: str, who: Requester, now: datetime
+) -> None:
+    """A new pending reader, or a known one asked again, with their confirmation mail."""
+    nonce = secrets.token_urlsafe(9)
+    new_id = _insert_pending(session, address, name, nonce, now)
+    if new_id is not None:  # an address we did not know: three statements, nothing read
+        _add_consent(session, new_id, "subscribe", who, now)
+        mail = confirmation(ctx, subscriber_id=new_id, email=address, nonce=nonce)
+        outbox.queue_messages(session, ctx, [mail])
+        return
+    subscriber = _find(session, address)
+    assert subscriber is not None  # ON CONFLICT: it exists, and rows are never deleted
     if subscriber.status == SubscriberStatus.active:
         _notice_already_subscribed(session, ctx, subscriber, now)
         return
     if subscriber.status != SubscriberStatus.pending or subscriber.confirm_nonce is None:
-        subscriber.confirm_nonce = secrets.token_urlsafe(9)  # old confirmation links die
+        subscriber.confirm_nonce = nonce  # old confirmation links die
     subscriber.status = SubscriberStatus.pending
-    subscriber.pending_name = display_name or None
+    subscriber.pending_name = name or None
     subscriber.updated_at = now
     record_consent(session, subscriber, "subscribe", who, now)
     _queue_confirmation(session, ctx, subscriber)
@@ -116,17 +174,59 @@ def _find(session: Session, address: str) -> Subscriber | None:
     return session.exec(select(Subscriber).where(Subscriber.email == address)).first()
 
 
-def _create(session: Session, address: str, now: datetime) -> Subscriber:
-    """Insert a new pending subscriber; a concurrent insert of the same address wins."""
-    subscriber = Subscriber(email=address, created_at=now, updated_at=now)
-    try:
-        with session.begin_nested():
-            session.add(subscriber)
-    except IntegrityError:
-        found = _find(session, address)
-        assert found is not None
-        return found
-    return subscriber
+def _insert_pending(
+    session: Session, address: str, name: str, nonce: str, now: datetime
+) -> int | None:
+    """The id of a new pending reader at `address`, or None when the address is taken (by
+    a row already there or by a concurrent transaction, which wins)."""
+    dialect = session.get_bind().dialect.name
+    statement = _PENDING_INSERTS.get(dialect)
+    if statement is None:
+        statement = _PENDING_INSERTS[dialect] = _pending_insert(dialect)
+    values = {"email": address, "pending_name": name or None, "nonce": nonce, "now": now}
+    row = session.connection().execute(statement, values).first()
+    return None if row is None else int(row[0])
+
+
+def _pending_insert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT (email) DO NOTHING RETURNING id, built once per dialect."""
+    table: Table = Subscriber.__table__  # type: ignore[attr-defined]
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return (
+        insert(table)
+        .values(
+            email=bindparam("email"),
+            name="",
+            pending_name=bindparam("pending_name"),
+            status=SubscriberStatus.pending.value,
+            confirm_nonce=bindparam("nonce"),
+            created_at=bindparam("now"),
+            updated_at=bindparam("now"),
+        )
+        .on_conflict_do_nothing(index_elements=["email"])
+        .returning(table.c.id)
+    )
+
+
+_PENDING_INSERTS: dict[str, Any] = {}
+_CONSENT_INSERT = sa_insert(Consent.__table__)  # type: ignore[attr-defined]
+
+
+def _add_consent(
+    session: Session, subscriber_id: int, action: str, who: Requester, now: datetime
+) -> None:
+    """record_consent in one Core INSERT, for a reader the session has not loaded."""
+    session.connection().execute(
+        _CONSENT_INSERT,
+        {
+            "subscriber_id": subscriber_id,
+            "action": action,
+            "at": now,
+            "ip": who.ip,
+            "user_agent": (who.user_agent or "")[:512] or None,
+            "source": who.source,
+        },
+    )
 
 
 def _notice_already_subscribed(
@@ -176,18 +276,31 @@ def queue_confirmation(
     """Queue the confirmation mail of a pending reader: a link bound to their current nonce.
     `kind` "confirm" (the person asked for it) passes the suppression list; any other kind
     (an operator's import) is checked against it before it goes out."""
-    token = ctx.tokens.make(Purpose.confirm, f"{subscriber_id}-{nonce}")
-    outbox.queue(  # no name in the body: whoever asked may not own the address
-        session,
-        ctx,
-        kind=kind,
-        to=email,
-        to_name=to_name,
-        template="confirm",
-        email=email,
-        confirm_url=ctx.confirm_url(token),
-        valid_days=ctx.settings.confirm_token_days,
+    mail = confirmation(
+        ctx, subscriber_id=subscriber_id, email=email, nonce=nonce, kind=kind, to_name=to_name
     )
+    outbox.queue_messages(session, ctx, [mail])
+
+
+def confirmation(
+    ctx: AppContext,
+    *,
+    subscriber_id: int,
+    email: str,
+    nonce: str,
+    kind: str = "confirm",
+    to_name: str = "",
+) -> outbox.Outgoing:
+    """The confirmation mail of a pending reader, built from the once-rendered template (no
+    name in the body: whoever asked may not own the address). For queue_messages."""
+    prototype = ctx.mail.prototype(
+        "confirm", ("email", "confirm_url"), valid_days=ctx.settings.confirm_token_days
+    )
+    token = ctx.tokens.make(Purpose.confirm, f"{subscriber_id}-{nonce}")
+    data = prototype.message(
+        to=email, to_name=to_name, email=email, confirm_url=ctx.confirm_url(token)
+    )
+    return outbox.Outgoing(kind, email, data)
 
 
 def record_consent(

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from enum import StrEnum
 
@@ -74,7 +74,7 @@ class Tokens:
         }
         self._lifetimes = lifetimes
         self._hash_keys = [
-            hmac.new(key, b"broadside.suppression", hashlib.sha256).digest()
+            _Hmac(hmac.new(key, b"broadside.suppression", hashlib.sha256).digest())
             for key in (secret, *old_secrets)
         ]
 
@@ -134,12 +134,27 @@ class Tokens:
     def address_hash(self, address: str) -> str:
         """A keyed hash of an address under the current secret (hex), case-blind: what the
         suppression list keeps, so an address can be recognised but not read back."""
-        return _keyed_hash(self._hash_keys[0], address.strip().lower())
+        return self._hash_keys[0].hexdigest(address.strip().lower())
+
+    def hashed_addresses(self, addresses: Iterable[str]) -> dict[str, str]:
+        """Each keyed hash (current and retired secrets) of each of `addresses`, already
+        normalised (lower case, no spaces) -> its address: address_hashes for a batch."""
+        found: dict[str, str] = {}
+        for key in self._hash_keys:
+            inner_key, outer_key = key.inner, key.outer
+            for address in addresses:
+                inner = inner_key.copy()
+                inner.update(address.encode("utf-8"))
+                outer = outer_key.copy()
+                outer.update(inner.digest())
+                found[outer.hexdigest()] = address
+        return found
 
     def address_hashes(self, address: str) -> list[str]:
         """The address's keyed hash under the current and every retired secret: one hashed
         before a key rotation is still recognised."""
-        return [_keyed_hash(key, address.strip().lower()) for key in self._hash_keys]
+        value = address.strip().lower()
+        return [key.hexdigest(value) for key in self._hash_keys]
 
 
 def _address_mac(mac: hmac.HMAC, number: str) -> str:
@@ -148,8 +163,22 @@ def _address_mac(mac: hmac.HMAC, number: str) -> str:
     return base64.b32encode(one.digest()[:ADDRESS_MAC_BYTES]).decode("ascii").lower()
 
 
-def _keyed_hash(key: bytes, value: str) -> str:
-    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+class _Hmac:
+    """HMAC-SHA256 under one key (RFC 2104) with the keyed inner and outer hashes computed
+    once: an import hashes every address, and hmac.new sets the key up again each time."""
+
+    def __init__(self, key: bytes) -> None:
+        assert len(key) <= 64, "a key longer than SHA-256's block would be hashed first"
+        block = key.ljust(64, b"\0")
+        self.inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self.outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def hexdigest(self, value: str) -> str:
+        inner = self.inner.copy()
+        inner.update(value.encode("utf-8"))
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
 
 def _purpose_mac(secret: bytes, purpose: Purpose) -> hmac.HMAC:

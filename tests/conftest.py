@@ -38,7 +38,7 @@ TABLES = [
     "feedback",
     "consents",
     "outbox",
-    "rate_hits",
+    "rate_buckets",
     "subscribers",
 ]
 ROOT = Path(__file__).resolve().parent.parent

@@ -121,3 +121,43 @@ def test_readme_documents_every_setting() -> None:
         name for name in Settings.model_fields if f"`BROADSIDE_{name.upper()}`" not in readme
     ]
     assert missing == []
+
+
+def test_smtp_urls_lists_relays_with_weights_and_hourly_caps(tmp_path: Path) -> None:
+    settings = load_settings(
+        _env_file=None,
+        var_dir=tmp_path,
+        smtp_urls="smtp://a.example:25;weight=3, smtps://user:p%2Cw@b.example;per_hour=5000",
+    )
+    assert [(r.url.label, r.weight, r.per_hour) for r in settings.relays] == [
+        ("a.example:25", 3, None),
+        ("b.example:465", 1, 5000),
+    ]
+    assert settings.relays[1].url.password == "p,w"
+    assert settings.relay == settings.relays[0].url  # transactional mail and /readyz
+    single = load_settings(_env_file=None, var_dir=tmp_path, smtp_url="smtp://c.example:2525")
+    assert [(r.url.label, r.weight) for r in single.relays] == [("c.example:2525", 1)]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("smtp://a:25;weight=0", r"relay 1 \(a:25\): weight must be a whole number"),
+        ("smtp://a:25, smtp://b:25;weigth=2", r"relay 2 \(b:25\): unknown option 'weigth'"),
+        ("smtp://a:25, http://b", "relay 2 must start with smtp://"),
+        ("smtp://u:secret@a:25, smtp://a:25", "a:25 is listed twice"),
+    ],
+)
+def test_a_bad_relay_list_is_named_in_one_line_without_its_password(
+    value: str, problem: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=rf"^BROADSIDE_SMTP_URLS: {problem}") as raised:
+        load_settings(_env_file=None, var_dir=tmp_path, smtp_urls=value)
+    assert "secret" not in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_smtp_url_and_smtp_urls_together_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^BROADSIDE_SMTP_URLS: .*not both"):
+        load_settings(
+            _env_file=None, var_dir=tmp_path, smtp_url="smtp://a:25", smtp_urls="smtp://b:25"
+        )

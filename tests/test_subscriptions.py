@@ -8,10 +8,13 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from service.models import Consent, OutboxMail, RateHit, Subscriber, SubscriberStatus
+from service.models import Consent, OutboxMail, RateBucket, Subscriber, SubscriberStatus
 from service.tokens import Purpose
 from tests.helpers import (
     add_reader,
@@ -263,7 +266,7 @@ def test_a_filled_honeypot_gets_the_usual_answer_and_nothing_else(
     page = app_client.post("/subscribe", data={"email": READER, "website": trap})
     api = app_client.post("/api/v1/subscriptions", json={"email": READER, "website": trap})
     with Session(engine) as session:
-        for table in (Subscriber, Consent, OutboxMail, RateHit):
+        for table in (Subscriber, Consent, OutboxMail, RateBucket):
             assert session.exec(select(table)).all() == [], table.__name__
     real_page = app_client.post("/subscribe", data={"email": "human@example.com"})
     real_api = app_client.post("/api/v1/subscriptions", json={"email": "other@example.com"})
@@ -573,3 +576,92 @@ def test_pages_carry_security_headers(app_client: TestClient) -> None:
     # Tokens never leave for other sites; same-origin keeps our own forms' Origin header.
     assert headers["Referrer-Policy"] == "same-origin"
     assert "frame-ancestors" in headers["Content-Security-Policy"]
+
+
+# The address a reader types: the fast path (a cached domain) against email-validator ---------
+
+ATEXT = "aZ09.+-_'&=!#{}|~/?^`$%*"  # what a plain dot-atom is made of (RFC 5322 3.2.3)
+ADDRESS_CHARS = "aZ09.+-_'&=!#{}|~\"(),:;<>@[]\\ éß\u2028\x00\t"
+DOMAINS = st.sampled_from(
+    [
+        "example.com",
+        "EXAMPLE.org",
+        "xn--bcher-kva.example",
+        "bücher.example",
+        "sub.domain.example.co.uk",
+        "localhost",
+        "a..b.example",
+        "-bad.example",
+        "example.com.",
+        "x" * 64 + ".example",
+        "exa mple.com",
+        "[127.0.0.1]",
+        "ex@mple.com",
+        "",
+    ]
+)
+
+
+def slow_normalize(value: str) -> str:
+    """What email-validator alone makes of an address (the cache left out)."""
+    from service import subscriptions
+
+    saved = dict(subscriptions._DOMAINS)
+    subscriptions._DOMAINS.clear()
+    try:
+        return subscriptions._validated(value.strip())
+    finally:
+        subscriptions._DOMAINS.clear()
+        subscriptions._DOMAINS.update(saved)
+
+
+def outcome(normalize: Callable[[str], str], value: str) -> tuple[str, str]:
+    from service.errors import InvalidInput
+
+    try:
+        return ("ok", normalize(value))
+    except InvalidInput as exc:
+        return ("invalid", exc.field)
+
+
+@hypothesis_settings(max_examples=400, deadline=None)
+@given(
+    local=st.text(ADDRESS_CHARS, max_size=80), domain=DOMAINS, padding=st.sampled_from(["", " "])
+)
+def test_a_cached_domain_answers_exactly_as_email_validator(
+    local: str, domain: str, padding: str
+) -> None:
+    from service.subscriptions import normalize_address
+
+    value = f"{padding}{local}@{domain}{padding}"
+    if outcome(slow_normalize, f"a@{domain}")[0] == "ok":
+        normalize_address(f"warm.up@{domain}")  # the domain is in the cache from here on
+    assert outcome(normalize_address, value) == outcome(slow_normalize, value)
+
+
+def test_long_addresses_at_a_cached_domain_are_refused_as_before() -> None:
+    from service.subscriptions import normalize_address
+
+    domain = "d" * 60 + ".example.com"
+    normalize_address(f"warm.up@{domain}")
+    for size in range(170, 200):
+        value = f"{'a' * size}@{domain}"
+        assert outcome(normalize_address, value) == outcome(slow_normalize, value), size
+
+
+def test_many_people_subscribing_at_once_all_get_their_confirmation_queued(
+    make_client: Callable[..., TestClient], engine: Engine
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = make_client(subscribe_per_ip_per_hour=1000)
+    addresses = [f"crowd{n}@example.com" for n in range(48)]
+
+    def post(address: str) -> int:
+        return client.post("/subscribe", data={"email": address, "name": "Crowd"}).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(post, addresses))
+    assert statuses == [200] * len(addresses)
+    confirmations = [m.recipient for m in outbox_rows(engine) if m.kind == "confirm"]
+    assert sorted(confirmations) == sorted(addresses)

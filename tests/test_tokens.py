@@ -215,3 +215,23 @@ def test_every_token_route_answers_a_bad_token_with_a_4xx(
     assert reader(engine, READER).status == SubscriberStatus.active
     with Session(engine) as session:
         assert all(f.subscriber_id is None for f in session.exec(select(Feedback)))
+
+
+def test_suppression_hashes_are_hmac_sha256_under_each_key() -> None:
+    import hashlib
+    import hmac
+
+    tokens = Tokens(KEY, LIFETIMES, old_secrets=[OLD_KEY])
+    expected = [
+        hmac.new(
+            hmac.new(key, b"broadside.suppression", hashlib.sha256).digest(),
+            b"ada@example.com",
+            hashlib.sha256,
+        ).hexdigest()
+        for key in (KEY, OLD_KEY)
+    ]
+    assert tokens.address_hashes(" Ada@Example.com ") == expected
+    assert tokens.address_hash("ada@example.com") == expected[0]
+    assert tokens.hashed_addresses(["ada@example.com"]) == dict.fromkeys(
+        expected, "ada@example.com"
+    )

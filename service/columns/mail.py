@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TEMPLATES_DIR, Settings
-from ..mail.dkim import DkimSigner, canonical_lines, header_fields
+from ..mail.dkim import DkimSigner, canonical_headers, canonical_lines
 from ..mail.message import date_value, mailbox, one_line, sender, unstructured
 from ..mail.render import environment, inline_css, site_globals
+from ..mail.smtp import Stuffed, stuff_lines
 from .model import ParsedColumn
 from .store import slug_for
 from .view import ColumnView
@@ -96,12 +97,22 @@ class _Body:
     pieces: tuple[bytes | str, ...]
     # The relaxed DKIM form of each static piece, computed once (None for the reader's lines).
     canonical: tuple[bytes | None, ...]
+    # Each static piece dot-stuffed for SMTP DATA, once (None for the reader's lines).
+    stuffed: tuple[bytes | None, ...]
 
     def encode(self, values: Mapping[str, str]) -> list[bytes]:
         """Each piece's bytes for one reader (join them for the part)."""
         return [
             p if isinstance(p, bytes) else binascii.b2a_qp((p.format_map(values) + "\r\n").encode())
             for p in self.pieces
+        ]
+
+    def stuff(self, encoded: list[bytes]) -> list[bytes]:
+        """The same pieces as they go on the wire: only the reader's few lines are stuffed
+        now (a value can start a soft-broken line with "."); the rest was stuffed once."""
+        return [
+            stuff_lines(piece) if done is None else done
+            for piece, done in zip(encoded, self.stuffed, strict=True)
         ]
 
     def digest_into(self, hasher: Any, encoded: list[bytes]) -> None:
@@ -133,7 +144,8 @@ def _compile(body: str, markers: Mapping[str, str], nonce: str) -> _Body:
     if static:
         pieces.append(_qp(static))
     canonical = tuple(canonical_lines(p) if isinstance(p, bytes) else None for p in pieces)
-    return _Body(tuple(pieces), canonical)
+    stuffed = tuple(stuff_lines(p) if isinstance(p, bytes) else None for p in pieces)
+    return _Body(tuple(pieces), canonical, stuffed)
 
 
 def _require(body: _Body, codes: str, part: str) -> None:
@@ -215,6 +227,57 @@ class PreparedColumn:
         """The whole mail for one reader, CRLF throughout, ready for SMTP DATA (and signed,
         when a signer is given, over exactly these bytes). `unsubscribe_mailto` is the
         reader's own unsubscribe address for List-Unsubscribe, when a receiver reads it."""
+        built = self._build(
+            to=to,
+            name=name,
+            unsubscribe_url=unsubscribe_url,
+            feedback_url=feedback_url,
+            message_id=message_id,
+            date_header=date_header,
+            unsubscribe_mailto=unsubscribe_mailto,
+            signer=signer,
+        )
+        return b"".join(built.pieces())
+
+    def stuffed(
+        self,
+        *,
+        to: str,
+        name: str,
+        unsubscribe_url: str,
+        feedback_url: str,
+        message_id: str,
+        date_header: str | None = None,
+        unsubscribe_mailto: str | None = None,
+        signer: DkimSigner | None = None,
+    ) -> Stuffed:
+        """`message_bytes` as SMTP DATA carries it (dot-stuffed, closed with ".\r\n"), built
+        from pieces stuffed once per column: the send path hands it over without a rescan."""
+        built = self._build(
+            to=to,
+            name=name,
+            unsubscribe_url=unsubscribe_url,
+            feedback_url=feedback_url,
+            message_id=message_id,
+            date_header=date_header,
+            unsubscribe_mailto=unsubscribe_mailto,
+            signer=signer,
+        )
+        size = sum(map(len, built.pieces()))
+        return Stuffed(b"".join(built.pieces(stuffed=True)) + b".\r\n", size)
+
+    def _build(
+        self,
+        *,
+        to: str,
+        name: str,
+        unsubscribe_url: str,
+        feedback_url: str,
+        message_id: str,
+        date_header: str | None,
+        unsubscribe_mailto: str | None,
+        signer: DkimSigner | None,
+    ) -> _Built:
         name = one_line(name)
         if not (message_id.startswith("<") and message_id.endswith(">")):
             message_id = f"<{message_id}>"
@@ -225,11 +288,12 @@ class PreparedColumn:
             date_header = _date_header(int(time.time()), self.zone)
         elif "\r" in date_header or "\n" in date_header:
             raise ValueError("the Date header must be one line")
-        head = (
-            f"{self.head_from}To: {_to_header(to, name)}\r\n{self.head_subject}"
-            f"Date: {date_header}\r\nMessage-ID: {message_id}\r\n{self.head_list}"
-            f"{_list_unsubscribe(unsubscribe_url, unsubscribe_mailto)}"
-        ).encode("ascii")
+        to_line = f"To: {_to_header(to, name)}\r\n".encode("ascii")
+        stamp_lines = f"Date: {date_header}\r\nMessage-ID: {message_id}\r\n".encode("ascii")
+        unsubscribe = _list_unsubscribe(unsubscribe_url, unsubscribe_mailto).encode("ascii")
+        head = b"".join(
+            (self._head[0], to_line, self._head[1], stamp_lines, self._head[2], unsubscribe)
+        )
         text = {"n": name, "e": to, "u": unsubscribe_url, "f": feedback_url}
         html = {
             "n": _escape_text(name),
@@ -238,29 +302,49 @@ class PreparedColumn:
             "f": _escape_attribute(feedback_url),
         }
         variant = self.named if name else self.anonymous
-        text_parts, html_parts = variant.text.encode(text), variant.html.encode(html)
-        message = b"".join(
-            (
-                head,
-                self.head_fields,
-                b"\r\n",
-                self.body_start,
-                *text_parts,
-                self.html_separator,
-                *html_parts,
-                self.closing,
+        built = _Built(self, variant, head, variant.text.encode(text), variant.html.encode(html))
+        if signer is not None:
+            hasher = hashlib.sha256()
+            hasher.update(self._canonical[0])
+            variant.text.digest_into(hasher, built.text)
+            hasher.update(self._canonical[1])
+            variant.html.digest_into(hasher, built.html)
+            hasher.update(self._canonical[2])
+            # The fixed fields' relaxed form was computed once; only the reader's four now.
+            to_c, date_c, id_c, unsubscribe_c = canonical_headers(
+                to_line + stamp_lines + unsubscribe
             )
+            sender_c, subject_c, list_c, fields_c = self._canonical_head
+            canonical = [
+                *sender_c,
+                to_c,
+                *subject_c,
+                date_c,
+                id_c,
+                *list_c,
+                unsubscribe_c,
+                *fields_c,
+            ]
+            built.signature = signer.signature_of_canonical(canonical, hasher.digest())
+        return built
+
+    @functools.cached_property
+    def _head(self) -> tuple[bytes, bytes, bytes]:
+        """The fixed header lines around the reader's own: From; Subject; Reply-To, List-Id."""
+        return (
+            self.head_from.encode("ascii"),
+            self.head_subject.encode("ascii"),
+            self.head_list.encode("ascii"),
         )
-        if signer is None:
-            return message
-        hasher = hashlib.sha256()
-        hasher.update(self._canonical[0])
-        variant.text.digest_into(hasher, text_parts)
-        hasher.update(self._canonical[1])
-        variant.html.digest_into(hasher, html_parts)
-        hasher.update(self._canonical[2])
-        headers = header_fields(head + self.head_fields)
-        return signer.sign_parsed(message, headers, hasher.digest())
+
+    @functools.cached_property
+    def _canonical_head(self) -> tuple[list[tuple[bytes, bytes]], ...]:
+        """The relaxed DKIM form of the fixed header fields, in the order `_build` writes
+        them: From; Subject; Reply-To and List-Id; List-Unsubscribe-Post to Content-Type."""
+        return (
+            *(canonical_headers(part) for part in self._head),
+            canonical_headers(self.head_fields),
+        )
 
     @functools.cached_property
     def _canonical(self) -> tuple[bytes, bytes, bytes]:
@@ -270,6 +354,44 @@ class PreparedColumn:
             canonical_lines(self.html_separator),
             canonical_lines(self.closing),
         )
+
+
+@dataclass
+class _Built:
+    """One reader's mail in pieces, as plain message bytes or as stuffed for DATA."""
+
+    column: PreparedColumn
+    variant: _Variant
+    head: bytes
+    text: list[bytes]
+    html: list[bytes]
+    signature: bytes = b""
+
+    def pieces(self, *, stuffed: bool = False) -> list[bytes]:
+        c, text, html = self.column, self.text, self.html
+        if stuffed:  # the header block cannot start a line with "." but the reader's To: is
+            text, html = self.variant.text.stuff(text), self.variant.html.stuff(html)
+            return [
+                stuff_lines(self.signature + self.head),  # typed in: checked, never trusted
+                c.head_fields,
+                b"\r\n",
+                c.body_start,
+                *text,
+                c.html_separator,
+                *html,
+                c.closing,
+            ]
+        return [
+            self.signature,
+            self.head,
+            c.head_fields,
+            b"\r\n",
+            c.body_start,
+            *text,
+            c.html_separator,
+            *html,
+            c.closing,
+        ]
 
 
 def _list_unsubscribe(url: str, mailto: str | None) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -305,6 +306,10 @@ class SendOutcome:
     cancelled: bool = False  # the operator cancelled it
 
 
+# The progress bar's counting may take at most 1/this of the time between two looks.
+PROGRESS_COST_FACTOR = 20
+
+
 class SendRun:
     """An operator's send of one day, in the foreground: un-pause it if paused, start or
     resume it, deliver it here while reporting progress, and stop it gracefully on request
@@ -343,8 +348,12 @@ class SendRun:
         task = asyncio.create_task(self._dispatcher.resume(self._send_id))
         self._task = task
         while not task.done():
+            started = time.monotonic()
             progress(await asyncio.to_thread(self._counts))
-            await asyncio.wait([task], timeout=every)
+            # Counting scans the send's rows: at a million readers it takes a while, so
+            # look less often rather than let the progress bar slow the send it shows.
+            spent = time.monotonic() - started
+            await asyncio.wait([task], timeout=max(every, PROGRESS_COST_FACTOR * spent))
         counts = await asyncio.to_thread(self._counts)
         progress(counts)
         try:

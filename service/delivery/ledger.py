@@ -64,7 +64,7 @@ class Refused:
 class Outcomes:
     """What a group of hand-offs came to; written together in one transaction."""
 
-    sent: list[int] = field(default_factory=list)
+    sent: list[tuple[int, str | None]] = field(default_factory=list)  # id, relay (host:port)
     retry: list[tuple[int, dt.datetime, str]] = field(default_factory=list)  # id, when, why
     failed: list[tuple[int, str]] = field(default_factory=list)  # id, why: gave up
     bounced: list[Refused] = field(default_factory=list)
@@ -185,7 +185,11 @@ _MARK_SENT = (
     update(_deliveries)
     .where(_deliveries.c.id.in_(bindparam("ids", expanding=True)), _OWNED)
     .values(
-        status=MailStatus.sent.value, sent_at=bindparam("now"), lease_until=None, last_error=None
+        status=MailStatus.sent.value,
+        sent_at=bindparam("now"),
+        lease_until=None,
+        last_error=None,
+        relay=bindparam("relay"),
     )
 )
 _MARK_RETRY = (
@@ -229,8 +233,11 @@ def record(session: Session, outcomes: Outcomes, *, worker: str, now: dt.datetim
     """Write a group of outcomes together (one statement per kind)."""
     gave_up = outcomes.failed + [(r.row_id, r.reason) for r in outcomes.bounced]
     conn = session.connection()
-    if outcomes.sent:
-        conn.execute(_MARK_SENT, {"ids": outcomes.sent, "now": now, "worker": worker})
+    by_relay: dict[str | None, list[int]] = {}
+    for row_id, relay in outcomes.sent:
+        by_relay.setdefault(relay, []).append(row_id)
+    for relay, ids in by_relay.items():  # one statement per relay: a handful at most
+        conn.execute(_MARK_SENT, {"ids": ids, "now": now, "worker": worker, "relay": relay})
     if outcomes.retry:
         conn.execute(
             _MARK_RETRY,

@@ -15,42 +15,43 @@ take its rows over), and every outcome it writes is conditional on still owning 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from aiolimiter import AsyncLimiter
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from ..clock import utcnow
 from ..columns.mail import PreparedColumn, prepare_column
 from ..columns.view import column_view
 from ..context import AppContext
 from ..db import in_thread, transaction
-from ..mail.smtp import Fault, RelayHealth, SmtpConnection, SmtpFailure
+from ..mail.smtp import Fault, RelayHealth, SmtpConnection, SmtpFailure, Stuffed
 from ..models import ColumnRecord, Send, SendStatus
 from ..retry import next_attempt, worker_name
 from ..tokens import Purpose
 from . import ledger, sends
 from .courier import Courier
 from .ledger import Claim, Outcomes, Refused
+from .ratelimit import SharedRate, delivery_rate
+from .relays import RelayLink, relays_for
 
 log = logging.getLogger(__name__)
 IDLE_POLL = 1.0  # seconds between looks when the rest of the send is deferred or elsewhere
 # With a rate limit, claim no more than this many seconds of work ahead, so that a claimed
 # row is handed over soon after the claim checked that its reader is still subscribed.
 CLAIM_AHEAD_SECONDS = 5.0
-
-
-def rate_limiter(rate: float) -> AsyncLimiter | None:
-    """`rate` messages per second, any positive rate (0 = unlimited). AsyncLimiter cannot
-    hold less than one message, so a slow rate is one message per 1/rate seconds."""
-    if rate <= 0:
-        return None
-    return AsyncLimiter(rate, 1) if rate >= 1 else AsyncLimiter(1, 1 / rate)
+# Messages built per trip to a worker thread. Building ahead, off the event loop, lets the
+# DKIM signature (OpenSSL, which lets go of the GIL) run on another core beside the SMTP work.
+BUILD_CHUNK = 16
+BUILDERS = 2  # chunks built at once: two signatures in flight keep both cores busy
 
 
 class LeaseLost(Exception):
@@ -90,21 +91,58 @@ def message_for(job: Job, ctx: AppContext, *, subscriber_id: int, email: str, na
     """One reader's copy of the column: their name, their own signed links, a Message-ID that
     stays the same across retries (so a receiver can spot a duplicate), DKIM-signed when
     configured."""
+    return job.prepared.message_bytes(**_reader_values(job, ctx, subscriber_id, email, name))
+
+
+def wire_for(job: Job, ctx: AppContext, *, subscriber_id: int, email: str, name: str) -> Stuffed:
+    """`message_for` as SMTP DATA carries it, from pieces stuffed once per send."""
+    return job.prepared.stuffed(**_reader_values(job, ctx, subscriber_id, email, name))
+
+
+def _reader_values(
+    job: Job, ctx: AppContext, subscriber_id: int, email: str, name: str
+) -> dict[str, Any]:
     domain = ctx.settings.mail_domain
-    return job.prepared.message_bytes(
-        to=email,
-        name=name,
-        unsubscribe_url=ctx.unsubscribe_url(subscriber_id, job.token_expiry),
-        feedback_url=ctx.feedback_url(subscriber_id, job.token_expiry),
-        message_id=f"<column.{job.message_domain}.{subscriber_id}@{domain}>",
-        unsubscribe_mailto=ctx.unsubscribe_mailto(subscriber_id),
-        signer=ctx.dkim,
-    )
+    return {
+        "to": email,
+        "name": name,
+        "unsubscribe_url": ctx.unsubscribe_url(subscriber_id, job.token_expiry),
+        "feedback_url": ctx.feedback_url(subscriber_id, job.token_expiry),
+        "message_id": f"<column.{job.message_domain}.{subscriber_id}@{domain}>",
+        "unsubscribe_mailto": ctx.unsubscribe_mailto(subscriber_id),
+        "signer": ctx.dkim,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A claimed row with its reader's message built, or the reason it cannot be."""
+
+    claim: Claim
+    wire: Stuffed | None
+    unbuildable: str | None = None
+
+
+def build_ready(job: Job, ctx: AppContext, claims: list[Claim]) -> list[Ready]:
+    """The messages for a few claimed rows (in a worker thread)."""
+    ready = []
+    for claim in claims:
+        try:
+            wire = wire_for(
+                job, ctx, subscriber_id=claim.subscriber_id, email=claim.email, name=claim.name
+            )
+        except ValueError as exc:  # an address or name we cannot put in a header
+            ready.append(Ready(claim, None, f"{ledger.UNBUILDABLE}: {exc}"[:1000]))
+        else:
+            ready.append(Ready(claim, wire))
+    return ready
 
 
 class GroupCommit:
     """Collects outcomes from all connections and writes them in one transaction at a time;
-    `add` returns once the outcome is durable."""
+    `add` returns once the outcome is durable. Commits go through one session held on one
+    connection for the whole run: a fresh session and pool check-out per commit cost more
+    than the commit itself."""
 
     def __init__(self, engine: Engine, worker: str) -> None:
         self.engine = engine
@@ -112,6 +150,8 @@ class GroupCommit:
         self._batch = Outcomes()
         self._done: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()
+        self._session: Session | None = None
+        self._using = threading.Lock()  # a cancelled run's write may still be in its thread
 
     async def add(self, fill: Callable[[Outcomes], None]) -> None:
         """Record one outcome with whatever else is waiting; return once it is durable."""
@@ -123,15 +163,44 @@ class GroupCommit:
             if self._done is done:
                 batch, self._batch, self._done = self._batch, Outcomes(), None
                 try:
-                    await in_thread(
-                        self.engine, ledger.record, batch, worker=self.worker, now=utcnow()
-                    )
+                    await asyncio.to_thread(self._write, batch)
                 except BaseException as exc:
                     done.set_exception(exc)
                     done.exception()  # mark retrieved; the waiters below re-raise it
                     raise
                 done.set_result(None)
         await done
+
+    def _write(self, batch: Outcomes) -> None:
+        with self._using:
+            self._write_now(batch)
+
+    def _write_now(self, batch: Outcomes) -> None:
+        if self._session is None:
+            self._session = Session(bind=self.engine.connect(), expire_on_commit=False)
+        session = self._session
+        try:
+            ledger.record(session, batch, worker=self.worker, now=utcnow())
+            session.commit()
+        except BaseException:
+            self._session = None  # the connection's state is unknown: never reuse it
+            with contextlib.suppress(Exception):
+                session.rollback()
+                session.close()
+                session.bind.close()  # type: ignore[union-attr]
+            raise
+
+    async def close(self) -> None:
+        """Give the held connection back (after the last `add`)."""
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with self._using:
+            session, self._session = self._session, None
+            if session is not None:
+                with contextlib.suppress(Exception):  # the database may be gone
+                    session.close()
+                    session.bind.close()  # type: ignore[union-attr]
 
 
 class SendWorker:
@@ -151,6 +220,7 @@ class SendWorker:
         self._pause_reason: str | None = None
         self._cancelled = False
         self._unsent: list[int] = []
+        self._held: set[int] = set()  # claimed, not yet queued for a connection (being built)
 
     def stop(self) -> None:
         """Finish the hand-offs in progress, give back the rest, and return from run()."""
@@ -180,15 +250,18 @@ class SendWorker:
         job = await asyncio.to_thread(self._job, send_id)
         await in_thread(self.engine, ledger.reclaim_own, send_id=send_id, worker=self.name)
         s = self.settings
-        queue: asyncio.Queue[Claim | None] = asyncio.Queue(maxsize=s.delivery_batch_size)
+        # Built messages (~25 KB each) wait here: enough to keep every connection busy while
+        # the next chunks build, not a whole claim batch (memory stays flat at any N).
+        ahead = max(2 * BUILD_CHUNK * BUILDERS, 2 * s.delivery_connections)
+        queue: asyncio.Queue[Ready | None] = asyncio.Queue(maxsize=ahead)
         commit = GroupCommit(self.engine, self.name)
-        limiter = rate_limiter(s.delivery_rate)
+        rate = delivery_rate(self.engine, send_id, s.delivery_rate)  # shared by all workers
+        relays = relays_for(self.engine, s, self.target)
         connections = [
-            SmtpConnection(self.target, s.delivery_max_per_connection)
-            for _ in range(s.delivery_connections)
+            RelayLink(relays, s.delivery_max_per_connection) for _ in range(s.delivery_connections)
         ]
         senders = [
-            asyncio.create_task(self._deliver_from(queue, conn, job, commit, limiter))
+            asyncio.create_task(self._deliver_from(queue, conn, job, commit, rate))
             for conn in connections
         ]
         claimer = asyncio.create_task(self._claim_into(queue, job, len(senders)))
@@ -202,11 +275,12 @@ class SendWorker:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._release_unsent(queue)
+            await commit.close()
             for conn in connections:
                 await conn.close()
         return await asyncio.to_thread(self._finish, send_id)
 
-    async def _claim_into(self, queue: asyncio.Queue[Claim | None], job: Job, senders: int) -> None:
+    async def _claim_into(self, queue: asyncio.Queue[Ready | None], job: Job, senders: int) -> None:
         s = self.settings
         lease = dt.timedelta(seconds=s.delivery_lease_seconds)
         limit = s.delivery_batch_size
@@ -222,8 +296,7 @@ class SendWorker:
                 limit=limit,
                 lease=lease,
             )
-            for claim in claims:
-                await queue.put(claim)
+            await self._build_into(queue, job, claims)
             if claims:
                 continue
             await queue.join()  # our own in-flight outcomes are recorded before we look again
@@ -234,6 +307,31 @@ class SendWorker:
                     await self._stopping.wait()
         for _ in range(senders):
             await queue.put(None)
+
+    async def _build_into(
+        self, queue: asyncio.Queue[Ready | None], job: Job, claims: list[Claim]
+    ) -> None:
+        """Build the claimed rows' messages in worker threads, BUILDERS chunks at a time, and
+        queue them in claim order. Rows claimed but not queued yet are `_held`, so that a
+        stop gives them back."""
+        self._held.update(claim.id for claim in claims)
+        building: collections.deque[asyncio.Future[list[Ready]]] = collections.deque()
+        for start in range(0, len(claims), BUILD_CHUNK):
+            chunk = claims[start : start + BUILD_CHUNK]
+            building.append(
+                asyncio.ensure_future(asyncio.to_thread(build_ready, job, self.ctx, chunk))
+            )
+            if len(building) >= BUILDERS:
+                await self._queue_built(queue, building.popleft())
+        while building:
+            await self._queue_built(queue, building.popleft())
+
+    async def _queue_built(
+        self, queue: asyncio.Queue[Ready | None], built: asyncio.Future[list[Ready]]
+    ) -> None:
+        for ready in await built:
+            await queue.put(ready)
+            self._held.discard(ready.claim.id)
 
     async def _watch_send(self, send_id: int) -> None:
         """Look at the send every IDLE_POLL seconds: once the operator (or another worker)
@@ -275,42 +373,39 @@ class SendWorker:
 
     async def _deliver_from(
         self,
-        queue: asyncio.Queue[Claim | None],
-        conn: SmtpConnection,
+        queue: asyncio.Queue[Ready | None],
+        link: RelayLink,
         job: Job,
         commit: GroupCommit,
-        limiter: AsyncLimiter | None,
+        rate: SharedRate | None,
     ) -> None:
-        while (claim := await queue.get()) is not None:
+        while (ready := await queue.get()) is not None:
             try:
-                if limiter is not None and not self._stopping.is_set():
-                    await limiter.acquire()
-                if self._stopping.is_set():
-                    self._unsent.append(claim.id)
+                if rate is not None and not self._stopping.is_set():
+                    await rate.acquire()
+                conn = await link.connection(self._stopping)  # waits while relays are capped
+                if conn is None or self._stopping.is_set():
+                    self._unsent.append(ready.claim.id)
                     continue
-                await commit.add(await self._hand_off(conn, job, claim))
+                await commit.add(await self._hand_off(conn, job, ready))
             finally:
                 queue.task_done()
         queue.task_done()
 
     async def _hand_off(
-        self, conn: SmtpConnection, job: Job, claim: Claim
+        self, conn: SmtpConnection, job: Job, ready: Ready
     ) -> Callable[[Outcomes], None]:
         """Send one message; return how to record what happened."""
+        claim, reason = ready.claim, ready.unbuildable
+        if ready.wire is None:
+            return lambda o: o.failed.append((claim.id, reason or ledger.UNBUILDABLE))
         try:
-            data = message_for(
-                job, self.ctx, subscriber_id=claim.subscriber_id, email=claim.email, name=claim.name
-            )
-        except ValueError as exc:  # an address or name we cannot put in a header
-            reason = f"{ledger.UNBUILDABLE}: {exc}"[:1000]
-            return lambda o: o.failed.append((claim.id, reason))
-        try:
-            await conn.send(self.ctx.return_path(claim.id), claim.email, data)
+            await conn.send(self.ctx.return_path(claim.id), claim.email, ready.wire)
         except SmtpFailure as failure:
             return await self._failed(job, claim, failure)
         self._relay_streak = 0
         self.health.succeeded()
-        return lambda o: o.sent.append(claim.id)
+        return lambda o: o.sent.append((claim.id, conn.target.endpoint.label))
 
     async def _failed(
         self, job: Job, claim: Claim, failure: SmtpFailure
@@ -373,12 +468,13 @@ class SendWorker:
                 )
                 raise LeaseLost(str(exc)) from exc
 
-    async def _release_unsent(self, queue: asyncio.Queue[Claim | None]) -> None:
-        unsent, self._unsent = self._unsent, []
+    async def _release_unsent(self, queue: asyncio.Queue[Ready | None]) -> None:
+        unsent, self._unsent = [*self._unsent, *self._held], []
+        self._held = set()
         while not queue.empty():
-            claim = queue.get_nowait()
-            if claim is not None:
-                unsent.append(claim.id)
+            ready = queue.get_nowait()
+            if ready is not None:
+                unsent.append(ready.claim.id)
         with contextlib.suppress(Exception):  # if this fails too, the leases expire instead
             await in_thread(self.engine, ledger.release, worker=self.name, ids=unsent, now=utcnow())
 

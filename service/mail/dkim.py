@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ SIGNED = (
     b"list-unsubscribe-post", b"feedback-id",
 )  # fmt: skip
 RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+_BLANKS = re.compile(rb"[\t ]+")
 
 
 @dataclass(frozen=True)
@@ -84,20 +86,32 @@ class DkimSigner:
         """`sign` for a caller that already has the message's headers (as dkim.rfc822_parse
         gives them) and the SHA-256 of its canonical body: the column mail computes both from
         parts it prepared once per column instead of rescanning 20 KB per reader."""
+        return self.signature(headers, body_sha256, now) + message
+
+    def signature(
+        self, headers: list[list[bytes]], body_sha256: bytes, now: float | None = None
+    ) -> bytes:
+        """The DKIM-Signature header field(s) alone, to put before the message's own headers."""
+        return self.signature_of_canonical(RELAXED.canonicalize_headers(headers), body_sha256, now)
+
+    def signature_of_canonical(
+        self, canonical: list[tuple[bytes, bytes]], body_sha256: bytes, now: float | None = None
+    ) -> bytes:
+        """`signature` for headers already in relaxed form (`canonical_headers`): a mail whose
+        fixed headers were canonicalised once, and only each reader's few fields per message."""
         body_hash = base64.b64encode(body_sha256)
-        canonical = RELAXED.canonicalize_headers(headers)
-        present = {name.lower() for name, _value in headers}
+        present = {name for name, _value in canonical}
         signed = [h for h in SIGNED if h in present] + [b"from"]
+        selected = b"".join(name + b":" + value for name, value in _select(canonical, signed))
         stamp = str(int(time.time() if now is None else now)).encode()
-        return (
-            b"".join(self._signature(key, canonical, signed, body_hash, stamp) for key in self.keys)
-            + message
+        return b"".join(
+            self._signature(key, selected, signed, body_hash, stamp) for key in self.keys
         )
 
     def _signature(
         self,
         key: _Key,
-        canonical: list[tuple[bytes, bytes]],
+        selected: bytes,
         signed: list[bytes],
         body_hash: bytes,
         stamp: bytes,
@@ -116,19 +130,45 @@ class DkimSigner:
         unsigned = dkim.fold(
             b"; ".join(b"=".join(f) for f in fields), namelen=len(b"DKIM-Signature")
         )
-        hasher = hashlib.sha256()
-        dkim.hash_headers(
-            hasher, RELAXED, canonical, signed, (b"DKIM-Signature", b" " + unsigned), {}
-        )
+        # dkim.hash_headers, with the selection done once for both keys: the signed fields,
+        # then this header's own relaxed form with an empty b= and no final CRLF.
+        # Relaxed form by hand: fold() only inserts CRLF+space, b= is still empty here.
+        value = _BLANKS.sub(b" ", unsigned.replace(b"\r\n", b"")).strip()
+        hasher = hashlib.sha256(selected)
+        hasher.update(b"dkim-signature:" + value)
         signature = base64.b64encode(key.sign(hasher.digest()))
         value = dkim.fold(unsigned + signature, namelen=len(b"DKIM-Signature"))
         return b"DKIM-Signature: " + value + b"\r\n"
+
+
+def _select(canonical: list[tuple[bytes, bytes]], signed: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """dkim.select_headers for relaxed (lower-case) names: for each name in `signed`, the
+    last field of that name not taken yet; a name with none left is skipped."""
+    by_name: dict[bytes, list[tuple[bytes, bytes]]] = {}
+    for field in canonical:
+        by_name.setdefault(field[0], []).append(field)
+    return [by_name[name].pop() for name in signed if by_name.get(name)]
 
 
 def header_fields(head: bytes) -> list[list[bytes]]:
     """A header block (CRLF lines, no blank line) as [name, value] pairs, as dkimpy reads them."""
     headers, _body = dkim.rfc822_parse(head + b"\r\n")
     return headers
+
+
+def canonical_headers(head: bytes) -> list[tuple[bytes, bytes]]:
+    """Header lines (CRLF, no blank line) in relaxed form, in order. Each field is
+    canonicalised alone, so the form of a header block is the sum of its parts'."""
+    if b"\t" in head or b"  " in head or b"\r\n " in head or not head.endswith(b"\r\n"):
+        return RELAXED.canonicalize_headers(header_fields(head))  # type: ignore[no-any-return]
+    # Unfolded, single spaces only: relaxed form is the lower-case name and the stripped value.
+    fields = []
+    for line in head[:-2].split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if not colon:
+            return RELAXED.canonicalize_headers(header_fields(head))  # type: ignore[no-any-return]
+        fields.append((name.lower().rstrip(), value.strip() + b"\r\n"))
+    return fields
 
 
 def body_digest(body: bytes) -> bytes:
@@ -139,6 +179,8 @@ def body_digest(body: bytes) -> bytes:
 def canonical_lines(lines: bytes) -> bytes:
     """Relaxed canonicalisation of whole lines inside a body, which is all of it but the rule
     about empty lines at the end: a body cut at line ends can be canonicalised piece by piece."""
+    if b"\t" not in lines and b"  " not in lines and b" \r\n" not in lines:
+        return lines  # already relaxed: no tab, no run of spaces, no space before a line end
     return compress_whitespace(strip_trailing_whitespace(lines))
 
 

@@ -51,7 +51,8 @@ def one_line(text: str) -> str:
 def header_safe(text: str) -> bool:
     """Whether typed text may go into a header as it is: no control character (CR and LF among
     them) and no Unicode line or paragraph separator, which some readers show as a new line."""
-    return not any(unicodedata.category(ch) in _LINE_BREAKING for ch in text)
+    # Printable text has none of them (the common case, answered in C); else look closer.
+    return text.isprintable() or not any(unicodedata.category(ch) in _LINE_BREAKING for ch in text)
 
 
 def needs_encoding(text: str) -> bool:

@@ -12,6 +12,7 @@ import jinja2
 
 from ..config import TEMPLATES_DIR, Settings
 from .message import Rendered
+from .prototype import Prototype, markers_for
 
 
 def site_globals(settings: Settings) -> dict[str, str]:
@@ -55,6 +56,7 @@ class MailTemplates:
         self.settings = settings
         self.env = environment(templates_dir)
         self.site = site_globals(settings)
+        self._prototypes: dict[tuple[str, tuple[str, ...], tuple[Any, ...]], Prototype] = {}
 
     def render(self, template: str, /, **values: Any) -> Rendered:
         """The mail's subject and both bodies, the HTML with its CSS inlined."""
@@ -63,3 +65,15 @@ class MailTemplates:
         subject = " ".join(str(getattr(text_module, "subject", self.settings.from_name)).split())
         html = self.env.get_template(f"email/{template}.html").render(context, subject=subject)
         return Rendered(subject=subject, text=str(text_module).lstrip("\n"), html=inline_css(html))
+
+    def prototype(self, template: str, /, personal: tuple[str, ...], **fixed: Any) -> Prototype:
+        """The mail rendered once per process with markers for the `personal` values (the
+        same `fixed` values for everybody); Prototype.message splices each recipient's in."""
+        key = (template, personal, tuple(sorted(fixed.items())))
+        found = self._prototypes.get(key)
+        if found is None:
+            markers = markers_for(personal)
+            rendered = self.render(template, **fixed, **markers)
+            found = Prototype.of(self.settings, rendered, markers)
+            self._prototypes[key] = found
+        return found

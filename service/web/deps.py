@@ -1,4 +1,6 @@
-"""Typed dependencies: the request's session (committed once, at the edge), settings, context."""
+"""Typed dependencies: the request's session (committed once, at the edge), settings, context.
+The ones that only read the app's state are `async def`: FastAPI runs a plain `def`
+dependency in its thread pool, a thread hop per request for nothing."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from ..config import Settings
@@ -21,17 +24,23 @@ def get_session(request: Request) -> Iterator[Session]:
     request.app.state.outbox.notify()
 
 
-def get_context(request: Request) -> AppContext:
+async def get_engine(request: Request) -> Engine:
+    """The app's engine, for a handler that runs its transaction off the event loop
+    (db.in_thread) and answers after the commit."""
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+async def get_context(request: Request) -> AppContext:
     """The app's context."""
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's settings."""
     return request.app.state.ctx.settings  # type: ignore[no-any-return]
 
 
-def get_requester(request: Request) -> Requester:
+async def get_requester(request: Request) -> Requester:
     """Who is asking: the client's address and user agent, web or API."""
     source = "api" if request.url.path.startswith("/api/") else "web"
     return Requester(
@@ -42,6 +51,7 @@ def get_requester(request: Request) -> Requester:
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+EngineDep = Annotated[Engine, Depends(get_engine)]
 ContextDep = Annotated[AppContext, Depends(get_context)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RequesterDep = Annotated[Requester, Depends(get_requester)]

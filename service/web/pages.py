@@ -9,9 +9,10 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from .. import feedback, subscriptions
+from ..db import in_thread
 from ..errors import InvalidInput
 from ..tokens import Purpose
-from .deps import ContextDep, RequesterDep, SessionDep
+from .deps import ContextDep, EngineDep, RequesterDep, SessionDep
 from .templating import page
 
 router = APIRouter(include_in_schema=False)
@@ -26,21 +27,31 @@ def index(request: Request, email: Annotated[str, Query(max_length=320)] = "") -
 
 
 @router.post("/subscribe", response_class=HTMLResponse)
-def subscribe(
+async def subscribe(
     request: Request,
-    session: SessionDep,
+    engine: EngineDep,
     ctx: ContextDep,
     who: RequesterDep,
     email: FormField = "",
     name: FormField = "",
     website: FormField = "",
 ) -> HTMLResponse:
-    """The subscribe form's POST: start a double opt-in."""
+    """The subscribe form's POST: start a double opt-in. The transaction is committed before
+    the page is rendered: SQLite's write lock is held for the database work alone."""
     form = {"email": email[:400], "name": name[:200]}
     try:
-        subscriptions.subscribe(session, ctx, email=email, name=name, who=who, honeypot=website)
+        await in_thread(
+            engine,
+            subscriptions.subscribe,
+            ctx,
+            email=email,
+            name=name,
+            who=who,
+            honeypot=website,
+        )
     except InvalidInput as exc:
         return page(request, "index", 422, form=form, error=exc)
+    request.app.state.outbox.notify()
     return page(request, "subscribe_sent", email=form["email"])
 
 

@@ -121,7 +121,7 @@ def test_a_worker_that_lost_its_rows_cannot_overwrite_them(
     first, second, third = (c.id for c in stale)
     now = clock.utcnow()
     late = ledger.Outcomes(
-        sent=[first],
+        sent=[(first, "relay.example:25")],
         retry=[(second, now, "451 later")],
         bounced=[
             ledger.Refused(
@@ -142,7 +142,7 @@ def test_a_worker_that_lost_its_rows_cannot_overwrite_them(
         assert list(session.exec(select(Bounce))) == []
 
     with transaction(engine) as session:
-        everyone = ledger.Outcomes(sent=[first, second, third])
+        everyone = ledger.Outcomes(sent=[(i, "relay.example:25") for i in (first, second, third)])
         ledger.record(session, everyone, worker="owner", now=now)
     with Session(engine) as session:
         assert {r.status for r in session.exec(select(Delivery))} == {"sent"}
@@ -197,10 +197,10 @@ def test_a_worker_that_cannot_renew_its_leases_stops_before_others_take_over(
 
 
 @pytest.mark.parametrize("rate", [0.5, 2.5])
-def test_any_positive_rate_makes_a_limiter(rate: float) -> None:
-    from service.delivery.worker import rate_limiter
+def test_any_positive_rate_makes_a_limiter(rate: float, engine: Engine) -> None:
+    from service.delivery.ratelimit import delivery_rate
 
-    limiter = rate_limiter(rate)
+    limiter = delivery_rate(engine, 1, rate)
     assert limiter is not None
 
     async def two() -> float:

@@ -1,0 +1,228 @@
+"""One size on one database: import, snapshot, the machine's limit, the sendmail() ceiling and
+the real send path, each measured from outside as a whole command, one right after the other.
+
+Absolute rates on these shared machines move ±25 % between runs, so the three rates that are
+compared (limit, ceiling, send path) are taken back to back against a fresh sink of the same
+kind, on the same database that was just filled; their ratios are the figures to read.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import product
+from .procs import Usage, Window, run_measured
+from .sinks import Sink, exactly_once_problem, postfix_tool
+
+POSTGRESQL, SQLITE = "postgresql", "sqlite"
+SLOWEST_RATE = 50  # messages or rows per second below which a command is deemed stuck
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every measurement of a run shares."""
+
+    server_url: str | None  # PostgreSQL server; a fresh database is made on it per size
+    sink: str  # smtp-sink or aiosmtpd
+    k: int  # SMTP connections: smtp-source's sessions, the ceiling's, DELIVERY_CONNECTIONS
+    messages: int  # the limit's and the ceiling's message count
+    dkim_key: Path | None
+    workdir: Path
+
+    def database_server(self, backend: str) -> str | None:
+        return self.server_url if backend == POSTGRESQL else None
+
+
+def timeout_for(items: int) -> float:
+    """Seconds after which a command is killed: never less than ten minutes."""
+    return max(600.0, items / SLOWEST_RATE)
+
+
+def figures(
+    usage: Usage, window: Window, items: int, sink_cpu_s: float = 0.0, unit: str = "msg"
+) -> dict[str, Any]:
+    """One command's figures: its rate, CPU per item, peak RSS, and the others' share of the
+    window (the sink, the PostgreSQL server, and whatever else ran on the machine)."""
+    wall = usage.wall_s
+    ours = usage.cpu_s + sink_cpu_s + window.db_cpu_s
+    return {
+        "items": items,
+        "wall_s": round(wall, 3),
+        f"{unit}s_per_s": round(items / wall, 1),
+        f"cpu_ms_per_{unit}": round(usage.per_message_ms(items), 3),
+        f"db_cpu_ms_per_{unit}": round(1000 * window.db_cpu_s / max(items, 1), 3),
+        "peak_rss_mb": round(usage.peak_rss_mb, 1),
+        "sink_cpu_pct": round(100 * sink_cpu_s / wall, 1),
+        "other_cpu_pct": round(max(0.0, 100 * (window.busy_cpu_s - ours) / window.wall_s), 1),
+    }
+
+
+def measured(
+    command: list[str],
+    *,
+    env: dict[str, str],
+    workdir: Path,
+    name: str,
+    items: int,
+    postgres: bool,
+    sink: Sink | None = None,
+    unit: str = "msg",
+) -> dict[str, Any]:
+    """Run one command to its end inside a Window; its figures."""
+    sink_before = sink.cpu_s() if sink else 0.0
+    with Window(postgres=postgres) as window:
+        usage = run_measured(
+            command, env=env, cwd=workdir, log=workdir / f"{name}.log", timeout=timeout_for(items)
+        )
+    sink_cpu = sink.cpu_s() - sink_before if sink else 0.0
+    return figures(usage, window, items, sink_cpu, unit)
+
+
+def measure_import(p: product.Product, csv: Path, readers: int, postgres: bool) -> dict[str, Any]:
+    """`broadside subscribers import --confirmed` of the readers' CSV file."""
+    command = product.broadside(
+        "subscribers", "import", "--confirmed", "--consent-source", "bench", str(csv)
+    )
+    result = measured(
+        command,
+        env=p.env(),
+        workdir=p.workdir,
+        name="import",
+        items=readers,
+        postgres=postgres,
+        unit="row",
+    )
+    active = product.active_readers(p.database_url)
+    if active != readers:
+        raise RuntimeError(f"import: {active} active readers after importing {readers}")
+    return result
+
+
+def measure_snapshot(p: product.Product, readers: int, postgres: bool) -> dict[str, Any]:
+    """The product's own `daily.start_send`, timed in this process on the filled database."""
+    with Window(postgres=postgres) as window:
+        snapshot = product.start_send(p)
+    if snapshot.total != readers:
+        raise RuntimeError(f"the send snapshotted {snapshot.total} readers, expected {readers}")
+    return {
+        "send_id": snapshot.send_id,
+        "seconds": round(snapshot.seconds, 3),
+        "rows_per_s": round(readers / snapshot.seconds, 1),
+        "cpu_s": round(snapshot.cpu_s, 3),
+        "db_cpu_s": round(window.db_cpu_s, 3),
+    }
+
+
+def measure_limit(plan: Plan, size: int, mail_from: str, workdir: Path) -> dict[str, Any] | None:
+    """Postfix's smtp-source (C) to the sink: what the machine itself can move. None without
+    Debian's postfix package."""
+    source = postfix_tool("smtp-source")
+    if source is None:
+        return None
+    with Sink(plan.sink, workdir) as sink:
+        target = f"127.0.0.1:{sink.port}"
+        command = [source, "-d", "-s", str(plan.k), "-l", str(size), "-m", str(plan.messages)]
+        command += ["-f", mail_from, "-t", "reader@example.com", target]
+        result = measured(
+            command,
+            env=dict(os.environ),
+            workdir=workdir,
+            name="limit",
+            items=plan.messages,
+            postgres=False,
+            sink=sink,
+        )
+    return result
+
+
+def measure_ceiling(plan: Plan, message: Path, mail_from: str, workdir: Path) -> dict[str, Any]:
+    """aiosmtplib's sendmail() of one prebuilt column mail over K connections (bench/ceiling.py)."""
+    with Sink(plan.sink, workdir) as sink:
+        command = [sys.executable, "-m", "bench.ceiling", "--port", str(sink.port)]
+        command += ["--k", str(plan.k), "--messages", str(plan.messages)]
+        command += ["--message", str(message), "--mail-from", mail_from]
+        env = {**os.environ, "PYTHONPATH": str(product.ROOT)}
+        result = measured(
+            command,
+            env=env,
+            workdir=workdir,
+            name="ceiling",
+            items=plan.messages,
+            postgres=False,
+            sink=sink,
+        )
+    if sink.counts and (problem := exactly_once_problem(sink.stats, plan.messages)):
+        raise RuntimeError(f"ceiling: {problem}")
+    return result
+
+
+def measure_send_path(
+    plan: Plan, p: product.Product, send_id: int, readers: int, postgres: bool
+) -> dict[str, Any]:
+    """`broadside send --date 2016-02-04`: delivers the send already started, in one process.
+    Checked through the ledger (N sent, none failed, done) and, with aiosmtpd, the sink's count."""
+    with Sink(plan.sink, p.workdir) as sink:
+        command = product.broadside("send", "--date", product.SEED_DAY.isoformat())
+        result = measured(
+            command,
+            env=p.env(sink.port),
+            workdir=p.workdir,
+            name="send",
+            items=readers,
+            postgres=postgres,
+            sink=sink,
+        )
+    state = product.ledger_state(p.database_url, send_id)
+    if problem := product.ledger_problem(state, readers):
+        raise RuntimeError(f"send path: {problem}")
+    if sink.counts and (problem := exactly_once_problem(sink.stats, readers)):
+        raise RuntimeError(f"send path: {problem}")
+    rate = product.delivery_rate(p.database_url, send_id)
+    return result | {"ledger": state, "delivery_msgs_per_s": round(rate or 0.0, 1)}
+
+
+def ratio(numerator: dict[str, Any] | None, denominator: dict[str, Any] | None) -> float | None:
+    """One rate over another (msgs_per_s), or None when either was not measured."""
+    if not numerator or not denominator:
+        return None
+    return round(numerator["msgs_per_s"] / denominator["msgs_per_s"], 3)
+
+
+def measure_size(plan: Plan, backend: str, readers: int, csv: Path) -> dict[str, Any]:
+    """Import, snapshot, limit, ceiling and send path for N readers on a fresh database."""
+    postgres = backend == POSTGRESQL
+    with (
+        tempfile.TemporaryDirectory(prefix=f"{backend}-{readers}-", dir=plan.workdir) as tmp,
+        product.fresh_database(plan.database_server(backend), Path(tmp)) as url,
+    ):
+        workdir = Path(tmp)
+        p = product.Product(url, workdir, plan.k, plan.dkim_key)
+        product.migrate(url)
+        imported = measure_import(p, csv, readers, postgres)
+        snapshot = measure_snapshot(p, readers, postgres)
+        message = product.column_mail(p)
+        message_file = workdir / "column.eml"
+        message_file.write_bytes(message)
+        mail_from = p.settings().mail_from
+        limit = measure_limit(plan, len(message), mail_from, workdir)
+        ceiling = measure_ceiling(plan, message_file, mail_from, workdir)
+        send_path = measure_send_path(plan, p, snapshot["send_id"], readers, postgres)
+    return {
+        "backend": backend,
+        "readers": readers,
+        "sink": plan.sink,
+        "k": plan.k,
+        "message_bytes": len(message),
+        "import": imported,
+        "snapshot": snapshot,
+        "limit": limit,
+        "ceiling": ceiling,
+        "send_path": send_path,
+        "send_vs_limit": ratio(send_path, limit),
+        "send_vs_ceiling": ratio(send_path, ceiling),
+    }

@@ -1,0 +1,235 @@
+"""The column goes to the relay as bytes stuffed once per column: whatever a reader's values
+are, what goes on the wire is exactly what aiosmtplib's sendmail() would have written."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import aiosmtplib
+import dkim
+import hypothesis
+import pytest
+from aiosmtplib.email import quote_address
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.columns.mail import PreparedColumn, prepare_column
+from service.columns.model import Block, Section
+from service.columns.view import ColumnView
+from service.config import TEMPLATES_DIR
+from service.mail import dkim as signing
+from service.mail import smtp
+from service.mail.smtp import Fault, SmtpConnection, SmtpFailure, SmtpTarget, Stuffed
+from tests.columns.test_mail import reader, seed_like_column, settings_for
+from tests.smtp_server import SmtpTestServer
+
+# Lines that start with "." once encoded: a paragraph of dots wraps (quoted-printable soft
+# breaks at 76) into continuation lines that start with "."; ".NET" starts a text line.
+DOTTY = ".NET and .com: " + "." * 300 + " the end."
+
+
+@pytest.fixture(scope="module")
+def dotty(tmp_path_factory: pytest.TempPathFactory) -> PreparedColumn:
+    parsed = seed_like_column()
+    first = parsed.sections[0]
+    dotted = Section(first.heading, [Block("paragraph", DOTTY, DOTTY), *first.blocks])
+    parsed = dataclasses.replace(parsed, sections=[dotted, *parsed.sections[1:]])
+    settings = settings_for(tmp_path_factory.mktemp("stuffing"))
+    view = ColumnView.from_parsed(parsed, slug="2016-02-04-dots")
+    return prepare_column(view, settings, templates_dir=TEMPLATES_DIR)
+
+
+def test_the_column_itself_has_lines_that_need_stuffing(dotty: PreparedColumn) -> None:
+    data = dotty.message_bytes(**reader())
+    assert any(line.startswith(b".") for line in data.split(b"\r\n"))
+
+
+TOKEN = st.text("abcXYZ019-_.~", min_size=1, max_size=180)
+NAMES = st.text(st.sampled_from(".a Zé\u00a0<>&\"'\r\n\t=.."), max_size=160) | st.text(max_size=60)
+
+
+@hypothesis.settings(max_examples=150, deadline=None)
+@given(
+    name=NAMES,
+    unsubscribe=TOKEN,
+    feedback=TOKEN,
+    local=st.from_regex(r"\.?[a-z.]{1,40}", fullmatch=True),
+)
+def test_stuffed_bytes_are_what_sendmail_would_send(
+    dotty: PreparedColumn, name: str, unsubscribe: str, feedback: str, local: str
+) -> None:
+    values = reader(
+        name=name,
+        to=f"{local}@example.org",
+        unsubscribe_url=f"https://news.example.com/unsubscribe/{unsubscribe}",
+        feedback_url=f"https://news.example.com/feedback?t={feedback}",
+    )
+    wire = dotty.stuffed(**values, unsubscribe_mailto=f"unsubscribe+{unsubscribe}@example.com")
+    plain = dotty.message_bytes(
+        **values, unsubscribe_mailto=f"unsubscribe+{unsubscribe}@example.com"
+    )
+    assert wire == Stuffed.of(plain)  # data and SIZE alike
+    assert wire.message() == plain
+    assert b"\r\n.\r\n" not in wire.data[:-3]  # no early end of DATA, whatever the values
+
+
+def test_a_signed_copy_is_stuffed_after_signing_and_still_verifies(
+    dotty: PreparedColumn,
+) -> None:
+    key = signing.new_key("rsa")
+    signer = signing.DkimSigner("news.example.com", [signing._Key(b"sel", b"rsa-sha256", key)])
+    public = signing.public_record(key)
+    wire = dotty.stuffed(**reader(name=".Ada " + "." * 90), signer=signer)
+    assert wire == Stuffed.of(wire.message())
+    assert wire.message().startswith(b"DKIM-Signature:")
+    assert dkim.verify(wire.message(), dnsfunc=lambda *_a, **_k: public.encode())
+
+
+# On the wire: a real SMTP server sees the message as sent, whichever way it was handed over
+
+
+@pytest.fixture
+def server() -> SmtpTestServer:
+    server = SmtpTestServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def send_all(
+    server: SmtpTestServer, mails: list[tuple[str, Stuffed | bytes]], *, lean: bool
+) -> None:
+    async def run() -> None:
+        async with SmtpConnection(SmtpTarget.local(server.port, timeout=10)) as conn:
+            conn.lean = lean
+            for to, data in mails:
+                await conn.send("bounces@news.example.com", to, data)
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "sendmail-fallback"])
+def test_the_server_receives_exactly_the_message(
+    server: SmtpTestServer, dotty: PreparedColumn, lean: bool
+) -> None:
+    names = ["Ada", "", ".Grace " + "." * 100]
+    mails = [(f"r{i}@example.org", dotty.stuffed(**reader(name=n))) for i, n in enumerate(names)]
+    send_all(server, mails, lean=lean)
+    got = server.wait_for(3)
+    assert [(r.rcpt_tos, r.data) for r in got] == [
+        ([to], dotty.message_bytes(**reader(name=n)))
+        for (to, _), n in zip(mails, names, strict=True)
+    ]
+
+
+def test_the_lean_hand_off_declares_the_size_sendmail_would(
+    server: SmtpTestServer, dotty: PreparedColumn
+) -> None:
+    seen: list[list[str]] = []
+    original = server.handler.handle_DATA
+
+    async def record(srv, session, envelope):  # type: ignore[no-untyped-def]
+        seen.append(list(envelope.mail_options))
+        return await original(srv, session, envelope)
+
+    server.handler.handle_DATA = record  # type: ignore[method-assign]
+    wire = dotty.stuffed(**reader())
+    send_all(server, [("ada@example.org", wire)], lean=True)
+    assert seen == [[f"SIZE={len(wire.message())}"]]
+
+
+def test_a_refused_reader_leaves_the_connection_usable(
+    server: SmtpTestServer, dotty: PreparedColumn
+) -> None:
+    """RCPT refused: the failure is the reader's, the envelope is reset (RSET), and the next
+    reader on the same connection gets their mail."""
+    server.reply_to_rcpt("gone@example.org", "550 5.1.1 no such user")
+    failures: list[SmtpFailure] = []
+
+    async def run() -> None:
+        async with SmtpConnection(SmtpTarget.local(server.port, timeout=10)) as conn:
+            assert conn.lean
+            for to in ("gone@example.org", "ada@example.org"):
+                try:
+                    await conn.send("b@news.example.com", to, dotty.stuffed(**reader(to=to)))
+                except SmtpFailure as failure:
+                    failures.append(failure)
+
+    asyncio.run(run())
+    assert [(f.fault, f.code, f.status) for f in failures] == [(Fault.recipient, 550, "5.1.1")]
+    assert [r.rcpt_tos for r in server.wait_for(1)] == [["ada@example.org"]]
+
+
+@pytest.mark.parametrize(
+    ("reply", "fault"),
+    [("554 5.7.1 content rejected", Fault.relay), ("451 4.3.0 try later", Fault.transient)],
+)
+def test_a_refusal_at_data_is_sorted_as_sendmail_would_be(
+    server: SmtpTestServer, dotty: PreparedColumn, reply: str, fault: Fault
+) -> None:
+    server.handler.data_reply = reply
+    with pytest.raises(SmtpFailure) as caught:
+        send_all(server, [("ada@example.org", dotty.stuffed(**reader()))], lean=True)
+    assert (caught.value.fault, caught.value.code) == (fault, int(reply[:3]))
+
+
+def test_an_address_that_cannot_go_on_a_command_line_is_refused_before_anything_is_sent(
+    server: SmtpTestServer, dotty: PreparedColumn
+) -> None:
+    with pytest.raises(SmtpFailure) as caught:
+        send_all(server, [("ada lovelace@example.org", dotty.stuffed(**reader()))], lean=True)
+    assert caught.value.fault is Fault.recipient
+    assert server.received == []
+
+
+def test_only_a_tested_aiosmtplib_release_is_driven_directly() -> None:
+    assert smtp.lean_supported(aiosmtplib.__version__)
+    assert not smtp.lean_supported("99.0.0")
+
+
+def test_a_connection_on_an_untested_release_falls_back_to_sendmail(
+    monkeypatch: pytest.MonkeyPatch, server: SmtpTestServer, dotty: PreparedColumn
+) -> None:
+    monkeypatch.setattr(smtp, "LEAN_TESTED_VERSIONS", frozenset({"0.0.1"}))
+    assert not SmtpConnection(SmtpTarget.local(server.port)).lean
+    wire = dotty.stuffed(**reader())
+    send_all(server, [("ada@example.org", wire)], lean=smtp.lean_supported())
+    assert [r.data for r in server.wait_for(1)] == [wire.message()]
+
+
+def test_stuffing_is_undone_exactly(tmp_path: Path) -> None:
+    message = b"a\r\n.b\r\n..c\r\n.\r\nend"
+    stuffed = Stuffed.of(message)
+    assert stuffed.data == b"a\r\n..b\r\n...c\r\n..\r\nend\r\n.\r\n"
+    assert stuffed.message() == message + b"\r\n" and stuffed.size == len(message) + 2
+
+
+@hypothesis.settings(max_examples=500)
+@given(address=st.emails() | st.text(max_size=40) | st.from_regex(r"[!-~]{1,20}@[!-~]{1,20}"))
+def test_the_fast_address_check_agrees_with_aiosmtplib(address: str) -> None:
+    """Where the quick check lets an address through as it is, aiosmtplib's own parsing
+    gives the same command argument; anything else is left to aiosmtplib."""
+    if smtp._PLAIN_ADDRESS.fullmatch(address):
+        assert quote_address(address) == f"<{address}>"
+
+
+def test_a_relay_that_stops_answering_times_out_each_reply(
+    server: SmtpTestServer, dotty: PreparedColumn
+) -> None:
+    """The timeout is per reply, as sendmail()'s is: a slow DATA answer is a transient
+    failure that drops the connection (its state is unknown)."""
+    server.handler.data_delay = 2.0
+
+    async def run() -> SmtpFailure:
+        async with SmtpConnection(SmtpTarget.local(server.port, timeout=0.3)) as conn:
+            try:
+                await conn.send("b@news.example.com", "ada@example.org", dotty.stuffed(**reader()))
+            except SmtpFailure as failure:
+                assert conn._smtp is None  # dropped, not reused
+                return failure
+        raise AssertionError("the hand-off did not time out")
+
+    failure = asyncio.run(run())
+    assert (failure.fault, failure.connection_lost) == (Fault.transient, True)
