@@ -181,9 +181,11 @@ _subscribers: Table = Subscriber.__table__  # type: ignore[attr-defined]
 _bounces: Table = Bounce.__table__  # type: ignore[attr-defined]
 _suppressions: Table = Suppression.__table__  # type: ignore[attr-defined]
 _OWNED = owned_by(_deliveries.c, bindparam("worker"))
+# One row per parameter set (executemany): a statement compiled once, where an expanding
+# IN list is rendered anew for every group commit.
 _MARK_SENT = (
     update(_deliveries)
-    .where(_deliveries.c.id.in_(bindparam("ids", expanding=True)), _OWNED)
+    .where(_deliveries.c.id == bindparam("row_id"), _OWNED)
     .values(
         status=MailStatus.sent.value,
         sent_at=bindparam("now"),
@@ -233,11 +235,14 @@ def record(session: Session, outcomes: Outcomes, *, worker: str, now: dt.datetim
     """Write a group of outcomes together (one statement per kind)."""
     gave_up = outcomes.failed + [(r.row_id, r.reason) for r in outcomes.bounced]
     conn = session.connection()
-    by_relay: dict[str | None, list[int]] = {}
-    for row_id, relay in outcomes.sent:
-        by_relay.setdefault(relay, []).append(row_id)
-    for relay, ids in by_relay.items():  # one statement per relay: a handful at most
-        conn.execute(_MARK_SENT, {"ids": ids, "now": now, "worker": worker, "relay": relay})
+    if outcomes.sent:
+        conn.execute(
+            _MARK_SENT,
+            [
+                {"row_id": row_id, "now": now, "worker": worker, "relay": relay}
+                for row_id, relay in outcomes.sent
+            ],
+        )
     if outcomes.retry:
         conn.execute(
             _MARK_RETRY,

@@ -174,37 +174,29 @@ async def _hand_over(
     if not isinstance(protocol, SMTPProtocol) or protocol._command_lock is None:
         raise aiosmtplib.SMTPServerDisconnected("Server not connected")
     options = [f"SIZE={mail.size}".encode()] if smtp.supports_extension("size") else []
-    # One timer for the transaction, re-armed for each reply: aiosmtplib's per-reply
-    # timeout costs a wait_for() each, four times a message.
-    patience = smtp.timeout
-    async with asyncio.timeout(None) as deadline:
-
-        def arm() -> None:
-            if patience is not None:
-                deadline.reschedule(asyncio.get_running_loop().time() + patience)
-
+    # One timer for the whole transaction (four replies) instead of aiosmtplib's wait_for()
+    # per reply: it must be over within twice SMTP_TIMEOUT, or the connection is dropped.
+    patience = None if smtp.timeout is None else 2 * smtp.timeout
+    async with asyncio.timeout_at(
+        None if patience is None else asyncio.get_running_loop().time() + patience
+    ):
         try:
-            arm()
             reply = await protocol.execute_command(b"MAIL", b"FROM:" + sender.encode(), *options)
             if reply.code != 250:
                 raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope_from)
-            arm()
             reply = await protocol.execute_command(b"RCPT", b"TO:" + rcpt.encode())
             if reply.code not in (250, 251):
                 raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
         except aiosmtplib.SMTPResponseException:
-            arm()
             with contextlib.suppress(ConnectionError, aiosmtplib.SMTPException):
                 await smtp.rset(timeout=None)
             raise
         async with protocol._command_lock:  # the lock execute_data_command takes
-            arm()
             protocol._response_pending = True
             protocol.write(b"DATA\r\n")
             reply = await protocol.read_response()
             if reply.code != 354:
                 raise aiosmtplib.SMTPDataError(reply.code, reply.message)
-            arm()
             protocol._response_pending = True
             protocol.write(mail.data)
             reply = await protocol.read_response()
