@@ -22,6 +22,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,6 +222,7 @@ class SendWorker:
         self._cancelled = False
         self._unsent: list[int] = []
         self._held: set[int] = set()  # claimed, not yet queued for a connection (being built)
+        self._builders: ThreadPoolExecutor | None = None  # during run()
 
     def stop(self) -> None:
         """Finish the hand-offs in progress, give back the rest, and return from run()."""
@@ -248,6 +250,9 @@ class SendWorker:
         """Deliver until the send is finished (by this worker or others) or stopped; return
         its counts. Raises SendPaused when the relay keeps refusing us."""
         job = await asyncio.to_thread(self._job, send_id)
+        # The threads that build messages: few and always the same, as each thread that
+        # allocates 25 KB messages gets a malloc arena of its own, which does not shrink.
+        self._builders = ThreadPoolExecutor(BUILDERS, thread_name_prefix="build")
         await in_thread(self.engine, ledger.reclaim_own, send_id=send_id, worker=self.name)
         s = self.settings
         # Built messages (~25 KB each) wait here: enough to keep every connection busy while
@@ -276,6 +281,8 @@ class SendWorker:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._release_unsent(queue)
             await commit.close()
+            self._builders.shutdown(wait=False, cancel_futures=True)
+            self._builders = None
             for conn in connections:
                 await conn.close()
         return await asyncio.to_thread(self._finish, send_id)
@@ -318,9 +325,9 @@ class SendWorker:
         building: collections.deque[asyncio.Future[list[Ready]]] = collections.deque()
         for start in range(0, len(claims), BUILD_CHUNK):
             chunk = claims[start : start + BUILD_CHUNK]
-            building.append(
-                asyncio.ensure_future(asyncio.to_thread(build_ready, job, self.ctx, chunk))
-            )
+            loop = asyncio.get_running_loop()
+            builders = self._builders
+            building.append(loop.run_in_executor(builders, build_ready, job, self.ctx, chunk))
             if len(building) >= BUILDERS:
                 await self._queue_built(queue, building.popleft())
         while building:
