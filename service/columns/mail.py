@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from ..config import TEMPLATES_DIR, Settings
 from ..mail.dkim import DkimSigner, canonical_headers, canonical_lines
@@ -195,6 +195,19 @@ class _Variant:
     html: _Body
 
 
+class ReaderValues(TypedDict):
+    """One reader's values for their copy of the column."""
+
+    to: str
+    name: str
+    unsubscribe_url: str
+    feedback_url: str
+    message_id: str
+    date_header: NotRequired[str | None]  # default: now, in TIMEZONE
+    unsubscribe_mailto: NotRequired[str | None]  # when a receiver reads unsubscribe mail
+    signer: NotRequired[DkimSigner | None]
+
+
 @dataclass(frozen=True)
 class PreparedColumn:
     """A column rendered, inlined and encoded once; `message_bytes` builds each reader's mail."""
@@ -212,57 +225,16 @@ class PreparedColumn:
     boundary: str
     zone: dt.tzinfo  # TIMEZONE: the Date header's offset
 
-    def message_bytes(
-        self,
-        *,
-        to: str,
-        name: str,
-        unsubscribe_url: str,
-        feedback_url: str,
-        message_id: str,
-        date_header: str | None = None,
-        unsubscribe_mailto: str | None = None,
-        signer: DkimSigner | None = None,
-    ) -> bytes:
+    def message_bytes(self, **reader: Unpack[ReaderValues]) -> bytes:
         """The whole mail for one reader, CRLF throughout, ready for SMTP DATA (and signed,
         when a signer is given, over exactly these bytes). `unsubscribe_mailto` is the
         reader's own unsubscribe address for List-Unsubscribe, when a receiver reads it."""
-        built = self._build(
-            to=to,
-            name=name,
-            unsubscribe_url=unsubscribe_url,
-            feedback_url=feedback_url,
-            message_id=message_id,
-            date_header=date_header,
-            unsubscribe_mailto=unsubscribe_mailto,
-            signer=signer,
-        )
-        return b"".join(built.pieces())
+        return b"".join(self._build(**reader).pieces())
 
-    def stuffed(
-        self,
-        *,
-        to: str,
-        name: str,
-        unsubscribe_url: str,
-        feedback_url: str,
-        message_id: str,
-        date_header: str | None = None,
-        unsubscribe_mailto: str | None = None,
-        signer: DkimSigner | None = None,
-    ) -> Stuffed:
+    def stuffed(self, **reader: Unpack[ReaderValues]) -> Stuffed:
         """`message_bytes` as SMTP DATA carries it (dot-stuffed, closed with ".\r\n"), built
         from pieces stuffed once per column: the send path hands it over without a rescan."""
-        built = self._build(
-            to=to,
-            name=name,
-            unsubscribe_url=unsubscribe_url,
-            feedback_url=feedback_url,
-            message_id=message_id,
-            date_header=date_header,
-            unsubscribe_mailto=unsubscribe_mailto,
-            signer=signer,
-        )
+        built = self._build(**reader)
         size = sum(map(len, built.pieces()))
         return Stuffed(b"".join(built.pieces(stuffed=True)) + b".\r\n", size)
 
@@ -274,9 +246,9 @@ class PreparedColumn:
         unsubscribe_url: str,
         feedback_url: str,
         message_id: str,
-        date_header: str | None,
-        unsubscribe_mailto: str | None,
-        signer: DkimSigner | None,
+        date_header: str | None = None,
+        unsubscribe_mailto: str | None = None,
+        signer: DkimSigner | None = None,
     ) -> _Built:
         name = one_line(name)
         if not (message_id.startswith("<") and message_id.endswith(">")):

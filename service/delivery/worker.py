@@ -24,13 +24,12 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from ..clock import utcnow
-from ..columns.mail import PreparedColumn, prepare_column
+from ..columns.mail import PreparedColumn, ReaderValues, prepare_column
 from ..columns.view import column_view
 from ..context import AppContext
 from ..db import in_thread, transaction
@@ -102,7 +101,7 @@ def wire_for(job: Job, ctx: AppContext, *, subscriber_id: int, email: str, name:
 
 def _reader_values(
     job: Job, ctx: AppContext, subscriber_id: int, email: str, name: str
-) -> dict[str, Any]:
+) -> ReaderValues:
     domain = ctx.settings.mail_domain
     return {
         "to": email,
