@@ -4,6 +4,11 @@ the real send path, each measured from outside as a whole command, one right aft
 Absolute rates on these shared machines move ±25 % between runs, so the three rates that are
 compared (limit, ceiling, send path) are taken back to back against a fresh sink of the same
 kind, on the same database that was just filled; their ratios are the figures to read.
+
+The readers live in 400 time zones (issue 16), and both DELIVERY_TIMING modes are measured
+on the same readers: the snapshot in each (fixed first, then local, which is kept and sent),
+and, where asked, a second ceiling and send path in fixed mode after the local ones, so that
+the local send path's share of its ceiling can be held against the fixed one's.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.clock import zone_names
+
 from . import product
 from .procs import Usage, Window, run_measured
+from .readers import spread_zones
 from .sinks import Sink, exactly_once_problem, postfix_tool
 
 POSTGRESQL, SQLITE = "postgresql", "sqlite"
@@ -103,19 +111,39 @@ def measure_import(p: product.Product, csv: Path, readers: int, postgres: bool) 
     return result
 
 
+def spread_readers(p: product.Product) -> dict[str, int]:
+    """Spread the imported readers over 400 zones (not measured); how many zones they now
+    live in and how many kept the service's TIMEZONE."""
+    product.spread_readers(p.database_url, spread_zones(zone_names()))
+    zones, unzoned = product.reader_zones(p.database_url)
+    return {"zones": zones, "service_zone_readers": unzoned}
+
+
 def measure_snapshot(p: product.Product, readers: int, postgres: bool) -> dict[str, Any]:
-    """The product's own `daily.start_send`, timed in this process on the filled database."""
+    """The product's own `daily.start_send`, timed in this process on the filled database,
+    in `p`'s DELIVERY_TIMING."""
     with Window(postgres=postgres) as window:
         snapshot = product.start_send(p)
     if snapshot.total != readers:
         raise RuntimeError(f"the send snapshotted {snapshot.total} readers, expected {readers}")
     return {
+        "timing": p.delivery_timing,
         "send_id": snapshot.send_id,
         "seconds": round(snapshot.seconds, 3),
         "rows_per_s": round(readers / snapshot.seconds, 1),
         "cpu_s": round(snapshot.cpu_s, 3),
         "db_cpu_s": round(window.db_cpu_s, 3),
     }
+
+
+def measure_snapshots(p: product.Product, readers: int, postgres: bool) -> dict[str, Any]:
+    """The snapshot of the same readers in both modes: fixed first, whose send is then
+    deleted, and local (one INSERT … SELECT per zone), whose send the send path delivers.
+    The local figures, with the fixed ones beside them."""
+    fixed = measure_snapshot(p.timed(product.FIXED), readers, postgres)
+    product.forget_send(p.database_url, fixed["send_id"])
+    local = measure_snapshot(p.timed(product.LOCAL), readers, postgres)
+    return local | {"fixed": fixed}
 
 
 def measure_limit(plan: Plan, size: int, mail_from: str, workdir: Path) -> dict[str, Any] | None:
@@ -140,7 +168,9 @@ def measure_limit(plan: Plan, size: int, mail_from: str, workdir: Path) -> dict[
     return result
 
 
-def measure_ceiling(plan: Plan, message: Path, mail_from: str, workdir: Path) -> dict[str, Any]:
+def measure_ceiling(
+    plan: Plan, message: Path, mail_from: str, workdir: Path, name: str = "ceiling"
+) -> dict[str, Any]:
     """aiosmtplib's sendmail() of one prebuilt column mail over K connections (bench/ceiling.py)."""
     with Sink(plan.sink, workdir) as sink:
         command = [sys.executable, "-m", "bench.ceiling", "--port", str(sink.port)]
@@ -151,7 +181,7 @@ def measure_ceiling(plan: Plan, message: Path, mail_from: str, workdir: Path) ->
             command,
             env=env,
             workdir=workdir,
-            name="ceiling",
+            name=name,
             items=plan.messages,
             postgres=False,
             sink=sink,
@@ -162,17 +192,18 @@ def measure_ceiling(plan: Plan, message: Path, mail_from: str, workdir: Path) ->
 
 
 def measure_send_path(
-    plan: Plan, p: product.Product, send_id: int, readers: int, postgres: bool
+    plan: Plan, p: product.Product, send_id: int, readers: int, postgres: bool, name: str = "send"
 ) -> dict[str, Any]:
-    """`broadside send --date 2016-02-04`: delivers the send already started, in one process.
-    Checked through the ledger (N sent, none failed, done) and, with aiosmtpd, the sink's count."""
+    """`broadside send --date 2016-02-04`: delivers the send already started, in one process,
+    in `p`'s DELIVERY_TIMING. Checked through the ledger (N sent, none failed, done) and,
+    with aiosmtpd, the sink's count."""
     with Sink(plan.sink, p.workdir) as sink:
         command = product.broadside("send", "--date", product.SEED_DAY.isoformat())
         result = measured(
             command,
             env=p.env(sink.port),
             workdir=p.workdir,
-            name="send",
+            name=name,
             items=readers,
             postgres=postgres,
             sink=sink,
@@ -193,8 +224,48 @@ def ratio(numerator: dict[str, Any] | None, denominator: dict[str, Any] | None) 
     return round(numerator["msgs_per_s"] / denominator["msgs_per_s"], 3)
 
 
-def measure_size(plan: Plan, backend: str, readers: int, csv: Path) -> dict[str, Any]:
-    """Import, snapshot, limit, ceiling and send path for N readers on a fresh database."""
+def measure_fixed_send(
+    plan: Plan, p: product.Product, local_send_id: int, readers: int, postgres: bool, message: Path
+) -> dict[str, Any]:
+    """The same readers sent again in fixed mode, right after the local send: that send and
+    its ledger deleted, the send started afresh with DELIVERY_TIMING=fixed, then a ceiling
+    and `broadside send` with BROADSIDE_DELIVERY_TIMING=fixed, back to back as before."""
+    fixed = p.timed(product.FIXED)
+    product.forget_send(p.database_url, local_send_id)
+    snapshot = measure_snapshot(fixed, readers, postgres)
+    mail_from = fixed.settings().mail_from
+    ceiling = measure_ceiling(plan, message, mail_from, p.workdir, name="ceiling-fixed")
+    send_path = measure_send_path(
+        plan, fixed, snapshot["send_id"], readers, postgres, name="send-fixed"
+    )
+    return {
+        "snapshot": snapshot,
+        "ceiling": ceiling,
+        "send_path": send_path,
+        "send_vs_ceiling": ratio(send_path, ceiling),
+    }
+
+
+def local_vs_fixed(m: dict[str, Any]) -> float | None:
+    """The local send path's share of its ceiling over the fixed one's (G7: within 5 % of 1)."""
+    fixed = m.get("fixed")
+    if not fixed or not m["send_vs_ceiling"] or not fixed["send_vs_ceiling"]:
+        return None
+    return round(m["send_vs_ceiling"] / fixed["send_vs_ceiling"], 3)
+
+
+def measure_size(
+    plan: Plan,
+    backend: str,
+    readers: int,
+    csv: Path,
+    *,
+    compare: bool = False,
+    limit: bool = True,
+) -> dict[str, Any]:
+    """Import, spread over the zones, snapshot in both modes, limit, ceiling and send path
+    (local) for N readers on a fresh database; with `compare`, the ceiling and the send path
+    again in fixed mode. Without `limit`, smtp-source is not run."""
     postgres = backend == POSTGRESQL
     with (
         tempfile.TemporaryDirectory(prefix=f"{backend}-{readers}-", dir=plan.workdir) as tmp,
@@ -204,15 +275,20 @@ def measure_size(plan: Plan, backend: str, readers: int, csv: Path) -> dict[str,
         p = product.Product(url, workdir, plan.k, plan.dkim_key)
         product.migrate(url)
         imported = measure_import(p, csv, readers, postgres)
-        snapshot = measure_snapshot(p, readers, postgres)
+        zones = spread_readers(p)
+        snapshot = measure_snapshots(p, readers, postgres) | zones
         message = product.column_mail(p)
         message_file = workdir / "column.eml"
         message_file.write_bytes(message)
         mail_from = p.settings().mail_from
-        limit = measure_limit(plan, len(message), mail_from, workdir)
+        limit_figures = measure_limit(plan, len(message), mail_from, workdir) if limit else None
         ceiling = measure_ceiling(plan, message_file, mail_from, workdir)
         send_path = measure_send_path(plan, p, snapshot["send_id"], readers, postgres)
-    return {
+        fixed = None
+        if compare:
+            local_id = snapshot["send_id"]
+            fixed = measure_fixed_send(plan, p, local_id, readers, postgres, message_file)
+    m = {
         "backend": backend,
         "readers": readers,
         "sink": plan.sink,
@@ -220,9 +296,11 @@ def measure_size(plan: Plan, backend: str, readers: int, csv: Path) -> dict[str,
         "message_bytes": len(message),
         "import": imported,
         "snapshot": snapshot,
-        "limit": limit,
+        "limit": limit_figures,
         "ceiling": ceiling,
         "send_path": send_path,
-        "send_vs_limit": ratio(send_path, limit),
+        "send_vs_limit": ratio(send_path, limit_figures),
         "send_vs_ceiling": ratio(send_path, ceiling),
+        "fixed": fixed,
     }
+    return m | {"local_vs_fixed": local_vs_fixed(m)}

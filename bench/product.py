@@ -1,5 +1,6 @@
 """What the bench asks of Broadside itself: its settings as the environment of its commands, a
-fresh database, the snapshot timed in-process, one reader's column mail, and the ledger.
+fresh database, its readers' time zones, the snapshot timed in-process, one reader's column
+mail, and the ledger.
 
 Everything else the bench measures runs as the product's own commands (`broadside subscribers
 import`, `broadside send`, `broadside worker`), configured only through BROADSIDE_* variables,
@@ -14,13 +15,26 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine, make_url
 
 from service.config import ENV_PREFIX, Settings, load_settings
 from service.context import build_context
@@ -29,13 +43,14 @@ from service.delivery import daily, sends
 from service.delivery.courier import Courier
 from service.mail.smtp import SmtpTarget
 from service.migrate import upgrade
-from service.models import Delivery, Send
+from service.models import Delivery, Send, Subscriber, SubscriberStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_DAY = dt.date(2016, 2, 4)  # seeds/world-view-2016-02-04.txt
 BROADSIDE = str(Path(sys.executable).with_name("broadside"))
 DKIM_DOMAIN, DKIM_SELECTOR = "news.example.com", "bench"
 STALL_SECONDS = 90.0  # a send whose ledger has not moved for this long is stuck
+LOCAL, FIXED = "local", "fixed"  # DELIVERY_TIMING: each reader's SEND_TIME, or one for all
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,11 @@ class Product:
     workdir: Path
     connections: int
     dkim_key: Path | None
+    delivery_timing: str = LOCAL  # the product's default, named so the report can say it
+
+    def timed(self, timing: str) -> Product:
+        """The same product with DELIVERY_TIMING=`timing` (its commands and in-process)."""
+        return replace(self, delivery_timing=timing)
 
     def values(self, smtp_port: int | None = None) -> dict[str, str]:
         """The settings as BROADSIDE_* names (without the prefix) and string values."""
@@ -57,6 +77,7 @@ class Product:
             "FROM_ADDRESS": f"worldview@{DKIM_DOMAIN}",
             "COLUMNS_DIR": str(ROOT / "seeds"),
             "DELIVERY_CONNECTIONS": str(self.connections),
+            "DELIVERY_TIMING": self.delivery_timing,
             "LOG_LEVEL": "WARNING",
         }
         if smtp_port is not None:
@@ -130,6 +151,76 @@ def migrate(url: str) -> None:
         upgrade(engine)
     finally:
         engine.dispose()
+
+
+def spread_readers(url: str, zones: Sequence[str]) -> None:
+    """Give every reader the zone readers.reader_zone names (not measured): one UPDATE of all
+    of them through a temporary table of the zones. On PostgreSQL the table is then vacuumed
+    and analyzed, so that the snapshot reads it as a server in service has it: without a dead
+    row beside each live one, and with statistics of the zones."""
+    table = Table(
+        "bench_zones",
+        MetaData(),
+        Column("slot", Integer, primary_key=True),
+        Column("name", String(64), nullable=False),
+        prefixes=["TEMPORARY"],
+    )
+    readers: Table = Subscriber.__table__  # type: ignore[attr-defined]
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            table.create(conn)
+            conn.execute(insert(table), [{"slot": i, "name": z} for i, z in enumerate(zones, 1)])
+            slot = readers.c.id % (len(zones) + 1)  # as readers.zone_slot: 0 keeps none
+            zone = select(table.c.name).where(table.c.slot == slot).scalar_subquery()
+            conn.execute(update(readers).values(timezone=zone))
+            table.drop(conn)
+        vacuum(engine, readers.name)
+    finally:
+        engine.dispose()
+
+
+def reader_zones(url: str) -> tuple[int, int]:
+    """Among the active readers: how many distinct zones they chose, and how many chose none."""
+    readers: Table = Subscriber.__table__  # type: ignore[attr-defined]
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            zones, unzoned = conn.execute(
+                select(
+                    func.count(readers.c.timezone.distinct()),
+                    func.count().filter(readers.c.timezone.is_(None)),
+                ).where(readers.c.status == SubscriberStatus.active.value)
+            ).one()
+    finally:
+        engine.dispose()
+    return int(zones), int(unzoned)
+
+
+def forget_send(url: str, send_id: int) -> None:
+    """Delete a send and its ledger rows (not measured), so that the next snapshot starts
+    the seed column's send afresh for the same readers; on PostgreSQL the ledger is then
+    vacuumed, so that the next one does not insert beside a million dead rows."""
+    deliveries: Table = Delivery.__table__  # type: ignore[attr-defined]
+    sends_table: Table = Send.__table__  # type: ignore[attr-defined]
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(delete(deliveries).where(deliveries.c.send_id == send_id))
+            conn.execute(delete(sends_table).where(sends_table.c.id == send_id))
+        vacuum(engine, deliveries.name)
+    finally:
+        engine.dispose()
+
+
+def vacuum(engine: Engine, table: str) -> None:
+    """VACUUM ANALYZE one table on PostgreSQL (outside a transaction); nothing on SQLite."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+            text(f'VACUUM ANALYZE "{table}"')
+        )
 
 
 @dataclass(frozen=True)

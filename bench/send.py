@@ -1,5 +1,5 @@
 """`make bench`: Broadside's send path against the machine's SMTP limit and aiosmtplib's own
-ceiling, in one run, with every goal of issue 15 judged at the end.
+ceiling, in one run, with every goal of issues 15 and 16 judged at the end.
 
 Per database and size N, back to back against a fresh sink (Postfix's smtp-sink by default):
 
@@ -9,9 +9,12 @@ Per database and size N, back to back against a fresh sink (Postfix's smtp-sink 
 
 each over 20,000 messages (the send path: N), each measured from outside as a whole command
 (messages/s, CPU ms per message, peak RSS). Before them, the N readers are imported with
-`broadside subscribers import --confirmed` (rows/s, peak RSS) and the send is started with the
-product's own `daily.start_send` (the snapshot, timed). Then the scale-out figures (several
-`broadside worker` processes on one PostgreSQL) and POST /subscribe (bench/web.py).
+`broadside subscribers import --confirmed` (rows/s, peak RSS), spread over 400 time zones, and
+the send is started with the product's own `daily.start_send` (the snapshot, timed in both
+DELIVERY_TIMING modes; the local one is sent). Sizes up to --compare (20,000) then send again
+in fixed mode, a ceiling and a send path (G7); a run of larger sizes only compares at 20,000 on
+a database of its own. Then the scale-out figures (several `broadside worker` processes on one
+PostgreSQL) and POST /subscribe (bench/web.py).
 
     python -m bench.send                     # N = 100,000 on SQLite and PostgreSQL (< 15 min)
     python -m bench.send --million           # N = 10,000 and 1,000,000
@@ -52,6 +55,9 @@ DEFAULT_SIZES, MILLION_SIZES, QUICK_SIZES = [100_000], [10_000, 1_000_000], [2_0
 MESSAGES, QUICK_MESSAGES = 20_000, 2_000  # the limit's and the ceiling's
 WEB_SECONDS, QUICK_WEB_SECONDS, WEB_CONNECTIONS = 30, 5, 16
 DEFAULT_K = 16  # where the reference kit found the ceiling (shared/PERFORMANCE.md)
+# The largest N also sent in fixed mode (G7): a second send at 100,000 on both databases
+# would take the default run past its 15 minutes, so it compares at 20,000 instead.
+COMPARE_READERS = 20_000
 
 
 # ---------------------------------------------------------------- the run
@@ -75,14 +81,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--readers", type=int, help="one size N of your choosing")
     parser.add_argument("--messages", type=int, help="limit and ceiling (default 20,000)")
     parser.add_argument(
+        "--compare",
+        type=int,
+        default=COMPARE_READERS,
+        metavar="N",
+        help="sizes up to N are sent in fixed mode too (G7); without one, a comparison at N",
+    )
+    parser.add_argument(
         "--no-dkim", dest="dkim", action="store_false", help="send unsigned (default RSA-2048)"
     )
     parser.add_argument("--scale-out", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--web", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
-    if args.k < 1 or (args.readers is not None and args.readers < 1):
-        parser.error("--k and --readers must be positive")
+    if args.k < 1 or args.compare < 1 or (args.readers is not None and args.readers < 1):
+        parser.error("--k, --compare and --readers must be positive")
     args.sizes = sizes_for(args)
     args.messages = args.messages or (QUICK_MESSAGES if args.quick else MESSAGES)
     return args
@@ -121,17 +134,30 @@ def dkim_key(args: argparse.Namespace, keys: Path) -> Path | None:
     return path
 
 
-def measure_sizes(plan: Plan, names: list[str], sizes: list[int]) -> list[dict[str, Any]]:
-    """Every size on every database; one progress line each."""
+def measure_sizes(
+    plan: Plan, names: list[str], sizes: list[int], compare: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every size on every database, those up to `compare` readers sent in fixed mode too;
+    when none was, a comparison of both modes at `compare` on each database (without the
+    limit). The sizes and the comparisons; one progress line each."""
     found = []
     for readers in sizes:
         with tempfile.TemporaryDirectory(prefix="readers-", dir=plan.workdir) as tmp:
             csv = write_readers_csv(Path(tmp) / "readers.csv", readers)
             for backend in names:
-                m = measure_size(plan, backend, readers, csv)
+                m = measure_size(plan, backend, readers, csv, compare=readers <= compare)
                 print(progress_line(m), flush=True)
                 found.append(m)
-    return found
+    if any(readers <= compare for readers in sizes):
+        return found, []
+    comparisons = []
+    with tempfile.TemporaryDirectory(prefix="readers-", dir=plan.workdir) as tmp:
+        csv = write_readers_csv(Path(tmp) / "readers.csv", compare)
+        for backend in names:
+            m = measure_size(plan, backend, compare, csv, compare=True, limit=False)
+            print(f"comparison {progress_line(m)}", flush=True)
+            comparisons.append(m)
+    return found, comparisons
 
 
 def measure_web(args: argparse.Namespace, names: list[str]) -> tuple[dict[str, Any], str]:
@@ -166,36 +192,57 @@ def _rate(figures: dict[str, Any] | None) -> str:
 def progress_line(m: dict[str, Any]) -> str:
     """One measurement on one line, as it finishes."""
     i, s, send = m["import"], m["snapshot"], m["send_path"]
-    return (
+    line = (
         f"{m['backend']} N={m['readers']:,}: import {i['rows_per_s']:,.0f} rows/s"
-        f" ({i['peak_rss_mb']:.0f} MB) · snapshot {s['seconds']:.2f} s · limit {_rate(m['limit'])}"
+        f" ({i['peak_rss_mb']:.0f} MB) · snapshot {s['seconds']:.2f} s over {s['zones']} zones"
+        f" (fixed mode {s['fixed']['seconds']:.2f} s) · limit {_rate(m['limit'])}"
         f" · ceiling {_rate(m['ceiling'])} · send path {_rate(send)} msg/s"
         f" (delivery alone {send['delivery_msgs_per_s']:,.0f})"
         f", {goals.share_cell(m['send_vs_limit'])} × limit,"
         f" {goals.share_cell(m['send_vs_ceiling'])} × ceiling,"
         f" {send['cpu_ms_per_msg']:.2f} ms CPU/msg, {send['peak_rss_mb']:.0f} MB"
     )
+    if fixed := m["fixed"]:
+        line += (
+            f" · fixed mode: ceiling {_rate(fixed['ceiling'])}, send path"
+            f" {_rate(fixed['send_path'])} msg/s (delivery alone"
+            f" {fixed['send_path']['delivery_msgs_per_s']:,.0f}),"
+            f" {goals.share_cell(fixed['send_vs_ceiling'])} × ceiling;"
+            f" local/fixed {goals.share_cell(m['local_vs_fixed'])}"
+        )
+    return line
+
+
+def commands(m: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None, str]]:
+    """A measurement's commands, each with its figures and the unit they count."""
+    found = [
+        ("import", m["import"], "row"),
+        ("limit", m["limit"], "msg"),
+        ("ceiling", m["ceiling"], "msg"),
+        ("send path", m["send_path"], "msg"),
+    ]
+    if fixed := m["fixed"]:
+        found += [
+            ("ceiling (fixed)", fixed["ceiling"], "msg"),
+            ("send path (fixed)", fixed["send_path"], "msg"),
+        ]
+    return found
 
 
 def detail_table(sizes: list[dict[str, Any]]) -> str:
-    """Every command's figures: the table to read a ratio by (who used the CPUs meanwhile)."""
+    """Every command's figures: the table to read a ratio by (who used the CPUs meanwhile).
+    `(fixed)` marks the second ceiling and send path, of the send in fixed mode."""
     lines = [
         "| backend | N | what | rate /s | CPU ms per item | DB server CPU ms per item |"
         " sink CPU % | other load CPU % | peak RSS MB |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for m in sizes:
-        for what, unit in (
-            ("import", "row"),
-            ("limit", "msg"),
-            ("ceiling", "msg"),
-            ("send_path", "msg"),
-        ):
-            f = m[what]
+        for what, f, unit in commands(m):
             if f is None:
                 continue
             lines.append(
-                f"| {m['backend']} | {m['readers']:,} | {what.replace('_', ' ')} |"
+                f"| {m['backend']} | {m['readers']:,} | {what} |"
                 f" {f[f'{unit}s_per_s']:,.0f} | {f[f'cpu_ms_per_{unit}']:.3f} |"
                 f" {f[f'db_cpu_ms_per_{unit}']:.3f} | {f['sink_cpu_pct']:.0f} |"
                 f" {f['other_cpu_pct']:.0f} | {f['peak_rss_mb']:.1f} |"
@@ -256,14 +303,14 @@ def print_report(report: dict[str, Any]) -> None:
         f"{report['machine']['nproc']} CPUs; sink {report['sink']}, K={report['k']},"
         f" {'DKIM RSA-2048' if report['dkim'] else 'unsigned'}\n"
     )
-    print(detail_table(report["sizes"]))
+    print(detail_table(report["sizes"] + report["comparisons"]))
     if report["scale_out"]:
         print("\n" + "\n".join(scale_out_lines(report["scale_out"])))
     print("\nResults (docs/BENCHMARKS.md):\n")
     print(goals.RESULTS_HEADER)
     for m in report["sizes"]:
         print(goals.results_row(m, report["date"], report["commit"]))
-    print("\nGoals (issue 15):\n")
+    print("\nGoals (issues 15 and 16):\n")
     print(goals.goals_table(goals.verdicts(report)))
     print(f"\ntotal {report['seconds']:.0f} s")
 
@@ -284,12 +331,12 @@ def measure_all(args: argparse.Namespace, sink: str, names: list[str]) -> dict[s
             dkim_key=dkim_key(args, workdir),
             workdir=workdir,
         )
-        sizes = measure_sizes(plan, names, args.sizes)
+        sizes, comparisons = measure_sizes(plan, names, args.sizes, args.compare)
         scale_out = None
         if args.scale_out and POSTGRESQL in names:
             scale_out = measure_scale_out(plan, args.quick)
             print("\n".join(scale_out_lines(scale_out)), flush=True)
-    return {"sizes": sizes, "scale_out": scale_out}
+    return {"sizes": sizes, "comparisons": comparisons, "scale_out": scale_out}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -309,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         "k": args.k,
         "dkim": args.dkim,
         "messages": args.messages,
+        "compare": args.compare,
         "machine": machine(),
         "postgresql": getattr(args, "postgresql_version", None),
     }

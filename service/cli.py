@@ -267,7 +267,7 @@ def send(
             f"fix the relay, then run {again} to resume",
             1,
         )
-    if not outcome.counts.done:
+    if not outcome.counts.done and outcome.waiting_until is None:
         raise fail(
             f"send {outcome.send_id} stopped with {outcome.counts.pending} left; "
             f"run {again} to finish it",
@@ -339,7 +339,13 @@ app.add_typer(subscribers_app, name="subscribers")
 
 @subscribers_app.command("import")
 def subscribers_import(
-    file: Annotated[Path, typer.Argument(help="UTF-8 CSV with a header row: email, optional name")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="UTF-8 CSV with a header row: email; optional name, status, timezone, "
+            "cadence, digest_weekday"
+        ),
+    ],
     confirmed: Annotated[
         bool,
         typer.Option(

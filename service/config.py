@@ -44,6 +44,9 @@ SIGN_IN_WINDOW = timedelta(minutes=15)
 # Seconds for the hand-offs in progress to finish at a stop (SIGTERM, Ctrl-C); what still runs
 # then is cancelled, so a stop never takes longer than this (docker's default wait is 10 s).
 SHUTDOWN_GRACE = 8.0
+# Seconds between two looks for a day's column that has no send yet although its send time has
+# come (it arrives late, through COLUMNS_DIR or FEED_URL): each look refreshes the sources.
+LATE_COLUMN_POLL = 300.0
 # DELIVERY_RATE and the relays' PER_HOUR caps are token buckets in the database shared by every
 # worker; a worker takes this many seconds' worth of tokens at a time (one statement), so the
 # rate holds across workers within one such batch each.
@@ -289,6 +292,10 @@ class Settings(BaseSettings):
     send_time: time = time(6, 0)
     timezone: str = "UTC"
     send_grace: timedelta = timedelta(hours=6)
+    # local: each reader gets the day's column at SEND_TIME in their own time zone (the send
+    # starts when the earliest zone, UTC+14, gets there); fixed: everyone at SEND_TIME in
+    # TIMEZONE.
+    delivery_timing: Literal["local", "fixed"] = "local"
     columns_dir: Path = Path("seeds")
     feed_url: str | None = None
 

@@ -70,6 +70,12 @@ async def send_with_progress(courier: Courier, day: dt.date) -> daily.SendOutcom
         f"send {outcome.send_id}: {c.sent} sent, {c.failed} failed, "
         f"{c.skipped} skipped, {c.pending} left"
     )
+    if outcome.waiting_until is not None:
+        out.print(
+            f"the {c.pending} left are due at SEND_TIME in their own time zones, the next at "
+            f"{_when(outcome.waiting_until)} UTC: a running `broadside serve` or "
+            "`broadside worker` delivers them then (or run this again then)"
+        )
     return outcome
 
 
@@ -131,8 +137,15 @@ def print_status(engine: Engine, limit: int, *, as_json: bool = False) -> None:
     """The latest sends as a table (or JSON), and why a paused one is paused."""
     with transaction(engine) as session:
         rows = sends.latest(session, limit)
+        # How far each unfinished send has come around the world (local-time delivery).
+        by_due = {
+            row.id: sends.progress_by_due(session, row.id)
+            for row in rows
+            if row.status in ("sending", "paused")
+        }
     if as_json:
-        out.print_json(json.dumps([_status_record(row) for row in rows]))
+        records = [_status_record(row) | _due_record(by_due.get(row.id)) for row in rows]
+        out.print_json(json.dumps(records))
         return
     if not rows:
         out.print("no sends yet")
@@ -165,6 +178,9 @@ def print_status(engine: Engine, limit: int, *, as_json: bool = False) -> None:
             _when(row.finished_at),
         )
     out.print(table)
+    for send_id, groups in by_due.items():
+        if len(groups) > 1:
+            out.print(_due_table(send_id, groups))
     for row in rows:
         if row.status == "paused":
             out.print(
@@ -175,6 +191,57 @@ def print_status(engine: Engine, limit: int, *, as_json: bool = False) -> None:
             )
 
 
+SHOWN_ZONES = 3  # zone names listed per due moment; the rest are counted
+
+
+def _due_table(send_id: int, groups: list[sends.DueGroup]) -> Table:
+    """One unfinished send's progress by due moment (the zones whose SEND_TIME it is)."""
+    table = Table(
+        "due (UTC)",
+        "zones",
+        "readers",
+        "sent",
+        "failed",
+        "skipped",
+        "waiting",
+        title=f"send {send_id} by time zone",
+    )
+    for group in groups:
+        names = ", ".join(group.zones[:SHOWN_ZONES])
+        if len(group.zones) > SHOWN_ZONES:
+            names += f" +{len(group.zones) - SHOWN_ZONES} more"
+        c = group.counts
+        table.add_row(
+            _when(group.due_at),
+            names,
+            str(c.total),
+            str(c.sent),
+            str(c.failed),
+            str(c.skipped),
+            str(c.pending),
+        )
+    return table
+
+
+def _due_record(groups: list[sends.DueGroup] | None) -> dict[str, object]:
+    if groups is None:
+        return {}
+    return {
+        "by_due": [
+            {
+                "due_at": group.due_at.isoformat() if group.due_at else None,
+                "zones": list(group.zones),
+                "readers": group.counts.total,
+                "sent": group.counts.sent,
+                "failed": group.counts.failed,
+                "skipped": group.counts.skipped,
+                "remaining": group.counts.pending,
+            }
+            for group in groups
+        ]
+    }
+
+
 def _when(moment: dt.datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
@@ -182,6 +249,8 @@ def _when(moment: dt.datetime | None) -> str:
 def _status_record(row: sends.SendSummary) -> dict[str, object]:
     return {
         "send": row.id,
+        "kind": row.kind,
+        "week": row.week,
         "date": row.date.isoformat(),
         "title": row.title,
         "status": row.status,
@@ -341,6 +410,12 @@ def print_import_summary(summary: subscriber_files.ImportSummary, seconds: float
     if s.skipped:
         shown = ", ".join(f"{count:,} {why}" for count, why in reasons if count)
         out.print(f"skipped: {shown}", soft_wrap=True)
+    if s.choices_kept:
+        out.print(
+            f"{s.choices_kept:,} readers already on the list kept their own time zone, cadence "
+            "or digest weekday (the file's are used only for new readers)",
+            soft_wrap=True,
+        )
     if s.mailed:
         out.print(
             f"{s.mailed:,} confirmation mails queued: `broadside serve` or `broadside worker` "

@@ -42,6 +42,11 @@ class AppContext:
         token = self.tokens.make(Purpose.unsubscribe, str(subscriber_id), expires)
         return f"{self.settings.base_url}/unsubscribe/{token}"
 
+    def preferences_url(self, subscriber_id: int, expires: int | None = None) -> str:
+        """A reader's own preferences page (cadence, time zone, name, their data)."""
+        token = self.tokens.make(Purpose.preferences, str(subscriber_id), expires)
+        return f"{self.settings.base_url}/preferences/{token}"
+
     def feedback_url(self, subscriber_id: int | None = None, expires: int | None = None) -> str:
         """The feedback form's link, naming the reader when given."""
         if subscriber_id is None:

@@ -45,6 +45,13 @@ class MailStatus(StrEnum):
     skipped = "skipped"  # the reader left (unsubscribed, bounced) before the hand-off
 
 
+class SendKind(StrEnum):
+    """What a send carries."""
+
+    column = "column"  # one day's column to the daily readers
+    digest = "digest"  # one ISO week's digest to the weekly readers
+
+
 class SendStatus(StrEnum):
     """Where a send stands."""
 
@@ -54,12 +61,23 @@ class SendStatus(StrEnum):
     done = "done"
 
 
+class Cadence(StrEnum):
+    """How often a reader wants the column."""
+
+    daily = "daily"  # each day's column, at SEND_TIME in their zone (or the service's)
+    weekly = "weekly"  # one digest of the week's columns, on their chosen weekday
+
+
 class Subscriber(SQLModel, table=True):
-    """A reader: their address, name, status and when each change happened."""
+    """A reader: their address, name, status, choices and when each change happened."""
 
     __tablename__ = "subscribers"
-    # The admin list pages through one status in id order (keyset), at any size.
-    __table_args__ = (Index("ix_subscribers_status_id", "status", "id"),)
+    __table_args__ = (
+        # The admin list pages through one status in id order (keyset), at any size.
+        Index("ix_subscribers_status_id", "status", "id"),
+        # A send's snapshot takes the active readers of one cadence, one zone at a time.
+        Index("ix_subscribers_status_cadence_zone", "status", "cadence", "timezone"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=320, unique=True)  # normalized, lower case
@@ -78,6 +96,10 @@ class Subscriber(SQLModel, table=True):
     bounced_at: datetime | None = Field(default=None, sa_type=DateTime())
     bounce_reason: str | None = Field(default=None, max_length=1000)
     last_notice_at: datetime | None = Field(default=None, sa_type=DateTime())
+    # The reader's IANA time zone (validated against zoneinfo); None: the service's TIMEZONE.
+    timezone: str | None = Field(default=None, max_length=64)
+    cadence: Cadence = Field(default=Cadence.daily, sa_type=String(16))
+    digest_weekday: int = 7  # ISO weekday of a weekly reader's digest: 1 Monday … 7 Sunday
 
 
 class Consent(SQLModel, table=True):
@@ -179,12 +201,15 @@ class ColumnRecord(SQLModel, table=True):
 
 
 class Send(SQLModel, table=True):
-    """One column going out; unique per column so nothing can start it twice."""
+    """One column (or one week's digest) going out; unique per column and per ISO week, so
+    nothing can start it twice."""
 
     __tablename__ = "sends"
 
     id: int | None = Field(default=None, primary_key=True)
-    column_id: int = Field(foreign_key="columns.id", unique=True)
+    kind: SendKind = Field(default=SendKind.column, sa_type=String(16))
+    column_id: int | None = Field(default=None, foreign_key="columns.id", unique=True)
+    week: str | None = Field(default=None, max_length=10, unique=True)  # a digest's, "2026-W48"
     status: SendStatus = Field(default=SendStatus.sending, sa_type=String(16))
     total: int = 0
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime())
@@ -215,6 +240,13 @@ class Delivery(LeasedWork, table=True):
     email: str = Field(max_length=320)
     name: str = Field(default="", max_length=100)
     relay: str | None = Field(default=None, max_length=255)  # host:port that took it
+    # When the reader is to get it (SEND_TIME on the column's date in their zone, or the
+    # send's start); next_attempt_at is never earlier, so workers claim only due rows.
+    due_at: datetime | None = Field(default=None, sa_type=DateTime())
+    zone: str | None = Field(default=None, max_length=64)  # the zone due_at was computed in
+    # A digest's columns (their ids, comma-separated), fixed at its first claim so that a
+    # retry sends the same digest; "" when there was nothing new to send.
+    contents: str | None = Field(default=None, max_length=200)
 
 
 class BounceKind(StrEnum):

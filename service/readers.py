@@ -103,9 +103,9 @@ def history(session: Session, subscriber_id: int, *, deliveries: int = 100) -> H
     if subscriber is None:
         return None
     rows = session.exec(
-        select(Delivery, ColumnRecord)
+        select(Delivery, Send, ColumnRecord)
         .join(Send, col(Send.id) == col(Delivery.send_id))
-        .join(ColumnRecord, col(ColumnRecord.id) == col(Send.column_id))
+        .outerjoin(ColumnRecord, col(ColumnRecord.id) == col(Send.column_id))
         .where(col(Delivery.subscriber_id) == subscriber_id)
         .order_by(col(Delivery.id).desc())
         .limit(deliveries)
@@ -116,14 +116,14 @@ def history(session: Session, subscriber_id: int, *, deliveries: int = 100) -> H
         deliveries=[
             DeliveryLine(
                 send_id=d.send_id,
-                column_date=c.date.isoformat(),
-                column_title=c.title,
+                column_date=c.date.isoformat() if c is not None else (s.week or ""),
+                column_title=c.title if c is not None else f"Weekly digest {s.week}",
                 status=d.status,
                 attempts=d.attempts,
                 sent_at=d.sent_at,
                 last_error=d.last_error,
             )
-            for d, c in rows
+            for d, s, c in rows
         ],
         bounces=_of(session, Bounce, subscriber_id),
         feedback=_of(session, Feedback, subscriber_id),

@@ -13,7 +13,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .clock import now
 from .config import Settings
-from .delivery import daily
+from .delivery import daily, timing
 from .delivery.daily import ColumnNotSendable, Dispatcher
 from .delivery.sends import SendCancelled, SendPaused
 
@@ -23,9 +23,12 @@ HEAL_JOB_ID = "resume-unfinished"
 
 
 def daily_trigger(settings: Settings) -> CronTrigger:
-    """Every day at SEND_TIME in TIMEZONE; zoneinfo keeps it right across DST changes."""
+    """Every day at SEND_TIME in the earliest time zone (DELIVERY_TIMING=local: the send
+    starts there and each reader's row falls due at SEND_TIME where they are) or in TIMEZONE
+    (fixed); zoneinfo keeps it right across DST changes."""
+    zone = timing.EARLIEST if timing.is_local(settings) else settings.tz
     return CronTrigger(
-        hour=settings.send_time.hour, minute=settings.send_time.minute, timezone=settings.tz
+        hour=settings.send_time.hour, minute=settings.send_time.minute, timezone=zone
     )
 
 
@@ -94,9 +97,9 @@ def start_scheduler(dispatcher: Dispatcher, clock: Clock = now) -> AsyncIOSchedu
     scheduler.start()
     next_run = daily_trigger(settings).get_next_fire_time(None, now().astimezone(settings.tz))
     log.info(
-        "daily column scheduled at %s %s; next send %s",
+        "daily column scheduled at %s %s; next send starts %s",
         settings.send_time.strftime("%H:%M"),
-        settings.timezone,
+        "in each reader's time zone" if timing.is_local(settings) else settings.timezone,
         next_run,
     )
     return scheduler

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import operator
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,14 +35,21 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from .clock import utcnow
+from .clock import known_zone, utcnow
 from .context import AppContext
 from .db import transaction
 from .errors import DomainError, InvalidInput
 from .mail.message import one_line
 from .mail.outbox import queue_messages
-from .models import Consent, Subscriber, SubscriberStatus, Suppression
-from .subscriptions import clean_name, confirmation, normalize_address
+from .models import Cadence, Consent, Subscriber, SubscriberStatus, Suppression
+from .subscriptions import (
+    Choices,
+    clean_cadence,
+    clean_name,
+    clean_weekday,
+    confirmation,
+    normalize_address,
+)
 
 IMPORT_BATCH = 1000  # rows per transaction: a crash leaves whole batches behind
 MAX_BATCH = 5000  # SQLite allows 32,766 parameters in one statement (IN lists, hashes)
@@ -55,6 +63,18 @@ IMPORTED_CONFIRMED = "import-confirmed"  # ... or active, on the consent the sou
 EMAIL_HEADERS = ("email", "e-mail", "email address", "email_address")
 NAME_HEADERS = ("name",)
 STATUS_HEADERS = ("status",)
+# A reader's delivery choices (issue 16), as the export writes them; an empty cell is the default.
+TIMEZONE_HEADERS = ("timezone", "time zone", "time_zone")
+CADENCE_HEADERS = ("cadence",)
+WEEKDAY_HEADERS = ("digest_weekday", "digest weekday", "weekday")
+# The optional columns, in the order of Row's fields after `email`.
+OPTIONAL_HEADERS = (
+    NAME_HEADERS,
+    STATUS_HEADERS,
+    TIMEZONE_HEADERS,
+    CADENCE_HEADERS,
+    WEEKDAY_HEADERS,
+)
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): the
 # export puts a ' before such a value and the import takes it off again, so files round-trip.
 FORMULA_START = ("=", "+", "-", "@")
@@ -85,6 +105,9 @@ class Row(NamedTuple):  # a tuple: a million are made, far cheaper than frozen d
     email: str
     name: str = ""
     status: str = ""
+    timezone: str = ""
+    cadence: str = ""
+    digest_weekday: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,6 +140,9 @@ class ImportSummary:
     left: int = 0  # unsubscribed, bounced, complained or erased: never brought back
     invalid: int = 0
     mailed: int = 0
+    # Readers already there whose own time zone, cadence or weekday the row contradicts: they
+    # keep theirs (the reader's choice, see _write); counted so the operator is told.
+    choices_kept: int = 0
     invalid_lines: list[InvalidLine] = field(default_factory=list)  # the first MAX_REPORTED
     ignored_columns: tuple[str, ...] = ()
     rows: int = 0  # data rows read
@@ -150,6 +176,7 @@ COUNTS = (
     "left",
     "invalid",
     "mailed",
+    "choices_kept",
     "rows",
 )
 
@@ -159,23 +186,25 @@ COUNTS = (
 
 def read_csv(stream: BinaryIO) -> CsvList:
     """The rows of a UTF-8 CSV file (a BOM is fine) whose header row names an `email` column,
-    and optionally `name` and `status`, in any case and order. A seekable stream is checked
-    for UTF-8 first, so a bad byte at the end imports nothing. UnusableFile otherwise."""
+    and optionally `name`, `status`, `timezone`, `cadence` and `digest_weekday`, in any case
+    and order. A seekable stream is checked for UTF-8 first, so a bad byte at the end
+    imports nothing. UnusableFile otherwise."""
     if stream.seekable():
         _check_utf8(stream)
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     reader = csv.reader(text)
     try:
-        email_at, name_at, status_at, ignored = _layout(reader)
+        cells, width, ignored = _layout(reader)
     except UnusableFile:
         text.detach()  # the binary stream is the caller's to close, not ours
         raise
-    return CsvList(_rows(reader, text, email_at, name_at, status_at), ignored)
+    return CsvList(_rows(reader, text, cells, width), ignored)
 
 
-def _layout(reader: Any) -> tuple[int, int | None, int | None, tuple[str, ...]]:
-    """From the header row: where the email, name and status columns are, and the headings
-    of the columns we do not use."""
+def _layout(reader: Any) -> tuple[tuple[int | None, ...], int, tuple[str, ...]]:
+    """From the header row: where the email column and the optional ones are (in the order
+    of Row's fields; None: not in the file), how many columns it has, and the headings of
+    the columns we do not use."""
     try:
         header = next(reader, None)
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -187,9 +216,9 @@ def _layout(reader: Any) -> tuple[int, int | None, int | None, tuple[str, ...]]:
     if email_at is None:
         shown = ", ".join(repr(h) for h in header)[:200]
         raise UnusableFile(f"the header row (line 1) has no email column; it has {shown}")
-    name_at, status_at = _column(names, NAME_HEADERS), _column(names, STATUS_HEADERS)
-    used = {email_at, name_at, status_at}
-    return email_at, name_at, status_at, tuple(h for at, h in enumerate(header) if at not in used)
+    cells = (email_at, *(_column(names, wanted) for wanted in OPTIONAL_HEADERS))
+    ignored = tuple(h for at, h in enumerate(header) if at not in cells)
+    return cells, len(header), ignored
 
 
 def _check_utf8(stream: BinaryIO) -> None:
@@ -215,10 +244,14 @@ def _column(names: list[str], wanted: tuple[str, ...]) -> int | None:
 
 
 def _rows(
-    reader: Any, text: io.TextIOWrapper, email_at: int, name_at: int | None, status_at: int | None
+    reader: Any, text: io.TextIOWrapper, cells: tuple[int | None, ...], width: int
 ) -> Iterator[Row]:
     """Data rows, each with the line it starts on (a quoted value may span lines); entirely
     empty ones (a spreadsheet's trailing rows) are passed over."""
+    # A million rows: one C call picks a row's cells (a column the file does not have is the
+    # empty string appended to each row, at -1), and _make skips Row's keyword-binding __new__.
+    pick = operator.itemgetter(*(-1 if at is None else at for at in cells))
+    make = Row._make
     try:
         while True:
             line = reader.line_num + 1
@@ -229,19 +262,13 @@ def _rows(
             if fields is None:
                 return
             if "".join(fields).strip():
-                yield Row(
-                    line,
-                    _cell(fields, email_at),
-                    _cell(fields, name_at),
-                    _cell(fields, status_at),
-                )
+                if len(fields) < width:  # a short row: its missing cells are empty
+                    fields.extend([""] * (width - len(fields)))
+                fields.append("")
+                yield make((line, *pick(fields)))
     finally:
         with contextlib.suppress(ValueError):  # the caller closed the stream already
             text.detach()  # the binary stream is the caller's to close, not ours
-
-
-def _cell(fields: list[str], at: int | None) -> str:
-    return fields[at] if at is not None and at < len(fields) else ""
 
 
 def _reason(exc: Exception) -> str:
@@ -366,10 +393,45 @@ def import_batch(
 
 @dataclass
 class _Wanted:
-    """What the row of a valid, distinct address of one batch asks for."""
+    """What the row of a valid, distinct address of one batch asks for. A choice whose cell
+    is empty is None: a new reader gets the default, one already there keeps their own."""
 
     name: str
     active: bool
+    timezone: str | None = None
+    cadence: Cadence | None = None
+    digest_weekday: int | None = None
+
+    def repeat(
+        self, name: str, timezone: str | None, cadence: Cadence | None, weekday: int | None
+    ) -> None:
+        """The same address again in the batch: its non-empty values win."""
+        self.name = name or self.name
+        self.timezone = timezone or self.timezone
+        self.cadence = cadence or self.cadence
+        self.digest_weekday = weekday or self.digest_weekday
+
+    @property
+    def gives_choices(self) -> bool:
+        return (self.timezone, self.cadence, self.digest_weekday) != (None, None, None)
+
+    def choices(self) -> Choices:
+        """What a new reader is stored with: the row's choices, the defaults for empty cells."""
+        default = Choices()
+        return Choices(
+            self.timezone,
+            self.cadence or default.cadence,
+            self.digest_weekday or default.digest_weekday,
+        )
+
+    def contradicts(self, known: _Known) -> bool:
+        """Whether a choice the row gives differs from the one the reader has."""
+        given = (
+            (self.timezone, known.timezone),
+            (self.cadence, known.cadence),
+            (self.digest_weekday, known.digest_weekday),
+        )
+        return any(mine is not None and mine != theirs for mine, theirs in given)
 
 
 @dataclass(frozen=True)
@@ -386,32 +448,39 @@ class _Known:
     status: str
     name: str
     pending_name: str | None
+    timezone: str | None
+    cadence: str
+    digest_weekday: int
 
 
 def _checked(
     ctx: AppContext, rows: list[Row], options: ImportOptions, summary: ImportSummary
 ) -> _Checked:
-    """Each valid address once (a repeat counts as such; its last non-empty name is kept);
-    invalid rows and rows whose `status` says the reader left are counted here. No database."""
+    """Each valid address once (a repeat counts as such; its last non-empty name and choices
+    are kept); invalid rows and rows whose `status` says the reader left are counted here.
+    No database."""
     wanted: dict[str, _Wanted] = {}
     for row in rows:
         try:
             address = normalize_address(_unescaped(row.email))
             name = clean_name(_unescaped(row.name))
             status = _row_status(row.status) if row.status else None
+            zone = _row_zone(row.timezone) if row.timezone else None
+            cadence = _row_cadence(row.cadence) if row.cadence else None
+            weekday = _row_weekday(row.digest_weekday) if row.digest_weekday else None
         except InvalidInput as exc:
-            value = {"email": row.email, "name": row.name}.get(exc.field, row.status)
+            value = getattr(row, exc.field, "")
             summary.add_invalid(row.line, value, f"{exc.field}: {exc.message}")
             continue
         if status in LEFT:
             summary.left += 1
         elif address in wanted:
             summary.repeated += 1
-            wanted[address].name = name or wanted[address].name
+            wanted[address].repeat(name, zone, cadence, weekday)
         else:
             # A row our own export wrote as `pending` never confirmed: it stays pending.
             active = options.confirmed and status != SubscriberStatus.pending
-            wanted[address] = _Wanted(name, active)
+            wanted[address] = _Wanted(name, active, zone, cadence, weekday)
     hashes = ctx.tokens.hashed_addresses(wanted)  # addresses are normalised already
     return _Checked(wanted, hashes)
 
@@ -427,7 +496,14 @@ def _write(
     session: Session, ctx: AppContext, batch: _Checked, options: ImportOptions, now: datetime
 ) -> ImportSummary:
     """Write one checked batch, set-based: one look-up of the suppressed addresses, one of
-    the readers already there, then multi-row writes. Returns what it counted."""
+    the readers already there, then multi-row writes. Returns what it counted.
+
+    A reader's time zone, cadence and weekday are written only when the import adds them. A
+    reader already there keeps their own, unlike their name: those choices are theirs (the
+    preferences page, with a consent record each), and changing one re-times the deliveries
+    waiting for them and may put them in this week's digest (delivery.choices), work per
+    reader that a set-based batch does not do. A row that says otherwise is counted in
+    `choices_kept`, so the operator is told rather than silently ignored."""
     summary = ImportSummary()
     if not batch.wanted:
         return summary
@@ -438,14 +514,17 @@ def _write(
     for address, want in batch.wanted.items():
         if address in suppressed:
             summary.suppressed += 1
-        elif address not in known:
+        elif (found := known.get(address)) is None:
             new[address] = want
-        elif (change := _change(known[address], want, now)) is not None:
-            changes.append(change)
-        elif known[address].status in LEFT:
+        elif found.status in LEFT:
             summary.left += 1
         else:
-            summary.unchanged += 1
+            if want.gives_choices and want.contradicts(found):
+                summary.choices_kept += 1
+            if (change := _change(found, want, now)) is not None:
+                changes.append(change)
+            else:
+                summary.unchanged += 1
     _apply(session, changes)
     summary.updated += len(changes)
     activated = [c["id"] for c in changes if c.get("status") == SubscriberStatus.active]
@@ -458,6 +537,36 @@ def _unescaped(value: str) -> str:
     if value[:1] == "'" and value[1:2] in FORMULA_START:
         return value[1:]
     return value
+
+
+def _row_zone(value: str) -> str | None:
+    """A time zone cell as stored (empty: None), or InvalidInput: an IANA name zoneinfo knows."""
+    text = value.strip()
+    if not text:
+        return None
+    zone = known_zone(text)
+    if zone is None:
+        raise InvalidInput("timezone", "not a time zone we know (an IANA name: Europe/Berlin)")
+    return zone
+
+
+def _row_cadence(value: str) -> Cadence | None:
+    """A cadence cell as stored (empty: None), or InvalidInput."""
+    text = value.strip()
+    try:
+        return clean_cadence(text) if text else None
+    except InvalidInput:
+        known = ", ".join(c.value for c in Cadence)
+        raise InvalidInput("cadence", f"not a cadence ({known})") from None
+
+
+def _row_weekday(value: str) -> int | None:
+    """A digest weekday cell as stored (empty: None), or InvalidInput."""
+    text = value.strip()
+    try:
+        return clean_weekday(text) if text else None
+    except InvalidInput:
+        raise InvalidInput("digest_weekday", "not an ISO weekday (1 Monday … 7 Sunday)") from None
 
 
 def _row_status(value: str) -> SubscriberStatus | None:
@@ -485,12 +594,21 @@ def _known(session: Session, addresses: list[str]) -> dict[str, _Known]:
         return {}
     s = _subscribers.c
     rows = session.execute(
-        select(s.email, s.id, s.status, s.name, s.pending_name)
+        select(
+            s.email,
+            s.id,
+            s.status,
+            s.name,
+            s.pending_name,
+            s.timezone,
+            s.cadence,
+            s.digest_weekday,
+        )
         .where(_among(session, s.email, addresses))
         .order_by(s.id)
         .with_for_update()
     )
-    return {email: _Known(id, status, name, pending) for email, id, status, name, pending in rows}
+    return {email: _Known(*known) for email, *known in rows}
 
 
 def _change(known: _Known, want: _Wanted, now: datetime) -> dict[str, Any] | None:
@@ -545,13 +663,23 @@ def _insert_new(
 ) -> None:
     """Multi-row INSERTs of the new readers: active ones with their name, pending ones with
     the name waiting (as a subscribe's does) until the address confirms, and their
-    confirmation mail queued. An address a concurrent subscribe took meanwhile is left to it."""
-    active = [{"email": a, "name": w.name} for a, w in new.items() if w.active]
+    confirmation mail queued; both with the choices their rows give, if any row of the batch
+    gives one (else the table's defaults, and no extra columns to send). An address a
+    concurrent subscribe took meanwhile is left to it."""
+    active: list[dict[str, Any]] = [
+        {"email": a, "name": w.name} for a, w in new.items() if w.active
+    ]
     nonces = {a: secrets.token_urlsafe(9) for a, w in new.items() if not w.active}
-    pending = [
+    pending: list[dict[str, Any]] = [
         {"email": a, "pending_name": new[a].name or None, "confirm_nonce": nonce}
         for a, nonce in nonces.items()
     ]
+    if any(w.gives_choices for w in new.values()):
+        for row in [*active, *pending]:
+            chosen = new[row["email"]].choices()
+            row["timezone"] = chosen.timezone
+            row["cadence"] = chosen.cadence.value
+            row["digest_weekday"] = chosen.digest_weekday
     stamps = {"created_at": now, "updated_at": now}
     confirmed = _insert_readers(
         session, active, {"status": SubscriberStatus.active.value, "confirmed_at": now, **stamps}
@@ -710,7 +838,18 @@ class ExportFormat(StrEnum):
     json = "json"
 
 
-EXPORT_COLUMNS = ("email", "name", "status", "created_at", "confirmed_at")
+# The reader's choices come last, so that scripts reading the first five columns by position
+# keep working; an empty timezone is the service's TIMEZONE.
+EXPORT_COLUMNS = (
+    "email",
+    "name",
+    "status",
+    "created_at",
+    "confirmed_at",
+    "timezone",
+    "cadence",
+    "digest_weekday",
+)
 MEDIA_TYPES = {ExportFormat.csv: "text/csv; charset=utf-8", ExportFormat.json: "application/json"}
 
 
@@ -724,6 +863,9 @@ class ExportedReader:
     status: str
     created_at: datetime
     confirmed_at: datetime | None
+    timezone: str | None
+    cadence: str
+    digest_weekday: int
 
 
 def export_page(
@@ -733,14 +875,23 @@ def export_page(
     millionth row as at the first); erased readers are never exported (no address is left)."""
     s = _subscribers.c
     query = select(
-        s.id, s.email, s.name, s.pending_name, s.status, s.created_at, s.confirmed_at
+        s.id,
+        s.email,
+        s.name,
+        s.pending_name,
+        s.status,
+        s.created_at,
+        s.confirmed_at,
+        s.timezone,
+        s.cadence,
+        s.digest_weekday,
     ).where(s.status != SubscriberStatus.erased.value, s.id > after)
     if status is not None:
         query = query.where(s.status == status.value)
     rows = session.execute(query.order_by(s.id).limit(limit))
     return [
-        ExportedReader(id, email, name or pending or "", state, created, confirmed)
-        for id, email, name, pending, state, created, confirmed in rows
+        ExportedReader(id, email, name or pending or "", state, created, confirmed, *choices)
+        for id, email, name, pending, state, created, confirmed, *choices in rows
     ]
 
 
@@ -768,8 +919,9 @@ def export_chunks(
     page_size: int = EXPORT_PAGE,
 ) -> Iterator[str]:
     """The export as text, a page per chunk, for a file, stdout or a streamed HTTP response
-    (MEDIA_TYPES[fmt]). CSV: header `email,name,status,created_at,confirmed_at`, RFC 4180
-    line ends. JSON: one array, an object a line. Times are UTC, ISO 8601 with a `Z`."""
+    (MEDIA_TYPES[fmt]). CSV: header `email,name,status,created_at,confirmed_at,timezone,
+    cadence,digest_weekday` (EXPORT_COLUMNS), RFC 4180 line ends. JSON: one array, an object a
+    line. Times are UTC, ISO 8601 with a `Z`; no time zone is empty (CSV) or null (JSON)."""
     pages = export_pages(engine, status=status, page_size=page_size)
     return _csv_chunks(pages) if fmt == ExportFormat.csv else _json_chunks(pages)
 
@@ -786,6 +938,9 @@ def _csv_chunks(pages: Iterable[list[ExportedReader]]) -> Iterator[str]:
                 r.status,
                 _when(r.created_at),
                 _when(r.confirmed_at),
+                r.timezone or "",
+                r.cadence,
+                r.digest_weekday,
             )
             for r in page
         )
@@ -811,13 +966,16 @@ def _json_chunks(pages: Iterable[list[ExportedReader]]) -> Iterator[str]:
     yield "[\n]\n" if separator == "[\n" else "\n]\n"
 
 
-def _record(r: ExportedReader) -> dict[str, str | None]:
+def _record(r: ExportedReader) -> dict[str, str | int | None]:
     return {
         "email": r.email,
         "name": r.name,
         "status": r.status,
         "created_at": _when(r.created_at),
         "confirmed_at": _when(r.confirmed_at) or None,
+        "timezone": r.timezone,
+        "cadence": r.cadence,
+        "digest_weekday": r.digest_weekday,
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,12 +21,19 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
 
-from .clock import utcnow
+from .clock import known_zone, utcnow
 from .context import AppContext, Requester
 from .errors import AlreadyConfirmed, CannotResubscribe, InvalidInput, LinkUsed
 from .limits import DAY, HOUR, check_and_count
 from .mail import message, outbox
-from .models import Consent, Subscriber, SubscriberStatus, Suppression, SuppressionReason
+from .models import (
+    Cadence,
+    Consent,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    SuppressionReason,
+)
 from .tokens import Purpose, TokenError
 
 MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3: the longest path a relay must accept
@@ -105,6 +113,41 @@ def clean_name(raw: str | None) -> str:
     return message.one_line(value)
 
 
+@dataclass(frozen=True)
+class Choices:
+    """A reader's delivery choices as stored: their zone (None: the TIMEZONE setting), the
+    cadence, and the ISO weekday (1 Monday … 7 Sunday) of a weekly digest."""
+
+    timezone: str | None = None
+    cadence: Cadence = Cadence.daily
+    digest_weekday: int = 7  # models.Subscriber's default
+
+
+def clean_cadence(raw: str | None) -> Cadence:
+    """A cadence as we store it (empty: daily), or InvalidInput."""
+    value = (raw or "").strip().lower() or Cadence.daily.value
+    if value not in Cadence.__members__:
+        raise InvalidInput("cadence", "Choose a daily column or a weekly digest.")
+    return Cadence(value)
+
+
+def clean_weekday(raw: str | int | None) -> int:
+    """An ISO weekday as we store it (1 Monday … 7 Sunday; empty: Sunday), or InvalidInput."""
+    value = ("" if raw is None else str(raw)).strip() or str(Choices.digest_weekday)
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 7):
+        raise InvalidInput("digest_weekday", "Choose a day of the week for the digest.")
+    return int(value)
+
+
+def choices_asked(
+    *, timezone: str | None, cadence: str | None, digest_weekday: str | int | None = None
+) -> Choices:
+    """What a subscribe request chose, as stored: a missing or unknown zone is None (the
+    TIMEZONE setting), never a guess from anything else; a bad cadence or weekday is
+    InvalidInput."""
+    return Choices(known_zone(timezone), clean_cadence(cadence), clean_weekday(digest_weekday))
+
+
 def subscribe(
     session: Session,
     ctx: AppContext,
@@ -113,18 +156,24 @@ def subscribe(
     name: str | None,
     who: Requester,
     honeypot: str | None = None,
+    timezone: str | None = None,
+    cadence: str | None = None,
+    digest_weekday: str | int | None = None,
     now: datetime | None = None,
 ) -> None:
     """Start (or restart) a double opt-in. The outcome is deliberately invisible to the
     caller, so the answer never tells whether an address is known. The name waits in
     `pending_name` until the address confirms: until then it is only what a stranger typed.
-    A filled honeypot field (only bots see it) gets the same silence, and nothing happens."""
+    The time zone, cadence and weekday are stored for a new reader only (choices_asked):
+    anyone can type anybody's address, so a known reader's choices never change here. A
+    filled honeypot field (only bots see it) gets the same silence, and nothing happens."""
     if honeypot:
         return
     now = now or utcnow()
     address = normalize_address(email)
     display_name = clean_name(name)
-    _start_double_opt_in(session, ctx, address, display_name, who, now)
+    choices = choices_asked(timezone=timezone, cadence=cadence, digest_weekday=digest_weekday)
+    _start_double_opt_in(session, ctx, address, display_name, choices, who, now)
     # Counted last, in the same transaction: a refused request rolls back what it did, and
     # on PostgreSQL a bucket's row (one for every request of a client) stays locked from
     # its count to the commit, so the count goes where that is shortest.
@@ -132,11 +181,17 @@ def subscribe(
 
 
 def _start_double_opt_in(
-    session: Session, ctx: AppContext, address: str, name: str, who: Requester, now: datetime
+    session: Session,
+    ctx: AppContext,
+    address: str,
+    name: str,
+    choices: Choices,
+    who: Requester,
+    now: datetime,
 ) -> None:
     """A new pending reader, or a known one asked again, with their confirmation mail."""
     nonce = secrets.token_urlsafe(9)
-    new_id = _insert_pending(session, address, name, nonce, now)
+    new_id = _insert_pending(session, address, name, choices, nonce, now)
     if new_id is not None:  # an address we did not know: three statements, nothing read
         _add_consent(session, new_id, "subscribe", who, now)
         mail = confirmation(ctx, subscriber_id=new_id, email=address, nonce=nonce)
@@ -175,7 +230,7 @@ def _find(session: Session, address: str) -> Subscriber | None:
 
 
 def _insert_pending(
-    session: Session, address: str, name: str, nonce: str, now: datetime
+    session: Session, address: str, name: str, choices: Choices, nonce: str, now: datetime
 ) -> int | None:
     """The id of a new pending reader at `address`, or None when the address is taken (by
     a row already there or by a concurrent transaction, which wins)."""
@@ -183,7 +238,15 @@ def _insert_pending(
     statement = _PENDING_INSERTS.get(dialect)
     if statement is None:
         statement = _PENDING_INSERTS[dialect] = _pending_insert(dialect)
-    values = {"email": address, "pending_name": name or None, "nonce": nonce, "now": now}
+    values = {
+        "email": address,
+        "pending_name": name or None,
+        "nonce": nonce,
+        "now": now,
+        "timezone": choices.timezone,
+        "cadence": choices.cadence.value,
+        "digest_weekday": choices.digest_weekday,
+    }
     row = session.connection().execute(statement, values).first()
     return None if row is None else int(row[0])
 
@@ -202,6 +265,9 @@ def _pending_insert(dialect: str) -> Any:
             confirm_nonce=bindparam("nonce"),
             created_at=bindparam("now"),
             updated_at=bindparam("now"),
+            timezone=bindparam("timezone"),
+            cadence=bindparam("cadence"),
+            digest_weekday=bindparam("digest_weekday"),
         )
         .on_conflict_do_nothing(index_elements=["email"])
         .returning(table.c.id)
@@ -248,6 +314,7 @@ def _notice_already_subscribed(
         name=subscriber.name,
         email=subscriber.email,
         unsubscribe_url=ctx.unsubscribe_url(subscriber.id),
+        preferences_url=ctx.preferences_url(subscriber.id),
     )
 
 

@@ -46,6 +46,7 @@ class Purpose(StrEnum):
     resubscribe = "resubscribe"
     bounce = "bounce"  # VERP: names one delivery in a return path
     mail_unsubscribe = "mail-unsubscribe"  # names a reader in List-Unsubscribe's mailto:
+    preferences = "preferences"  # the reader's own preferences page
 
 
 class TokenError(Exception):
@@ -214,6 +215,7 @@ def tokens_for(settings: Settings) -> Tokens:
             Purpose.confirm: timedelta(days=settings.confirm_token_days),
             Purpose.unsubscribe: link_lifetime,
             Purpose.feedback: link_lifetime,
+            Purpose.preferences: link_lifetime,
             Purpose.resubscribe: RESUBSCRIBE_LIFETIME,
         },
         old_secrets=settings.old_secrets,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
@@ -47,14 +48,21 @@ def start_seed_send(engine: Engine, settings: Settings) -> Send:
     return send
 
 
-def courier(engine: Engine, settings: Settings) -> Courier:
-    """What delivering needs, pointed at the test relay."""
-    assert relay_target(settings) is not None
-    return Courier(engine, build_context(settings), relay_target(settings))
+def courier(
+    engine: Engine, settings: Settings, clock: Callable[[], dt.datetime] | None = None
+) -> Courier:
+    """What delivering needs, pointed at the test relay (on the test's clock, if given)."""
+    target = relay_target(settings)
+    assert target is not None
+    if clock is None:
+        return Courier(engine, build_context(settings), target)
+    return Courier(engine, build_context(settings), target, clock=clock)
 
 
-def dispatcher(engine: Engine, settings: Settings) -> Dispatcher:
-    return Dispatcher(courier(engine, settings))
+def dispatcher(
+    engine: Engine, settings: Settings, clock: Callable[[], dt.datetime] | None = None
+) -> Dispatcher:
+    return Dispatcher(courier(engine, settings, clock))
 
 
 def run_job(engine: Engine, settings: Settings, now: dt.datetime = AT_SEND_TIME) -> None:

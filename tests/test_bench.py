@@ -14,33 +14,56 @@ from typing import Any
 
 import aiosmtplib
 import pytest
+from sqlalchemy import func, select
+from sqlmodel import Session, col
 
-from bench import goals, send
+from bench import goals, product, send
 from bench.measure import Plan
 from bench.procs import run_measured
-from bench.readers import write_readers_csv
+from bench.readers import reader_address, reader_zone, spread_zones, write_readers_csv
 from bench.scaleout import Scenario, measure_scenario
 from bench.sinks import AIOSMTPD, Sink, exactly_once_problem
-from tests.conftest import PG_URL
+from service.clock import zone_names
+from service.db import make_engine
+from service.models import Delivery, Subscriber, SubscriberStatus
+from tests.conftest import BACKENDS, PG_URL
 
 
 def figures(rate: float, cpu: float = 2.0, rss: float = 90.0) -> dict[str, Any]:
     return {"msgs_per_s": rate, "cpu_ms_per_msg": cpu, "db_cpu_ms_per_msg": 0.3, "peak_rss_mb": rss}
 
 
-def size(backend: str, readers: int, *, send_rate: float, rss: float = 90.0) -> dict[str, Any]:
-    """One measurement as measure_size reports it, with made-up figures."""
+def size(
+    backend: str,
+    readers: int,
+    *,
+    send_rate: float,
+    rss: float = 90.0,
+    snapshot_s: float = 4.0,
+    zones: int = 400,
+    fixed_rate: float | None = None,
+) -> dict[str, Any]:
+    """One measurement as measure_size reports it, with made-up figures (and with
+    `fixed_rate`, a send in fixed mode against a ceiling of 700 msg/s too)."""
+    fixed = None
+    if fixed_rate is not None:
+        fixed = {
+            "ceiling": figures(700),
+            "send_path": figures(fixed_rate),
+            "send_vs_ceiling": round(fixed_rate / 700, 3),
+        }
     return {
         "backend": backend,
         "readers": readers,
         "sink": "smtp-sink",
         "import": {"rows_per_s": 25_000.0, "peak_rss_mb": 80.0},
-        "snapshot": {"seconds": 4.0},
+        "snapshot": {"seconds": snapshot_s, "zones": zones, "fixed": {"seconds": 3.0}},
         "limit": figures(3_000),
         "ceiling": figures(700),
         "send_path": figures(send_rate, rss=rss),
         "send_vs_limit": round(send_rate / 3_000, 3),
         "send_vs_ceiling": round(send_rate / 700, 3),
+        "fixed": fixed,
     }
 
 
@@ -49,6 +72,7 @@ def report(sizes: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         "backends": ["sqlite", "postgresql"],
         "dkim": True,
         "sizes": sizes,
+        "comparisons": [],
         "scale_out": None,
         "web": {},
         "web_note": "make bench-web",
@@ -73,6 +97,8 @@ def test_a_default_run_judges_the_100k_goals_and_names_the_flag_for_the_rest() -
     assert status[("G5", "postgresql")] == "not measured at 1M (--million)"
     assert status[("G6", "sqlite")] == "not measured (make bench-web)"
     assert status[("G2a", "postgresql")].startswith("not measured")
+    assert status[("G7", "sqlite")] == "not measured (--compare N)"
+    assert status[("G8", "postgresql")] == "not measured at 1M (--million)"
 
 
 def test_a_million_run_judges_memory_against_the_ten_thousand_figure() -> None:
@@ -92,7 +118,100 @@ def test_a_million_run_judges_memory_against_the_ten_thousand_figure() -> None:
     assert status[("G1", "sqlite")] == "not measured at 100k (make bench)"
 
 
-def test_an_unsigned_run_does_not_claim_the_signed_goal() -> None:
+def test_the_local_send_path_is_judged_against_fixed_mode_each_on_its_own_ceiling() -> None:
+    sizes = [size("sqlite", 100_000, send_rate=750), size("postgresql", 100_000, send_rate=600)]
+    comparisons = [
+        size("sqlite", 20_000, send_rate=680, fixed_rate=700),  # -2.9 %
+        size("postgresql", 20_000, send_rate=600, fixed_rate=650),  # -7.7 %
+    ]
+
+    found = goals.verdicts(report(sizes, comparisons=comparisons))
+
+    status = by_goal(found)
+    assert status[("G7", "sqlite")] == goals.MET
+    assert status[("G7", "postgresql")] == goals.NOT_MET
+    (g7,) = [v for v in found if v.goal.startswith("G7") and v.backend == "sqlite"]
+    assert g7.figure.startswith("0.971 (-2.9%)") and "at N=20,000" in g7.figure
+
+
+def test_a_faster_local_send_path_is_as_far_from_fixed_as_a_slower_one() -> None:
+    sizes = [size("sqlite", 2_000, send_rate=740, fixed_rate=700)]  # +5.7 %
+
+    status = by_goal(goals.verdicts(report(sizes, backends=["sqlite"])))
+
+    assert status[("G7", "sqlite")] == goals.NOT_MET
+
+
+def test_the_snapshot_over_400_zones_is_judged_at_a_million_with_fixed_mode_beside_it() -> None:
+    sizes = [
+        size("sqlite", 1_000_000, send_rate=700, snapshot_s=25.0),
+        size("postgresql", 1_000_000, send_rate=700, snapshot_s=24.0),
+    ]
+
+    found = goals.verdicts(report(sizes))
+
+    status = by_goal(found)
+    assert status[("G8", "sqlite")] == goals.MET  # ≤ 30 s
+    assert status[("G8", "postgresql")] == goals.NOT_MET  # > 20 s
+    assert status[("G4", "postgresql")] == goals.NOT_MET  # judged on the same, local, figure
+    (g8,) = [v for v in found if v.goal.startswith("G8") and v.backend == "sqlite"]
+    assert g8.figure == "25.00 s over 400 zones at N=1,000,000 (8.33 × fixed mode's 3.00 s)"
+
+
+def test_a_snapshot_of_readers_in_fewer_zones_does_not_claim_the_zones_goal() -> None:
+    found = goals.verdicts(
+        report([size("sqlite", 1_000_000, send_rate=700, zones=300)], backends=["sqlite"])
+    )
+
+    assert by_goal(found)[("G8", "sqlite")] == "not measured (readers in 300 zones)"
+
+
+def test_the_readers_zones_are_400_real_ones_taken_evenly_and_every_401st_has_none() -> None:
+    names = zone_names()
+
+    zones = spread_zones(names)
+
+    assert len(set(zones)) == 400 and list(zones) == sorted(zones)
+    assert zones[0] == names[0] and zones == spread_zones(names)
+    assert {z.split("/")[0] for z in zones} >= {"Africa", "America", "Asia", "Europe", "Pacific"}
+    spread = [reader_zone(i, zones) for i in range(1, 802 + 1)]
+    assert len({z for z in spread if z}) == 400
+    assert [i for i, z in enumerate(spread, 1) if z is None] == [401, 802]
+    with pytest.raises(ValueError):
+        spread_zones(names[:10])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_spreading_the_readers_and_starting_again_snapshots_the_same_readers_in_their_zones(
+    backend: str, tmp_path: Path
+) -> None:
+    server = PG_URL if backend == "postgresql" else None
+    with product.fresh_database(server, tmp_path) as url:
+        product.migrate(url)
+        engine = make_engine(url)
+        with Session(engine) as session:
+            active = SubscriberStatus.active
+            session.add_all(Subscriber(email=reader_address(i), status=active) for i in range(802))
+            session.commit()
+        zones = spread_zones(zone_names())
+        p = product.Product(url, tmp_path, 4, None)
+
+        product.spread_readers(url, zones)
+        fixed = product.start_send(p.timed(product.FIXED))
+        product.forget_send(url, fixed.send_id)
+        local = product.start_send(p)
+
+        with Session(engine) as session:
+            ledger = session.execute(
+                select(func.count(), func.count(col(Delivery.zone).distinct()))
+            ).one()
+            mine = session.get(Subscriber, 500)
+        engine.dispose()
+        assert product.reader_zones(url) == (400, 2)
+    assert fixed.total == local.total == 802
+    assert tuple(ledger) == (802, len(set(zones) | {p.settings().timezone}))
+    assert mine is not None and mine.timezone == reader_zone(500, zones)
+
     found = goals.verdicts(report([size("sqlite", 100_000, send_rate=900)], dkim=False))
 
     assert by_goal(found)[("G1", "sqlite")] == "not measured (unsigned: drop --no-dkim)"
@@ -189,8 +308,12 @@ def test_a_tiny_run_measures_all_three_paths_and_prints_the_goals(
     written = json.loads(out.read_text())
     (m,) = written["sizes"]
     assert m["send_path"]["ledger"]["sent"] == 300
+    assert m["fixed"]["send_path"]["ledger"]["sent"] == 300  # the same readers, fixed mode
     assert m["ceiling"]["msgs_per_s"] > 0 and m["import"]["rows_per_s"] > 0
-    assert "Goals (issue 15)" in printed and "| G1 send path" in printed
+    assert m["snapshot"]["zones"] == 300 and m["snapshot"]["fixed"]["timing"] == "fixed"
+    assert written["comparisons"] == []  # N ≤ --compare: compared in place
+    assert "Goals (issues 15 and 16)" in printed and "| G1 send path" in printed
+    assert "| G7 local-time send path" in printed and "| G8 snapshot" in printed
     assert goals.RESULTS_HEADER.splitlines()[0] in printed
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import subprocess
 from pathlib import Path
 
@@ -9,7 +11,9 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from service.models import Delivery
+from service.columns import sources
+from service.db import transaction
+from service.models import Delivery, Subscriber, SubscriberStatus
 from tests import processes
 from tests.conftest import SEED
 from tests.daily import add_readers
@@ -153,3 +157,30 @@ def test_sends_show_pause_resume_cancel(
     assert_one_line_error(broadside("sends", "pause", send_id, env=cli_env), "cancelled")
     assert_one_line_error(broadside("sends", "show", "999", env=cli_env), "no send 999")
     assert_one_line_error(broadside("send", "--date", "2016-02-04", env=cli_env), "cancelled")
+
+
+def test_a_local_time_send_delivers_the_zones_whose_morning_came_and_status_shows_the_rest(
+    cli_env: dict[str, str], engine: Engine, smtp_server: SmtpTestServer
+) -> None:
+    # The latest day on which 06:00 has come in UTC+14 (but not yet in UTC-11).
+    day = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=14 - 6)).date()
+    with transaction(engine) as session:
+        sources.import_text(session, "# Today\n\nA column.\n", fmt="markdown", date=day, name="t")
+        for address, zone in (
+            ("east@example.com", "Pacific/Kiritimati"),
+            ("west@example.com", "Pacific/Pago_Pago"),
+        ):
+            session.add(Subscriber(email=address, status=SubscriberStatus.active, timezone=zone))
+    sent = broadside("send", "--date", day.isoformat(), env=cli_env)
+    assert sent.returncode == 0, sent.stderr
+    assert "1 sent, 0 failed, 0 skipped, 1 left" in sent.stdout
+    assert "due at SEND_TIME in their own time zones" in sent.stdout
+    assert [mail.rcpt_tos for mail in smtp_server.received] == [["east@example.com"]]
+    status = broadside("status", "--json", env=cli_env)
+    [record] = json.loads(status.stdout)
+    assert [(g["zones"], g["sent"], g["remaining"]) for g in record["by_due"]] == [
+        (["Pacific/Kiritimati"], 1, 0),
+        (["Pacific/Pago_Pago"], 0, 1),
+    ]
+    table = broadside("status", env=cli_env)
+    assert "by time zone" in table.stdout and "Pacific/Pago_Pago" in table.stdout

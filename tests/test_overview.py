@@ -72,6 +72,7 @@ def test_mail_sent_is_counted_on_the_day_it_went_out(engine: Engine, settings: S
 def test_the_next_sends_are_the_daily_one_and_the_operators_soonest_first(
     engine: Engine, settings: Settings
 ) -> None:
+    settings = settings.model_copy(update={"delivery_timing": "fixed"})
     now = dt.datetime(2030, 3, 10, 12, 0, tzinfo=dt.UTC)  # after SEND_TIME (06:00 UTC)
     with transaction(engine) as session:
         daily = sources.import_text(

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from service import subscriber_files, subscriptions
+from service import preferences, subscriber_files, subscriptions
 from service.config import Settings
 from service.context import AppContext, Requester, build_context
 from service.db import transaction
@@ -69,6 +69,22 @@ def statuses(engine: Engine) -> dict[str, tuple[str, str, str | None]]:
         return {
             s.email: (s.status, s.name, s.pending_name) for s in session.exec(select(Subscriber))
         }
+
+
+def choices(engine: Engine) -> dict[str, tuple[str | None, str, int]]:
+    """Each reader's (time zone, cadence, digest weekday), by address."""
+    with Session(engine) as session:
+        return {
+            s.email: (s.timezone, s.cadence, s.digest_weekday)
+            for s in session.exec(select(Subscriber))
+        }
+
+
+def choose(engine: Engine, ctx: AppContext, email: str, **chosen: str) -> None:
+    """The reader at `email` saves their preferences page with `chosen`."""
+    token = ctx.preferences_url(reader(engine, email).id or 0).rsplit("/", 1)[1]
+    with transaction(engine) as session:
+        preferences.change(session, ctx, token=token, who=Requester(ip="192.0.2.9"), **chosen)
 
 
 def consents(engine: Engine) -> list[tuple[str, str, str]]:
@@ -326,6 +342,97 @@ def test_an_unclosed_quote_stops_the_import_after_the_rows_before_it(
     assert set(statuses(engine)) == {"ada@example.com"}
 
 
+def test_new_readers_get_the_time_zone_cadence_and_weekday_their_row_gives(
+    engine: Engine, ctx: AppContext
+) -> None:
+    content = (
+        "Email,Time Zone,Cadence,Digest_Weekday\n"
+        "ada@example.com,europe/berlin,WEEKLY,3\n"  # names as typed: stored as zoneinfo spells them
+        "bob@example.com,America/Los_Angeles,daily,\n"
+        "carol@example.com, , ,\n"  # empty cells: the defaults
+        "dan@example.com,,weekly,\n"
+    )
+
+    summary = import_text(engine, ctx, content, confirmed=True, consent_source="x")
+
+    assert (summary.imported, summary.invalid, summary.ignored_columns) == (4, 0, ())
+    assert choices(engine) == {
+        "ada@example.com": ("Europe/Berlin", "weekly", 3),
+        "bob@example.com": ("America/Los_Angeles", "daily", 7),
+        "carol@example.com": (None, "daily", 7),  # None: the service's TIMEZONE
+        "dan@example.com": (None, "weekly", 7),
+    }
+
+
+def test_pending_readers_keep_their_rows_choices_until_and_after_they_confirm(
+    engine: Engine, ctx: AppContext
+) -> None:
+    content = "email,timezone,cadence,digest_weekday\nada@example.com,Asia/Tokyo,weekly,1\n"
+
+    import_text(engine, ctx, content)
+    pending = choices(engine)
+    import_text(engine, ctx, "email\nada@example.com\n", confirmed=True, consent_source="x")
+
+    assert pending == {"ada@example.com": ("Asia/Tokyo", "weekly", 1)}
+    assert statuses(engine)["ada@example.com"][0] == "active"
+    assert choices(engine) == pending
+
+
+def test_an_unknown_zone_cadence_or_weekday_is_an_invalid_line_and_the_rest_import(
+    engine: Engine, ctx: AppContext
+) -> None:
+    content = (
+        "email,timezone,cadence,digest_weekday\n"
+        "ada@example.com,Europe/Berlin,daily,7\n"  # line 2
+        "bob@example.com,Mars/Olympus_Mons,daily,7\n"  # line 3
+        "carol@example.com,,fortnightly,\n"  # line 4
+        "dan@example.com,,weekly,8\n"  # line 5
+        "erin@example.com,,weekly,Sunday\n"  # line 6: the number, as the export writes it
+        "finn@example.com,UTC,weekly,5\n"  # line 7
+    )
+
+    summary = import_text(engine, ctx, content, confirmed=True, consent_source="x")
+
+    assert (summary.imported, summary.invalid, summary.rows) == (2, 4, 6)
+    assert [(i.line, i.value, i.reason.split(":")[0]) for i in summary.invalid_lines] == [
+        (3, "Mars/Olympus_Mons", "timezone"),
+        (4, "fortnightly", "cadence"),
+        (5, "8", "digest_weekday"),
+        (6, "Sunday", "digest_weekday"),
+    ]
+    assert "daily, weekly" in summary.invalid_lines[1].reason
+    assert choices(engine) == {
+        "ada@example.com": ("Europe/Berlin", "daily", 7),
+        "finn@example.com": ("UTC", "weekly", 5),
+    }
+
+
+def test_readers_already_there_keep_their_own_choices_and_the_summary_counts_them(
+    engine: Engine, ctx: AppContext
+) -> None:
+    add_reader(engine, "ada@example.com", name="Ada")
+    add_reader(engine, "bea@example.com", name="Bea")
+    choose(engine, ctx, "ada@example.com", timezone="Asia/Tokyo", cadence="weekly")
+    content = (
+        "email,name,timezone,cadence,digest_weekday\n"
+        "ada@example.com,Ada King,Europe/Berlin,daily,\n"  # her name changes, her choices stay
+        "bea@example.com,,,,\n"  # nothing to say: nothing kept
+        "new@example.com,,Europe/Paris,,\n"
+        "NEW@example.com,,,weekly,2\n"  # a repeat: its non-empty cells add to the first row's
+    )
+
+    summary = import_text(engine, ctx, content, confirmed=True, consent_source="x")
+
+    assert (summary.imported, summary.updated, summary.unchanged) == (1, 1, 1)
+    assert (summary.repeated, summary.choices_kept) == (1, 1)
+    assert statuses(engine)["ada@example.com"] == ("active", "Ada King", None)
+    assert choices(engine) == {
+        "ada@example.com": ("Asia/Tokyo", "weekly", 7),
+        "bea@example.com": (None, "daily", 7),
+        "new@example.com": ("Europe/Paris", "weekly", 2),
+    }
+
+
 # Exporting -----------------------------------------------------------------------------
 
 
@@ -341,7 +448,16 @@ def test_export_as_csv_and_json_lists_every_reader_but_the_erased(
     records = json.loads(export(engine, ExportFormat.json))
     active = json.loads(export(engine, ExportFormat.json, SubscriberStatus.active))
 
-    assert list(rows[0]) == ["email", "name", "status", "created_at", "confirmed_at"]
+    assert list(rows[0]) == [
+        "email",
+        "name",
+        "status",
+        "created_at",
+        "confirmed_at",
+        "timezone",
+        "cadence",
+        "digest_weekday",
+    ]
     assert [(r["email"], r["name"], r["status"]) for r in rows] == [
         ("ada@example.com", "Ada, Countess", "active"),
         ("bob@example.com", '\'=HYPERLINK("x")', "bounced"),  # no formula in a spreadsheet
@@ -356,6 +472,34 @@ def test_export_as_csv_and_json_lists_every_reader_but_the_erased(
     assert records[2]["confirmed_at"] is None
     assert [r["email"] for r in active] == ["ada@example.com"]
     assert export(engine, ExportFormat.json, SubscriberStatus.complained) == "[\n]\n"
+
+
+def test_the_export_shows_each_readers_choices_and_an_import_of_it_restores_them(
+    engine: Engine, ctx: AppContext
+) -> None:
+    add_reader(engine, "ada@example.com")
+    add_reader(engine, "bob@example.com")
+    choose(engine, ctx, "ada@example.com", timezone="Pacific/Kiritimati", cadence="weekly")
+    choose(engine, ctx, "ada@example.com", digest_weekday="2")
+    before = choices(engine)
+
+    exported = export(engine, ExportFormat.csv)
+    records = json.loads(export(engine, ExportFormat.json))
+    empty(engine)
+    summary = import_text(engine, ctx, exported, confirmed=True, consent_source="round trip")
+
+    rows = list(csv.DictReader(io.StringIO(exported)))
+
+    assert [(r["timezone"], r["cadence"], r["digest_weekday"]) for r in rows] == [
+        ("Pacific/Kiritimati", "weekly", "2"),
+        ("", "daily", "7"),  # no zone of their own: the service's TIMEZONE
+    ]
+    assert [(r["timezone"], r["cadence"], r["digest_weekday"]) for r in records] == [
+        ("Pacific/Kiritimati", "weekly", 2),
+        (None, "daily", 7),
+    ]
+    assert summary.imported == 2
+    assert choices(engine) == before
 
 
 def test_import_export_import_gives_the_same_readers(engine: Engine, ctx: AppContext) -> None:
@@ -396,6 +540,32 @@ def test_the_import_command_prints_a_summary_with_the_invalid_lines(
     assert "line 3: 'nope': email:" in result.stdout
     assert "1 confirmation mails queued" in result.stdout
     assert statuses(engine) == {"ada@example.com": ("pending", "", "Ada")}
+
+
+def test_the_import_command_names_bad_choices_and_readers_who_kept_theirs_and_exports_them(
+    cli_env: dict[str, str], tmp_path: Path, engine: Engine, ctx: AppContext
+) -> None:
+    add_reader(engine, "ada@example.com")
+    choose(engine, ctx, "ada@example.com", timezone="Asia/Tokyo")
+    listing = tmp_path / "list.csv"
+    listing.write_text(
+        "email,timezone,cadence\n"
+        "ada@example.com,Europe/Berlin,\n"
+        "bob@example.com,Nowhere/Else,\n"
+        "carol@example.com,,weekly\n"
+    )
+
+    imported = broadside("subscribers", "import", str(listing), env=cli_env)
+    exported = broadside("subscribers", "export", env=cli_env)
+
+    assert imported.returncode == 0 and "warning" not in imported.stderr, imported.stderr
+    assert "imported 1 · updated 0 · skipped 1 · invalid 1" in imported.stdout
+    assert "line 3: 'Nowhere/Else': timezone:" in imported.stdout
+    assert "1 readers already on the list kept their own time zone" in imported.stdout
+    lines = exported.stdout.splitlines()
+    assert lines[0].endswith(",timezone,cadence,digest_weekday")
+    assert [line.split(",", 1)[0] for line in lines[1:]] == ["ada@example.com", "carol@example.com"]
+    assert lines[1].endswith(",Asia/Tokyo,daily,7") and lines[2].endswith(",,weekly,7")
 
 
 def test_the_import_command_refuses_confirmed_without_a_source_and_unusable_files(

@@ -1,5 +1,7 @@
-"""The column's own mail: render and encode once per column, splice each reader's values per
-message, built on the generic mail primitives (message headers, the SMTP-ready bytes)."""
+"""The newsletter's mails (the daily column, the weekly digest): render and encode once per
+mail, splice each reader's values per message, built on the generic mail primitives (message
+headers, the SMTP-ready bytes). The one place of the splice machinery; digest.py says what a
+digest shows."""
 
 from __future__ import annotations
 
@@ -31,7 +33,13 @@ HTML_PART_LIMIT = 100_000
 PERSONAL_ALLOWANCE = 2_000
 
 # The reader's values, each with the one-letter field name used in the per-line format strings.
-PERSONAL_FIELDS = {"name": "n", "email": "e", "unsubscribe_url": "u", "feedback_url": "f"}
+PERSONAL_FIELDS = {
+    "name": "n",
+    "email": "e",
+    "unsubscribe_url": "u",
+    "feedback_url": "f",
+    "preferences_url": "p",
+}
 
 # What may not appear in a URL, an address or a Message-ID that we put in a header: anything
 # outside visible ASCII (CR/LF would inject headers; non-ASCII is not allowed unencoded) and
@@ -40,37 +48,56 @@ _HEADER_UNSAFE = re.compile(r'[^\x21-\x7e]|[<>"]')
 
 
 class ColumnTooLarge(ValueError):
-    """The HTML part would be clipped by Gmail; the column must be shortened."""
+    """The HTML part would be clipped by Gmail; the column (or digest) must be shortened."""
+
+
+class Personal(TypedDict):
+    """One reader's values as the templates show them (PERSONAL_FIELDS)."""
+
+    name: str
+    email: str
+    unsubscribe_url: str
+    feedback_url: str
+    preferences_url: str
+
+
+@dataclass(frozen=True)
+class MailContent:
+    """What one newsletter mail shows to every reader alike, and the headers that say so."""
+
+    template: str  # email/NAME.txt and email/NAME.html
+    context: Mapping[str, object]  # what the templates show besides the site and the reader
+    subject: str
+    campaign: str  # the Feedback-ID's first fields (e.g. "2016-02-04:column")
 
 
 def render_column(
     view: ColumnView,
     settings: Settings,
     *,
-    name: str,
-    email: str,
-    unsubscribe_url: str,
-    feedback_url: str,
     templates_dir: Path = TEMPLATES_DIR,
+    **personal: Unpack[Personal],
 ) -> tuple[str, str]:
     """(text, html) for one reader, rendered the slow way; the spliced message must decode to it."""
-    view = view.at(settings.base_url)
-    personal = {
-        "name": one_line(name),
-        "email": email,
-        "unsubscribe_url": unsubscribe_url,
-        "feedback_url": feedback_url,
-    }
-    return _render(view, settings, personal, templates_dir)
+    return render_reference(column_content(view, settings), settings, personal, templates_dir)
+
+
+def render_reference(
+    content: MailContent, settings: Settings, personal: Personal, templates_dir: Path
+) -> tuple[str, str]:
+    """(text, html) of `content` for one reader, rendered the slow way: what the spliced
+    message must decode to."""
+    values: dict[str, object] = {**personal, "name": one_line(personal["name"])}
+    return _render(content, settings, values, templates_dir)
 
 
 def _render(
-    view: ColumnView, settings: Settings, personal: Mapping[str, str], templates_dir: Path
+    content: MailContent, settings: Settings, personal: Mapping[str, object], templates_dir: Path
 ) -> tuple[str, str]:
     env = environment(templates_dir)
-    context = {"column": view, **site_globals(settings), **personal}
-    text = env.get_template("email/column.txt").render(context)
-    html = inline_css(env.get_template("email/column.html").render(context))
+    context = {**content.context, **site_globals(settings), **personal}
+    text = env.get_template(f"email/{content.template}.txt").render(context)
+    html = inline_css(env.get_template(f"email/{content.template}.html").render(context))
     return _normalize(text), _normalize(html)
 
 
@@ -88,7 +115,8 @@ def _qp(lines: Sequence[str]) -> bytes:
 @dataclass(frozen=True)
 class _Body:
     """One body part, pre-encoded: bytes for runs of lines without a marker, and for each line
-    with a marker a str.format template ({n}, {e}, {u}, {f}) to fill and encode per reader.
+    with a marker a str.format template ({n}, {e}, {u}, {f}, {p}) to fill and encode per
+    reader.
 
     Quoted-printable encodes every hard line on its own, so encoding the filled line alone
     gives exactly the bytes that encoding the whole body would give there, soft breaks included.
@@ -196,12 +224,13 @@ class _Variant:
 
 
 class ReaderValues(TypedDict):
-    """One reader's values for their copy of the column."""
+    """One reader's values for their copy of the column or digest."""
 
     to: str
     name: str
     unsubscribe_url: str
     feedback_url: str
+    preferences_url: str
     message_id: str
     date_header: NotRequired[str | None]  # default: now, in TIMEZONE
     unsubscribe_mailto: NotRequired[str | None]  # when a receiver reads unsubscribe mail
@@ -209,10 +238,10 @@ class ReaderValues(TypedDict):
 
 
 @dataclass(frozen=True)
-class PreparedColumn:
-    """A column rendered, inlined and encoded once; `message_bytes` builds each reader's mail."""
+class PreparedMail:
+    """A mail (a column, a digest) rendered, inlined and encoded once; `message_bytes` builds
+    each reader's copy."""
 
-    view: ColumnView
     named: _Variant
     anonymous: _Variant
     head_from: str  # From: … CRLF
@@ -245,6 +274,7 @@ class PreparedColumn:
         name: str,
         unsubscribe_url: str,
         feedback_url: str,
+        preferences_url: str,
         message_id: str,
         date_header: str | None = None,
         unsubscribe_mailto: str | None = None,
@@ -254,7 +284,8 @@ class PreparedColumn:
         if not (message_id.startswith("<") and message_id.endswith(">")):
             message_id = f"<{message_id}>"
         mailto = unsubscribe_mailto or ""
-        if _HEADER_UNSAFE.search(f"{to}{unsubscribe_url}{feedback_url}{message_id[1:-1]}{mailto}"):
+        checked = f"{to}{unsubscribe_url}{feedback_url}{preferences_url}{message_id[1:-1]}{mailto}"
+        if _HEADER_UNSAFE.search(checked):
             raise ValueError('address, URLs and Message-ID must be visible ASCII without <>"')
         if date_header is None:
             date_header = _date_header(int(time.time()), self.zone)
@@ -266,12 +297,13 @@ class PreparedColumn:
         head = b"".join(
             (self._head[0], to_line, self._head[1], stamp_lines, self._head[2], unsubscribe)
         )
-        text = {"n": name, "e": to, "u": unsubscribe_url, "f": feedback_url}
+        text = {"n": name, "e": to, "u": unsubscribe_url, "f": feedback_url, "p": preferences_url}
         html = {
             "n": _escape_text(name),
             "e": _escape_text(to),
             "u": _escape_attribute(unsubscribe_url),
             "f": _escape_attribute(feedback_url),
+            "p": _escape_attribute(preferences_url),
         }
         variant = self.named if name else self.anonymous
         built = _Built(self, variant, head, variant.text.encode(text), variant.html.encode(html))
@@ -328,11 +360,15 @@ class PreparedColumn:
         )
 
 
+# The name the worker and the tests knew it by: a digest is prepared into the same class.
+PreparedColumn = PreparedMail
+
+
 @dataclass
 class _Built:
     """One reader's mail in pieces, as plain message bytes or as stuffed for DATA."""
 
-    column: PreparedColumn
+    mail: PreparedMail
     variant: _Variant
     head: bytes
     text: list[bytes]
@@ -340,7 +376,7 @@ class _Built:
     signature: bytes = b""
 
     def pieces(self, *, stuffed: bool = False) -> list[bytes]:
-        c, text, html = self.column, self.text, self.html
+        c, text, html = self.mail, self.text, self.html
         if stuffed:  # the header block cannot start a line with "." but the reader's To: is
             text, html = self.variant.text.stuff(text), self.variant.html.stuff(html)
             return [
@@ -383,7 +419,7 @@ def _list_unsubscribe(url: str, mailto: str | None) -> str:
 
 def _subject_header(title: str) -> str:
     """Subject folded between words (never right after the colon, which leaves readers a
-    leading space), or RFC 2047 encoded-words when the title is not ASCII: once per column."""
+    leading space), or RFC 2047 encoded-words when the title is not ASCII: once per mail."""
     return f"Subject: {unstructured(title, indent=len('Subject: '))}\r\n"
 
 
@@ -401,43 +437,44 @@ def _date_header(second: int, zone: dt.tzinfo) -> str:
 
 def prepare_column(
     view: ColumnView, settings: Settings, *, templates_dir: Path = TEMPLATES_DIR
-) -> PreparedColumn:
+) -> PreparedMail:
     """Render both templates with markers, inline the CSS and QP-encode: once per column."""
+    return prepare_mail(column_content(view, settings), settings, templates_dir=templates_dir)
+
+
+def column_content(view: ColumnView, settings: Settings) -> MailContent:
+    """The daily column's mail: its own title as the Subject, its links at BASE_URL."""
     view = view.at(settings.base_url)
+    return MailContent("column", {"column": view}, view.title, f"{view.date.isoformat()}:column")
+
+
+def prepare_mail(
+    content: MailContent, settings: Settings, *, templates_dir: Path = TEMPLATES_DIR
+) -> PreparedMail:
+    """Render `content` with markers for the reader's values, inline the CSS and QP-encode:
+    once per mail, however many readers get it. ColumnTooLarge if Gmail would clip it."""
     nonce = secrets.token_hex(8)
     markers = {f"brdsd{code}{nonce}": code for code in PERSONAL_FIELDS.values()}
     by_field = {key: f"brdsd{code}{nonce}" for key, code in PERSONAL_FIELDS.items()}
-    named = _prepare_variant(view, settings, by_field, markers, nonce, templates_dir)
+    named = _prepare_variant(content, settings, by_field, markers, nonce, templates_dir)
     anonymous = _prepare_variant(
-        view, settings, {**by_field, "name": ""}, markers, nonce, templates_dir
+        content, settings, {**by_field, "name": ""}, markers, nonce, templates_dir
     )
     size = max(named.html.static_size(), anonymous.html.static_size()) + PERSONAL_ALLOWANCE
     if size > HTML_PART_LIMIT:
         raise ColumnTooLarge(f"the HTML part is about {size} bytes; Gmail clips past 100 KB")
-
     # "=_" never occurs in quoted-printable ("=" is always "=3D" or a soft break), so the
-    # boundary cannot appear in either body, whatever the column or the reader's values.
+    # boundary cannot appear in either body, whatever the mail or the reader's values.
     boundary = f"=_wv_{secrets.token_hex(16)}"
     part = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable'
-    head_list = (f"Reply-To: {settings.reply_to}\r\n" if settings.reply_to else "") + _list_id(
-        settings.list_identifier
-    )
-    head_fields = (
-        "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
-        f"Feedback-ID: {view.date.isoformat()}:column:world-view:{settings.mail_domain}\r\n"
-        "MIME-Version: 1.0\r\n"
-        f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'
-    )
-    body_start = f"--{boundary}\r\n{part.format('plain')}\r\n\r\n"
-    return PreparedColumn(
-        view=view,
+    return PreparedMail(
         named=named,
         anonymous=anonymous,
         head_from=_ascii(f"From: {sender(settings)}\r\n"),
-        head_subject=_subject_header(view.title),
-        head_list=_ascii(head_list),
-        head_fields=head_fields.encode("ascii"),
-        body_start=body_start.encode("ascii"),
+        head_subject=_subject_header(content.subject),
+        head_list=_ascii(_head_list(settings)),
+        head_fields=_head_fields(content, settings, boundary).encode("ascii"),
+        body_start=f"--{boundary}\r\n{part.format('plain')}\r\n\r\n".encode("ascii"),
         html_separator=f"\r\n--{boundary}\r\n{part.format('html')}\r\n\r\n".encode("ascii"),
         closing=f"\r\n--{boundary}--\r\n".encode("ascii"),
         boundary=boundary,
@@ -445,19 +482,35 @@ def prepare_column(
     )
 
 
+def _head_list(settings: Settings) -> str:
+    """Reply-To (when configured) and List-Id."""
+    reply_to = f"Reply-To: {settings.reply_to}\r\n" if settings.reply_to else ""
+    return reply_to + _list_id(settings.list_identifier)
+
+
+def _head_fields(content: MailContent, settings: Settings, boundary: str) -> str:
+    """The fixed header fields after List-Unsubscribe, through the multipart Content-Type."""
+    return (
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        f"Feedback-ID: {content.campaign}:world-view:{settings.mail_domain}\r\n"
+        "MIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'
+    )
+
+
 def _prepare_variant(
-    view: ColumnView,
+    content: MailContent,
     settings: Settings,
     personal: Mapping[str, str],
     markers: Mapping[str, str],
     nonce: str,
     templates_dir: Path,
 ) -> _Variant:
-    text, html = _render(view, settings, personal, templates_dir)
+    text, html = _render(content, settings, personal, templates_dir)
     variant = _Variant(_compile(text, markers, nonce), _compile(html, markers, nonce))
-    needed = "eu" + ("n" if personal["name"] else "")
-    _require(variant.text, needed + "f", "text")
-    _require(variant.html, needed + "f", "HTML")
+    needed = "eufp" + ("n" if personal["name"] else "")
+    _require(variant.text, needed, "text")
+    _require(variant.html, needed, "HTML")
     return variant
 
 

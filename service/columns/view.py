@@ -95,8 +95,7 @@ class ColumnView:
     @property
     def long_date(self) -> str:
         """E.g. "Thursday, 4 February 2016" (English whatever the process locale)."""
-        d = self.date
-        return f"{_WEEKDAYS[d.weekday()]}, {d.day} {_MONTHS[d.month - 1]} {d.year}"
+        return f"{_WEEKDAYS[self.date.weekday()]}, {written_date(self.date)}"
 
     @property
     def anchored_sections(self) -> list[tuple[str, Section]]:
@@ -108,6 +107,11 @@ class ColumnView:
         """Each headline with the anchor of the section of the same heading ("" if none)."""
         anchors = {_fold(s.heading): section_anchor(i) for i, s in enumerate(self.sections, 1)}
         return [(h, anchors.get(_fold(h), "")) for h in self.headlines]
+
+
+def written_date(day: dt.date) -> str:
+    """E.g. "4 February 2016" (English whatever the process locale)."""
+    return f"{day.day} {_MONTHS[day.month - 1]} {day.year}"
 
 
 def section_anchor(index: int) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
+from ..clock import now
 from ..config import Settings
 from ..context import AppContext
 from ..mail.smtp import SmtpTarget
@@ -18,6 +21,11 @@ class Courier:
     engine: Engine
     ctx: AppContext
     target: SmtpTarget
+    clock: Callable[[], dt.datetime] = now  # aware UTC; tests pass one they move
+
+    def utcnow(self) -> dt.datetime:
+        """The clock's now as naive UTC, as the ledger stores it."""
+        return self.clock().astimezone(dt.UTC).replace(tzinfo=None)
 
     @property
     def settings(self) -> Settings:

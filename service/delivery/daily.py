@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -18,12 +20,12 @@ from ..clock import utcnow
 from ..columns import sources, store
 from ..columns.mail import ColumnTooLarge, prepare_column
 from ..columns.view import column_view
-from ..config import SHUTDOWN_GRACE, Settings
+from ..config import LATE_COLUMN_POLL, SHUTDOWN_GRACE, Settings
 from ..db import transaction
 from ..mail.smtp import SmtpConnection, SmtpFailure
 from ..models import ColumnRecord, Send
 from ..retry import worker_name
-from . import sends
+from . import digests, sends, timing
 from .courier import Courier
 from .worker import SendWorker, job_for, message_for
 
@@ -43,29 +45,39 @@ def column_of(engine: Engine, day: dt.date) -> ColumnRecord | None:
 
 
 def local_day(settings: Settings, now: dt.datetime) -> dt.date:
-    """The calendar day in TIMEZONE at `now`."""
-    return now.astimezone(settings.tz).date()
+    """The day whose send starts at `now`'s SEND_TIME: the date in the earliest time zone
+    (DELIVERY_TIMING=local) or in TIMEZONE (fixed)."""
+    return timing.day_at(settings, now)
 
 
 def send_moment(settings: Settings, day: dt.date) -> dt.datetime:
-    """SEND_TIME on `day` in TIMEZONE, as an aware datetime (DST-correct via zoneinfo)."""
-    return dt.datetime.combine(day, settings.send_time, tzinfo=settings.tz)
+    """When the send of `day` starts, as an aware datetime (DST-correct via zoneinfo)."""
+    return timing.opens(settings, day)
 
 
 def within_grace(settings: Settings, day: dt.date, now: dt.datetime) -> bool:
-    """Whether `now` falls between `day`'s send time and the end of SEND_GRACE."""
-    moment = send_moment(settings, day)
-    return moment <= now <= moment + settings.send_grace
+    """Whether `day`'s send should exist at `now`: started, and its last reader's due moment
+    not more than SEND_GRACE ago."""
+    return day in timing.open_days(settings, now)
 
 
 class ColumnNotSendable(ValueError):
     """The column cannot be mailed as it is (too large); no send was created for it."""
 
 
-def start_send(engine: Engine, settings: Settings, column: ColumnRecord) -> tuple[Send, bool]:
-    """The send of `column`, created (and its readers snapshotted) if it did not exist. A new
-    send is only created for a column that can be mailed: checked here, before the snapshot,
-    so that a column too large for a mail never locks a send that can only fail."""
+def start_send(
+    engine: Engine,
+    settings: Settings,
+    column: ColumnRecord,
+    *,
+    timed: bool = True,
+    now: dt.datetime | None = None,
+) -> tuple[Send, bool]:
+    """The send of `column`, created (and its readers snapshotted) if it did not exist: each
+    reader due at SEND_TIME on the column's date where they are (DELIVERY_TIMING=local and
+    `timed`), or all at once. A new send is only created for a column that can be mailed:
+    checked here, before the snapshot, so that a column too large for a mail never locks a
+    send that can only fail."""
     with transaction(engine) as session:
         existing = sends.for_column(session, column.id or 0)
     if existing is None:
@@ -77,8 +89,10 @@ def start_send(engine: Engine, settings: Settings, column: ColumnRecord) -> tupl
             ) from exc
         except ValueError as exc:
             raise ColumnNotSendable(f"the column of {column.date} cannot be sent: {exc}") from exc
+    local = timed and timing.is_local(settings)
+    due_for = timing.daily_due(settings, column.date) if local else None
     with transaction(engine) as session:
-        return sends.start(session, column=column)
+        return sends.start(session, column=column, due_for=due_for, now=now)
 
 
 class ColumnCancelled(ColumnNotSendable):
@@ -98,7 +112,10 @@ def start_now(engine: Engine, settings: Settings, column_id: int) -> tuple[Send,
         raise ColumnCancelled(
             f"the column of {column.date} is cancelled: set its schedule again first"
         )
-    return start_send(engine, settings, column)
+    return start_send(engine, settings, column, timed=False)
+
+
+SENDING = ""  # a day's column state (Dispatcher._column_state): nothing to start
 
 
 class Dispatcher:
@@ -116,6 +133,14 @@ class Dispatcher:
         self._running: dict[int, tuple[SendWorker, asyncio.Task[object] | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry_day: dt.date | None = None  # a daily run that failed before it finished
+        # Sends waiting for their next row to fall due (a reader's local morning): the timer
+        # that resumes each then, and the moment it is set for.
+        self._wakes: dict[int, tuple[dt.datetime, asyncio.TimerHandle]] = {}
+        # Late columns: when the sources were last refreshed for one, and the (day, column
+        # version) pairs already tried, so that a column that cannot be sent is not retried
+        # (and logged) at every heal.
+        self._refreshed = -math.inf
+        self._tried: set[tuple[dt.date, str]] = set()
 
     async def run_daily(self, day: dt.date) -> sends.SendCounts | None:
         """Send `day`'s column to every active reader, once. Safe to call any number of
@@ -133,6 +158,7 @@ class Dispatcher:
 
     async def _run_daily(self, day: dt.date) -> sends.SendCounts | None:
         settings = self.ctx.settings
+        await self.start_digests(self.courier.clock())
         await asyncio.to_thread(refresh_columns, self.engine, settings)
         column = await asyncio.to_thread(self._column, day)
         if column is None:
@@ -149,10 +175,17 @@ class Dispatcher:
             return None
         return await self.send_column(column)
 
-    async def send_column(self, column: ColumnRecord) -> sends.SendCounts | None:
-        """Start (or find) the send of `column` and deliver it here."""
+    async def send_column(
+        self, column: ColumnRecord, *, timed: bool = True
+    ) -> sends.SendCounts | None:
+        """Start (or find) the send of `column` and deliver it here: each reader at their
+        SEND_TIME (`timed`), or everyone at once (an operator's schedule)."""
         settings = self.ctx.settings
-        send, created = await asyncio.to_thread(start_send, self.engine, settings, column)
+        send, created = await asyncio.to_thread(
+            functools.partial(
+                start_send, self.engine, settings, column, timed=timed, now=self.courier.utcnow()
+            )
+        )
         if created:
             log.info("send %s started: %r to %s readers", send.id, column.title, send.total)
         return await self.resume(send.id or 0)
@@ -178,43 +211,131 @@ class Dispatcher:
             counts.skipped,
             counts.pending,
         )
+        if worker.next_due is not None:
+            self._wake_at(send_id, worker.next_due)
         return counts
 
-    async def heal(self, now: dt.datetime) -> None:
-        """Resume every unfinished, unpaused send that is not running here, and retry a daily
-        run that failed (the database or the relay was down) while its grace lasts. Each in
-        its own task, so one send's trouble never holds up another's."""
-        unfinished = await asyncio.to_thread(self._unfinished)
-        for send_id in unfinished:
+    def _wake_at(self, send_id: int, due: dt.datetime) -> None:
+        """Resume `send_id` when its next row falls due (naive UTC), not before: the process
+        sleeps through the night instead of looking every minute."""
+        earlier = self._wakes.get(send_id)
+        if earlier is not None and earlier[0] <= due and not earlier[1].cancelled():
+            return
+        if earlier is not None:
+            earlier[1].cancel()
+        delay = max(0.0, (due - self.courier.utcnow()).total_seconds())
+        log.info("send %s waits until %s UTC for its next readers", send_id, due.isoformat())
+
+        def wake() -> None:
+            self._wakes.pop(send_id, None)
             if send_id not in self._running:
-                log.info("resuming unfinished send %s", send_id)
                 self._spawn(self.resume(send_id), f"send {send_id}")
+
+        handle = asyncio.get_running_loop().call_later(delay, wake)
+        self._wakes[send_id] = (due, handle)
+
+    async def heal(self, now: dt.datetime) -> None:
+        """Resume every unfinished, unpaused send that has rows due and is not running here
+        (and set a wake-up for those whose rows fall due later), retry a daily run that
+        failed (the database or the relay was down) while its grace lasts, and start the
+        send of a column that arrived late. Each in its own task, so one send's trouble never
+        holds up another's."""
+        unfinished = await asyncio.to_thread(self._unfinished, now)
+        for send_id, due in unfinished:
+            if send_id in self._running:
+                continue
+            if due is not None:
+                self._wake_at(send_id, due)
+                continue
+            log.info("resuming unfinished send %s", send_id)
+            self._spawn(self.resume(send_id), f"send {send_id}")
         day = self._retry_day
         if day is not None and within_grace(self.ctx.settings, day, now):
             self._retry_day = None
             self._spawn(self.run_daily(day), f"the daily send of {day}")
         for column in await asyncio.to_thread(self._scheduled, now):
             log.info("the column of %s is due (scheduled for %s)", column.date, column.send_at)
-            self._spawn(self.send_column(column), f"the scheduled send of {column.date}")
+            self._spawn(
+                self.send_column(column, timed=False), f"the scheduled send of {column.date}"
+            )
+        for day in await asyncio.to_thread(self._late_days, now):
+            log.info("the column of %s has no send yet: starting it", day.isoformat())
+            self._spawn(self.run_daily(day), f"the daily send of {day}")
+        await self.start_digests(now)
+
+    async def start_digests(self, now: dt.datetime) -> None:
+        """Start the weekly digest send of each open week that has weekly readers and none
+        yet, and deliver what is due of it here."""
+        for send_id in await asyncio.to_thread(self._new_digests, now):
+            self._spawn(self.resume(send_id), f"send {send_id}")
+
+    def _new_digests(self, now: dt.datetime) -> list[int]:
+        started = []
+        moment = now.astimezone(dt.UTC).replace(tzinfo=None)
+        for week in timing.open_weeks(self.ctx.settings, now):
+            with transaction(self.engine) as session:
+                made = digests.start_week(session, self.ctx.settings, week, moment)
+            if made is not None and made[1]:
+                log.info(
+                    "send %s started: the digest of %s to %s readers",
+                    made[0].id,
+                    week,
+                    made[0].total,
+                )
+                started.append(made[0].id or 0)
+        return started
+
+    def _late_days(self, now: dt.datetime) -> list[dt.date]:
+        """Open days whose column is there but whose send is not (the column arrived after
+        its send time, or the process was down then): each column version once. When a day
+        has no column yet, the sources are refreshed at most every LATE_COLUMN_POLL, not at
+        every heal (FEED_URL is somebody else's server)."""
+        open_days = timing.open_days(self.ctx.settings, now)
+        states = {day: self._column_state(day) for day in open_days}
+        if None in states.values() and time.monotonic() - self._refreshed >= LATE_COLUMN_POLL:
+            self._refreshed = time.monotonic()
+            try:
+                refresh_columns(self.engine, self.ctx.settings)
+            except Exception:  # a feed that is down: the next poll tries again
+                log.warning("refreshing the columns for a late column failed", exc_info=True)
+            states = {day: self._column_state(day) for day in open_days}
+        late = []
+        for day, state in states.items():
+            if state and state != SENDING and (day, state) not in self._tried:
+                self._tried.add((day, state))
+                late.append(day)
+        return late
+
+    def _column_state(self, day: dt.date) -> str | None:
+        """None: `day` has no column; SENDING: it has its send, or waits for the operator
+        (cancelled, scheduled); else the column's content hash: it should have a send."""
+        with transaction(self.engine) as session:
+            column = store.column_for(session, day)
+            if column is None:
+                return None
+            if column.cancelled_at is not None or column.send_at is not None:
+                return SENDING
+            if sends.for_column(session, column.id or 0) is not None:
+                return SENDING
+            return column.content_hash
 
     def _scheduled(self, now: dt.datetime) -> list[ColumnRecord]:
         with transaction(self.engine) as session:
             return store.scheduled_due(session, now.astimezone(dt.UTC).replace(tzinfo=None))
 
-    def _unfinished(self) -> list[int]:
+    def _unfinished(self, now: dt.datetime) -> list[tuple[int, dt.datetime | None]]:
+        """Unfinished sends, each with when its next row falls due, or None: now."""
+        moment = now.astimezone(dt.UTC).replace(tzinfo=None)
         with transaction(self.engine) as session:
-            return [send.id or 0 for send in sends.unfinished(session)]
+            return [
+                (send.id or 0, sends.waiting_until(session, send.id or 0, moment))
+                for send in sends.unfinished(session)
+            ]
 
     async def catch_up(self, now: dt.datetime) -> None:
-        """At start-up: heal, and make today's send if the service was down at SEND_TIME but
-        it is still within SEND_GRACE."""
+        """At start-up: heal, which also makes the send of an open day that has none (the
+        service was down at SEND_TIME but the day's grace lasts)."""
         await self.heal(now)
-        settings = self.ctx.settings
-        day = local_day(settings, now)
-        if within_grace(settings, day, now):
-            moment = send_moment(settings, day)
-            log.info("catching up on the %s send due at %s", day.isoformat(), moment.isoformat())
-            self._spawn(self.run_daily(day), f"the daily send of {day}")
 
     def _spawn(self, work: Awaitable[object], what: str) -> None:
         async def guarded() -> None:
@@ -237,6 +358,9 @@ class Dispatcher:
         """Every running send finishes its hand-offs in progress and gives back the rest."""
         for worker, _task in self._running.values():
             worker.stop()
+        for _due, handle in self._wakes.values():
+            handle.cancel()
+        self._wakes.clear()
 
     async def wait(self, grace: float | None) -> None:
         """Wait for the runs to end (after stop(), say); cancel what is left after `grace`
@@ -304,6 +428,8 @@ class SendOutcome:
     paused: str | None = None  # the relay's reason, when the send paused
     stopped: bool = False  # stop() ended it before the end
     cancelled: bool = False  # the operator cancelled it
+    # Rows left that fall due later (readers' local SEND_TIME): when the first does.
+    waiting_until: dt.datetime | None = None
 
 
 # The progress bar's counting may take at most 1/this of the time between two looks.
@@ -365,7 +491,14 @@ class SendRun:
         except asyncio.CancelledError:
             if not self._stopped:
                 raise
-        return SendOutcome(self._send_id, counts, stopped=self._stopped)
+        waiting = None
+        if counts.pending and not self._stopped:
+            waiting = await asyncio.to_thread(self._waiting_until)
+        return SendOutcome(self._send_id, counts, stopped=self._stopped, waiting_until=waiting)
+
+    def _waiting_until(self) -> dt.datetime | None:
+        with transaction(self.courier.engine) as session:
+            return sends.waiting_until(session, self._send_id, self.courier.utcnow())
 
     def stop(self) -> None:
         """Stop gracefully; a second call cancels at once."""

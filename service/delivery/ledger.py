@@ -45,6 +45,9 @@ class Claim:
     email: str
     name: str
     attempts: int
+    due_at: dt.datetime | None = None  # when the reader was due: retries count from there
+    zone: str | None = None  # the zone due_at was computed in
+    contents: str | None = None  # a digest's columns, once chosen (digests.settle)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,9 @@ def claim_batch(
             col(Delivery.email),
             col(Delivery.name),
             col(Delivery.attempts),
+            col(Delivery.due_at),
+            col(Delivery.zone),
+            col(Delivery.contents),
         )
     ).all()
     return sorted((Claim(*row) for row in rows), key=lambda c: c.id)

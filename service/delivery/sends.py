@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, literal, update
+from sqlalchemy import ColumnElement, String, and_, case, func, insert, literal, true, update
 from sqlalchemy import select as sql_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from ..clock import utcnow
 from ..errors import DomainError
+from ..mail.leases import due_or_abandoned
 from ..models import (
+    Cadence,
     ColumnRecord,
     Delivery,
     MailStatus,
     Send,
+    SendKind,
     SendStatus,
     Subscriber,
     SubscriberStatus,
 )
+from .timing import DueFor, monday_of
 
 
 @dataclass(frozen=True)
@@ -69,10 +74,12 @@ def for_column(session: Session, column_id: int) -> Send | None:
     return session.exec(select(Send).where(Send.column_id == column_id)).first()
 
 
-def active_readers(session: Session) -> int:
-    """How many readers a send started now would snapshot."""
+def active_readers(session: Session, cadence: Cadence = Cadence.daily) -> int:
+    """How many readers a send started now would snapshot (the daily column's, by default)."""
     return session.exec(
-        select(func.count()).where(col(Subscriber.status) == SubscriberStatus.active)
+        select(func.count()).where(
+            col(Subscriber.status) == SubscriberStatus.active, col(Subscriber.cadence) == cadence
+        )
     ).one()
 
 
@@ -85,44 +92,133 @@ def reader_by_address(session: Session, address: str) -> tuple[int, str] | None:
 
 
 def start(
-    session: Session, *, column: ColumnRecord, now: dt.datetime | None = None
+    session: Session,
+    *,
+    column: ColumnRecord,
+    now: dt.datetime | None = None,
+    due_for: DueFor | None = None,
 ) -> tuple[Send, bool]:
     """The send of `column`, created if it did not exist (then True). Creating it snapshots
-    every subscriber active at this moment into the ledger, set-based, in the same
-    transaction: later subscribers wait for the next column. Two schedulers racing here
+    every daily reader active at this moment into the ledger, set-based, in the same
+    transaction: later subscribers wait for the next column. Each row is due when `due_for`
+    says (SEND_TIME where the reader is), or at once without it. Two schedulers racing here
     make one send; the loser gets the winner's."""
     now = now or utcnow()
     assert column.id is not None
+    values = {"kind": SendKind.column, "column_id": column.id}
+    return _start(session, values, "column_id", now, Cadence.daily, due_for)
+
+
+def start_digest(
+    session: Session, *, week: str, due_for: DueFor, now: dt.datetime | None = None
+) -> tuple[Send, bool]:
+    """The weekly digest send of ISO `week` ("2026-W48"), created if it did not exist (then
+    True) with a row for every weekly reader active now, due on their weekday."""
+    values = {"kind": SendKind.digest, "week": week}
+    return _start(session, values, "week", now or utcnow(), Cadence.weekly, due_for)
+
+
+def _start(
+    session: Session,
+    values: Mapping[str, object],
+    unique: str,
+    now: dt.datetime,
+    cadence: Cadence,
+    due_for: DueFor | None,
+) -> tuple[Send, bool]:
     dialect = session.get_bind().dialect.name
     insert_send = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Send)
     created_id = session.execute(
-        insert_send.values(column_id=column.id, status=SendStatus.sending, total=0, created_at=now)
-        .on_conflict_do_nothing(index_elements=["column_id"])
+        insert_send.values(**values, status=SendStatus.sending, total=0, created_at=now)
+        .on_conflict_do_nothing(index_elements=[unique])
         .returning(col(Send.id))
     ).scalar()
     if created_id is not None:
-        _snapshot(session, created_id, now)
-    send = session.exec(select(Send).where(Send.column_id == column.id)).one()
+        _snapshot(session, created_id, now, cadence, due_for)
+    send = session.exec(select(Send).where(getattr(Send, unique) == values[unique])).one()
     session.refresh(send)
     return send, created_id is not None
 
 
-def _snapshot(session: Session, send_id: int, now: dt.datetime) -> None:
-    active = sql_select(
+LEDGER_COLUMNS = [
+    "send_id",
+    "subscriber_id",
+    "email",
+    "name",
+    "status",
+    "attempts",
+    "due_at",
+    "zone",
+    "next_attempt_at",
+]
+
+
+def _snapshot(
+    session: Session, send_id: int, now: dt.datetime, cadence: Cadence, due_for: DueFor | None
+) -> None:
+    """The ledger rows of a new send, set-based: one INSERT … SELECT for a send due at once,
+    else one per (zone, weekday) among its readers, never one per reader."""
+    readers = and_(
+        col(Subscriber.status) == SubscriberStatus.active, col(Subscriber.cadence) == cadence
+    )
+    if due_for is None:
+        inserted = [insert_rows(session, send_id, readers, now, None, now)]
+    else:
+        groups = session.exec(
+            select(Subscriber.timezone, Subscriber.digest_weekday).where(readers).distinct()
+        ).all()
+        inserted = []
+        for zone, weekday in groups:
+            due, used = due_for(zone, weekday)
+            group = and_(
+                readers,
+                col(Subscriber.timezone).is_(None)
+                if zone is None
+                else col(Subscriber.timezone) == zone,
+                col(Subscriber.digest_weekday) == weekday if cadence == Cadence.weekly else true(),
+            )
+            inserted.append(insert_rows(session, send_id, group, due, used, max(due, now)))
+    total = sum(inserted)
+    if any(count < 0 for count in inserted):  # a driver that cannot tell: count them
+        total = session.exec(select(func.count()).where(col(Delivery.send_id) == send_id)).one()
+    session.execute(update(Send).where(col(Send.id) == send_id).values(total=total))
+
+
+def insert_rows(
+    session: Session,
+    send_id: int,
+    readers: ColumnElement[bool],
+    due: dt.datetime,
+    zone: str | None,
+    next_attempt: dt.datetime,
+    *,
+    skip_existing: bool = False,
+) -> int:
+    """Ledger rows for the `readers`, due at `due` (computed in `zone`), set-based; with
+    `skip_existing`, a reader who has a row of this send keeps it. The rows inserted, or -1
+    when the driver cannot tell."""
+    rows = sql_select(
         literal(send_id),
         col(Subscriber.id),
         col(Subscriber.email),
         col(Subscriber.name),
         literal(MailStatus.pending.value),
         literal(0),
-        literal(now),
-    ).where(col(Subscriber.status) == SubscriberStatus.active)
-    columns = ["send_id", "subscriber_id", "email", "name", "status", "attempts", "next_attempt_at"]
-    inserted = session.execute(insert(Delivery).from_select(columns, active))
+        literal(due),
+        literal(zone, type_=String(64)),
+        literal(next_attempt),
+    ).where(readers)
+    statement = insert(Delivery).from_select(LEDGER_COLUMNS, rows)
+    if skip_existing:
+        dialect = session.get_bind().dialect.name
+        statement = (
+            (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Delivery)
+            .from_select(LEDGER_COLUMNS, rows)
+            .on_conflict_do_nothing(index_elements=["send_id", "subscriber_id"])
+        )
+    inserted = session.execute(statement)
     total = inserted.rowcount  # type: ignore[attr-defined]  # no second scan of a million rows
-    if total is None or total < 0:  # a driver that cannot tell: count them
-        total = session.exec(select(func.count()).where(col(Delivery.send_id) == send_id)).one()
-    session.execute(update(Send).where(col(Send.id) == send_id).values(total=total))
+    return -1 if total is None else int(total)
 
 
 def counts(session: Session, send_id: int) -> SendCounts:
@@ -132,7 +228,40 @@ def counts(session: Session, send_id: int) -> SendCounts:
         .where(Delivery.send_id == send_id)
         .group_by(Delivery.status)
     ).all()
-    by_status = {status: number for status, number in rows}
+    return _counted({status: number for status, number in rows})
+
+
+@dataclass(frozen=True)
+class DueGroup:
+    """A send's readers due at one moment (SEND_TIME in the zones that share it)."""
+
+    due_at: dt.datetime | None  # naive UTC; None for a row from before due times existed
+    zones: tuple[str, ...]
+    counts: SendCounts
+
+
+def progress_by_due(session: Session, send_id: int) -> list[DueGroup]:
+    """A send's counts per due moment, earliest first, with the zones due then: how far a
+    local-time send has come around the world."""
+    rows = session.execute(
+        select(Delivery.due_at, Delivery.zone, Delivery.status, func.count())
+        .where(col(Delivery.send_id) == send_id)
+        .group_by(col(Delivery.due_at), col(Delivery.zone), col(Delivery.status))
+    ).all()
+    groups: dict[dt.datetime | None, tuple[set[str], dict[str, int]]] = {}
+    for due_at, zone, status, number in rows:
+        zones, by_status = groups.setdefault(due_at, (set(), {}))
+        if zone:
+            zones.add(zone)
+        by_status[status] = by_status.get(status, 0) + number
+    ordered = sorted(groups.items(), key=lambda item: item[0] or dt.datetime.min)
+    return [
+        DueGroup(due_at, tuple(sorted(zones)), _counted(by_status))
+        for due_at, (zones, by_status) in ordered
+    ]
+
+
+def _counted(by_status: dict[str, int]) -> SendCounts:
     sent, failed = by_status.get(MailStatus.sent, 0), by_status.get(MailStatus.failed, 0)
     skipped = by_status.get(MailStatus.skipped, 0)
     pending = by_status.get(MailStatus.pending, 0) + by_status.get(MailStatus.sending, 0)
@@ -164,6 +293,25 @@ def unfinished(session: Session) -> list[Send]:
     )
 
 
+def waiting_until(session: Session, send_id: int, now: dt.datetime) -> dt.datetime | None:
+    """When the send's next row falls due, if none can be claimed at `now` but some wait
+    (a reader's local morning, a retry); None when there is work now or none left at all."""
+    claimable = session.exec(
+        select(Delivery.id).where(_claimable_rows(send_id, now)).limit(1)
+    ).first()
+    if claimable is not None:
+        return None
+    return session.exec(
+        select(func.min(Delivery.next_attempt_at)).where(
+            col(Delivery.send_id) == send_id, col(Delivery.status) == MailStatus.pending
+        )
+    ).one()
+
+
+def _claimable_rows(send_id: int, now: dt.datetime) -> ColumnElement[bool]:
+    return and_(col(Delivery.send_id) == send_id, due_or_abandoned(Delivery, now))
+
+
 def pause(session: Session, send_id: int, reason: str, now: dt.datetime | None = None) -> bool:
     """Stop a send from going out until `resume`; True if this call paused it."""
     result = session.execute(
@@ -185,10 +333,12 @@ def resume(session: Session, send_id: int, now: dt.datetime | None = None) -> bo
     )
     if not result.rowcount:  # type: ignore[attr-defined]
         return False
+    # Due now, except rows whose reader's local SEND_TIME has not come yet.
+    waiting = and_(col(Delivery.due_at).is_not(None), col(Delivery.due_at) > now)
     session.execute(
         update(Delivery)
         .where(col(Delivery.send_id) == send_id, col(Delivery.status) == MailStatus.pending)
-        .values(next_attempt_at=now)
+        .values(next_attempt_at=case((waiting, col(Delivery.due_at)), else_=now))
     )
     return True
 
@@ -263,8 +413,8 @@ class SendSummary:
     """One send as an operator sees it: which column, where it stands, and why if paused."""
 
     id: int
-    column_id: int
-    date: dt.date
+    column_id: int  # 0 for a digest
+    date: dt.date  # the column's, or the digest week's Monday
     title: str
     status: str
     readers: int
@@ -276,11 +426,13 @@ class SendSummary:
     finished_at: dt.datetime | None
     cancelled_at: dt.datetime | None
     rate: float  # messages handed over per second, over the last minute (0 when idle)
+    kind: str = SendKind.column
+    week: str | None = None  # a digest's ISO week
 
 
 def latest(session: Session, limit: int = 10, *, before: int | None = None) -> list[SendSummary]:
     """The newest sends first (older than send `before`, to page), with their counts."""
-    query = select(Send, ColumnRecord).join(
+    query = select(Send, ColumnRecord).outerjoin(
         ColumnRecord, col(ColumnRecord.id) == col(Send.column_id)
     )
     if before is not None:
@@ -294,15 +446,14 @@ def summary(session: Session, send_id: int) -> SendSummary | None:
     send = session.get(Send, send_id) if 0 < send_id < 2**31 else None
     if send is None:
         return None
-    column = session.get(ColumnRecord, send.column_id)
-    assert column is not None
+    column = session.get(ColumnRecord, send.column_id) if send.column_id else None
     return _summary(session, send, column)
 
 
 RATE_WINDOW = dt.timedelta(minutes=1)
 
 
-def _summary(session: Session, send: Send, column: ColumnRecord) -> SendSummary:
+def _summary(session: Session, send: Send, column: ColumnRecord | None) -> SendSummary:
     send_id = send.id or 0
     now = utcnow()
     recent = session.exec(
@@ -321,9 +472,9 @@ def _summary(session: Session, send: Send, column: ColumnRecord) -> SendSummary:
     ).one()
     return SendSummary(
         id=send_id,
-        column_id=column.id or 0,
-        date=column.date,
-        title=column.title,
+        column_id=(column.id or 0) if column is not None else 0,
+        date=column.date if column is not None else monday_of(send.week or ""),
+        title=column.title if column is not None else f"Weekly digest {send.week}",
         status=send.status,
         readers=send.total,
         counts=counts(session, send_id),
@@ -334,4 +485,6 @@ def _summary(session: Session, send: Send, column: ColumnRecord) -> SendSummary:
         finished_at=send.finished_at,
         cancelled_at=send.cancelled_at,
         rate=round(recent / RATE_WINDOW.total_seconds(), 2),
+        kind=send.kind,
+        week=send.week,
     )

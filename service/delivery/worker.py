@@ -28,23 +28,27 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from ..clock import utcnow
 from ..columns.mail import PreparedColumn, ReaderValues, prepare_column
 from ..columns.view import column_view
 from ..context import AppContext
 from ..db import in_thread, transaction
 from ..mail.smtp import Fault, RelayHealth, SmtpConnection, SmtpFailure, Stuffed
-from ..models import ColumnRecord, Send, SendStatus
+from ..models import ColumnRecord, Send, SendKind, SendStatus
 from ..retry import next_attempt, worker_name
 from ..tokens import Purpose
-from . import ledger, sends
+from . import digests, ledger, sends
 from .courier import Courier
+from .digests import DigestMails
 from .ledger import Claim, Outcomes, Refused
 from .ratelimit import SharedRate, delivery_rate
 from .relays import RelayLink, relays_for
 
 log = logging.getLogger(__name__)
 IDLE_POLL = 1.0  # seconds between looks when the rest of the send is deferred or elsewhere
+# A run waits this long at most for its next row to fall due (a retry's backoff); a row due
+# later (a reader's local morning, hours away) ends the run, and the dispatcher wakes the
+# send again when that row falls due.
+WAIT_IN_RUN = dt.timedelta(seconds=60)
 # With a rate limit, claim no more than this many seconds of work ahead, so that a claimed
 # row is handed over soon after the claim checked that its reader is still subscribed.
 CLAIM_AHEAD_SECONDS = 5.0
@@ -63,10 +67,19 @@ class Job:
     """What every message of this send shares, computed once."""
 
     send_id: int
-    prepared: PreparedColumn
+    prepared: PreparedColumn | None  # the column; None for a digest send
     message_domain: str  # the Message-ID's middle: stable per send, so per reader across retries
     token_expiry: int
     deadline: dt.datetime
+    digests: DigestMails | None = None  # a digest send's mails, one per set of columns
+    kind: str = SendKind.column  # the Message-ID's start
+
+    def mail(self, contents: str | None) -> PreparedColumn:
+        """The prepared mail of a claimed row: the column, or the digest of its contents."""
+        if self.digests is not None and contents:
+            return self.digests.mail(contents)
+        assert self.prepared is not None, "a digest row without contents"
+        return self.prepared
 
 
 def job_for(
@@ -91,12 +104,22 @@ def message_for(job: Job, ctx: AppContext, *, subscriber_id: int, email: str, na
     """One reader's copy of the column: their name, their own signed links, a Message-ID that
     stays the same across retries (so a receiver can spot a duplicate), DKIM-signed when
     configured."""
-    return job.prepared.message_bytes(**_reader_values(job, ctx, subscriber_id, email, name))
+    return job.mail(None).message_bytes(**_reader_values(job, ctx, subscriber_id, email, name))
 
 
-def wire_for(job: Job, ctx: AppContext, *, subscriber_id: int, email: str, name: str) -> Stuffed:
-    """`message_for` as SMTP DATA carries it, from pieces stuffed once per send."""
-    return job.prepared.stuffed(**_reader_values(job, ctx, subscriber_id, email, name))
+def wire_for(
+    job: Job,
+    ctx: AppContext,
+    *,
+    subscriber_id: int,
+    email: str,
+    name: str,
+    contents: str | None = None,
+) -> Stuffed:
+    """`message_for` as SMTP DATA carries it, from pieces stuffed once per send (or once per
+    digest's `contents`)."""
+    values = _reader_values(job, ctx, subscriber_id, email, name)
+    return job.mail(contents).stuffed(**values)
 
 
 def _reader_values(
@@ -108,7 +131,8 @@ def _reader_values(
         "name": name,
         "unsubscribe_url": ctx.unsubscribe_url(subscriber_id, job.token_expiry),
         "feedback_url": ctx.feedback_url(subscriber_id, job.token_expiry),
-        "message_id": f"<column.{job.message_domain}.{subscriber_id}@{domain}>",
+        "preferences_url": ctx.preferences_url(subscriber_id, job.token_expiry),
+        "message_id": f"<{job.kind}.{job.message_domain}.{subscriber_id}@{domain}>",
         "unsubscribe_mailto": ctx.unsubscribe_mailto(subscriber_id),
         "signer": ctx.dkim,
     }
@@ -129,7 +153,12 @@ def build_ready(job: Job, ctx: AppContext, claims: list[Claim]) -> list[Ready]:
     for claim in claims:
         try:
             wire = wire_for(
-                job, ctx, subscriber_id=claim.subscriber_id, email=claim.email, name=claim.name
+                job,
+                ctx,
+                subscriber_id=claim.subscriber_id,
+                email=claim.email,
+                name=claim.name,
+                contents=claim.contents,
             )
         except ValueError as exc:  # an address or name we cannot put in a header
             ready.append(Ready(claim, None, f"{ledger.UNBUILDABLE}: {exc}"[:1000]))
@@ -144,9 +173,10 @@ class GroupCommit:
     connection for the whole run: a fresh session and pool check-out per commit cost more
     than the commit itself."""
 
-    def __init__(self, engine: Engine, worker: str) -> None:
+    def __init__(self, engine: Engine, worker: str, clock: Callable[[], dt.datetime]) -> None:
         self.engine = engine
         self.worker = worker
+        self.utcnow = clock
         self._batch = Outcomes()
         self._done: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()
@@ -180,7 +210,7 @@ class GroupCommit:
             self._session = Session(bind=self.engine.connect(), expire_on_commit=False)
         session = self._session
         try:
-            ledger.record(session, batch, worker=self.worker, now=utcnow())
+            ledger.record(session, batch, worker=self.worker, now=self.utcnow())
             session.commit()
         except BaseException:
             self._session = None  # the connection's state is unknown: never reuse it
@@ -222,6 +252,9 @@ class SendWorker:
         self._unsent: list[int] = []
         self._held: set[int] = set()  # claimed, not yet queued for a connection (being built)
         self._builders: ThreadPoolExecutor | None = None  # during run()
+        self.utcnow = courier.utcnow
+        # Set when a run ends with rows that fall due later: when the first of them does.
+        self.next_due: dt.datetime | None = None
 
     def stop(self) -> None:
         """Finish the hand-offs in progress, give back the rest, and return from run()."""
@@ -235,6 +268,17 @@ class SendWorker:
                 raise sends.SendPaused(send_id, send.pause_reason or "paused")
             if send.status == SendStatus.cancelled:
                 raise sends.SendCancelled(send_id)
+            deadline = sends.retry_deadline(send, self.settings.retry_deadline)
+            if send.kind == SendKind.digest:
+                return Job(
+                    send_id=send_id,
+                    prepared=None,
+                    message_domain=f"{send.week}.{send_id}",
+                    token_expiry=self.ctx.tokens.expiry(Purpose.unsubscribe),
+                    deadline=deadline,
+                    digests=DigestMails(self.engine, self.settings),
+                    kind=SendKind.digest,
+                )
             column = session.get(ColumnRecord, send.column_id)
             assert column is not None
         return job_for(
@@ -242,7 +286,7 @@ class SendWorker:
             column,
             send_id=send_id,
             message_domain=f"{column.date.isoformat()}.{send_id}",
-            deadline=sends.retry_deadline(send, self.settings.retry_deadline),
+            deadline=deadline,
         )
 
     async def run(self, send_id: int) -> sends.SendCounts:
@@ -258,7 +302,7 @@ class SendWorker:
         # the next chunks build, not a whole claim batch (memory stays flat at any N).
         ahead = max(2 * BUILD_CHUNK * BUILDERS, 2 * s.delivery_connections)
         queue: asyncio.Queue[Ready | None] = asyncio.Queue(maxsize=ahead)
-        commit = GroupCommit(self.engine, self.name)
+        commit = GroupCommit(self.engine, self.name, self.utcnow)
         rate = delivery_rate(self.engine, send_id, s.delivery_rate)  # shared by all workers
         relays = relays_for(self.engine, s, self.target)
         connections = [
@@ -293,20 +337,25 @@ class SendWorker:
         if s.delivery_rate > 0:
             limit = min(limit, max(senders, math.ceil(s.delivery_rate * CLAIM_AHEAD_SECONDS)))
         while not self._stopping.is_set():
-            claims = await in_thread(
+            claimed = await in_thread(
                 self.engine,
                 ledger.claim_batch,
                 send_id=job.send_id,
                 worker=self.name,
-                now=utcnow(),
+                now=self.utcnow(),
                 limit=limit,
                 lease=lease,
             )
+            claims = claimed
+            if job.digests is not None and claimed:  # each digest's columns, fixed now
+                claims = await in_thread(self.engine, digests.settle, claimed, self.utcnow())
             await self._build_into(queue, job, claims)
-            if claims:
+            if claimed:
                 continue
             await queue.join()  # our own in-flight outcomes are recorded before we look again
             if await asyncio.to_thread(self._nothing_left, job.send_id):
+                break
+            if await asyncio.to_thread(self._due_later, job.send_id):
                 break
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IDLE_POLL):
@@ -363,6 +412,15 @@ class SendWorker:
                 self._cancelled = True
                 return True
             return sends.counts(session, send_id).done
+
+    def _due_later(self, send_id: int) -> bool:
+        """True (and `next_due` set) when the send's next row falls due after WAIT_IN_RUN."""
+        with transaction(self.engine) as session:
+            due = sends.waiting_until(session, send_id, self.utcnow())
+        if due is None or due <= self.utcnow() + WAIT_IN_RUN:
+            return False
+        self.next_due = due
+        return True
 
     def _finish(self, send_id: int) -> sends.SendCounts:
         with transaction(self.engine) as session:
@@ -434,12 +492,17 @@ class SendWorker:
             return lambda o: o.bounced.append(refused)
         if failure.fault is Fault.relay:
             self._relay_problem(job, failure)
-        now = utcnow()
+        now = self.utcnow()
         s = self.settings
         when = next_attempt(
             now, claim.attempts, initial=s.retry_initial_seconds, maximum=s.retry_max_seconds
         )
-        if when > job.deadline:
+        # A reader due hours after the send began (their local morning) gets the whole
+        # RETRY_DEADLINE from their own due moment.
+        deadline = job.deadline
+        if claim.due_at is not None:
+            deadline = max(deadline, claim.due_at + s.retry_deadline)
+        if when > deadline:
             reason = f"{ledger.GAVE_UP}: {failure.reason}"[:1000]
             return lambda o: o.failed.append((claim.id, reason))
         self.health.failed(failure)
@@ -465,7 +528,7 @@ class SendWorker:
         period = self.settings.delivery_lease_seconds / 3
         while True:
             await asyncio.sleep(period)
-            until = utcnow() + dt.timedelta(seconds=self.settings.delivery_lease_seconds)
+            until = self.utcnow() + dt.timedelta(seconds=self.settings.delivery_lease_seconds)
             try:
                 await in_thread(self.engine, ledger.renew, worker=self.name, until=until)
             except Exception as exc:
@@ -482,7 +545,8 @@ class SendWorker:
             if ready is not None:
                 unsent.append(ready.claim.id)
         with contextlib.suppress(Exception):  # if this fails too, the leases expire instead
-            await in_thread(self.engine, ledger.release, worker=self.name, ids=unsent, now=utcnow())
+            now = self.utcnow()
+            await in_thread(self.engine, ledger.release, worker=self.name, ids=unsent, now=now)
 
 
 async def _until_senders_finish(

@@ -11,14 +11,16 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from .. import feedback, readers, subscriptions
+from .. import feedback, preferences, readers, subscriptions
 from ..columns import sources, store
 from ..columns.mail import mail_size_check
 from ..columns.store import ColumnRecord
+from ..config import Settings
 from ..db import in_thread
 from ..delivery import daily, sends
 from ..delivery.courier import Courier
 from ..mail import message
+from ..models import Cadence, Subscriber
 from ..readers import SubscriberStatus
 from .deps import ContextDep, RequesterDep, SessionDep, SettingsDep
 from .errors import EDGE_RESPONSES, Problem
@@ -130,7 +132,8 @@ def post_column(
 
 
 class SubscriberOut(BaseModel):
-    """A reader as the operator sees them."""
+    """A reader as the operator sees them, with the delivery choices they made (theirs to
+    change, on their preferences page)."""
 
     id: int
     email: str
@@ -141,6 +144,14 @@ class SubscriberOut(BaseModel):
     unsubscribed_at: Moment | None
     bounced_at: Moment | None
     bounce_reason: str | None
+    timezone: str | None = Field(
+        description="the IANA time zone the reader chose; null: the service's TIMEZONE"
+    )
+    timezone_in_use: str = Field(description="their zone, or TIMEZONE when they chose none")
+    cadence: Cadence = Field(description="the daily column, or a weekly digest")
+    digest_weekday: int = Field(
+        ge=1, le=7, description="the ISO weekday of a weekly digest: 1 Monday … 7 Sunday"
+    )
 
 
 class SubscriberPage(BaseModel):
@@ -204,13 +215,16 @@ class SubscriberDetail(SubscriberOut):
     feedback: list[FeedbackOut]
 
 
-def _subscriber(row: Any) -> SubscriberOut:
-    return SubscriberOut.model_validate(row, from_attributes=True)
+def _subscriber(row: Subscriber, settings: Settings) -> SubscriberOut:
+    shown = {name: getattr(row, name, None) for name in SubscriberOut.model_fields}
+    shown["timezone_in_use"] = preferences.zone_of(settings, row)
+    return SubscriberOut.model_validate(shown)
 
 
 @router.get("/subscribers", response_model=SubscriberPage)
 def list_subscribers(
     session: SessionDep,
+    settings: SettingsDep,
     email: Annotated[str | None, Query(max_length=320, description="exact, normalised")] = None,
     q: Annotated[str | None, Query(max_length=200, description="part of address or name")] = None,
     status_: Annotated[SubscriberStatus | None, Query(alias="status")] = None,
@@ -219,18 +233,20 @@ def list_subscribers(
 ) -> SubscriberPage:
     """Readers in id order, filtered; keyset pages (`after`), as fast at a million rows."""
     rows = readers.find(session, email=email, q=q, status=status_, after=after, limit=limit)
-    items = [_subscriber(r) for r in rows]
+    items = [_subscriber(r, settings) for r in rows]
     return SubscriberPage(items=items, next_after=items[-1].id if len(items) == limit else None)
 
 
 @router.get("/subscribers/{subscriber_id}", response_model=SubscriberDetail)
-def get_subscriber(subscriber_id: Id, session: SessionDep) -> SubscriberDetail:
+def get_subscriber(
+    subscriber_id: Id, session: SessionDep, settings: SettingsDep
+) -> SubscriberDetail:
     """One reader: status, times, consent records, deliveries, bounces and feedback."""
     found = readers.history(session, subscriber_id)
     if found is None:
         raise _missing("subscriber")
     return SubscriberDetail(
-        **_subscriber(found.subscriber).model_dump(),
+        **_subscriber(found.subscriber, settings).model_dump(),
         consents=[ConsentOut.model_validate(c, from_attributes=True) for c in found.consents],
         deliveries=[DeliveryOut.model_validate(d, from_attributes=True) for d in found.deliveries],
         bounces=[BounceOut.model_validate(b, from_attributes=True) for b in found.bounces],
@@ -244,9 +260,10 @@ def unsubscribe_subscriber(
 ) -> SubscriberOut:
     """Stop all mail to the reader at once (and suppress the address)."""
     try:
-        return _subscriber(subscriptions.unsubscribe_by_operator(session, ctx, subscriber_id, who))
+        reader = subscriptions.unsubscribe_by_operator(session, ctx, subscriber_id, who)
     except LookupError:
         raise _missing("subscriber") from None
+    return _subscriber(reader, ctx.settings)
 
 
 @router.post(
@@ -260,11 +277,12 @@ def resend_confirmation(
 ) -> SubscriberOut:
     """Mail a pending reader their confirmation link again (409 for anyone else)."""
     try:
-        return _subscriber(subscriptions.resend_confirmation(session, ctx, subscriber_id, who))
+        reader = subscriptions.resend_confirmation(session, ctx, subscriber_id, who)
     except LookupError:
         raise _missing("subscriber") from None
     except subscriptions.NotPending as exc:
         raise HTTPException(409, exc.message) from None
+    return _subscriber(reader, ctx.settings)
 
 
 @router.delete("/subscribers/{subscriber_id}", response_model=SubscriberOut)
@@ -274,9 +292,10 @@ def erase_subscriber(
     """Erase the reader: personal data removed everywhere, the address kept only as a keyed
     hash on the suppression list. Erasing twice is fine."""
     try:
-        return _subscriber(readers.erase(session, ctx, subscriber_id, who))
+        reader = readers.erase(session, ctx, subscriber_id, who)
     except LookupError:
         raise _missing("subscriber") from None
+    return _subscriber(reader, ctx.settings)
 
 
 # Sends ------------------------------------------------------------------------------------
@@ -286,7 +305,9 @@ class SendOut(BaseModel):
     """One send, with its counts."""
 
     id: int
-    column_id: int
+    kind: str = Field(description="column: a day's column; digest: an ISO week's digest")
+    column_id: int = Field(description="the column sent (0 for a weekly digest)")
+    week: str | None = Field(description='a digest\'s ISO week, e.g. "2026-W48"')
     date: dt.date
     title: str
     status: str
@@ -309,7 +330,9 @@ class SendOut(BaseModel):
 def _send(summary: sends.SendSummary) -> SendOut:
     return SendOut(
         id=summary.id,
+        kind=summary.kind,
         column_id=summary.column_id,
+        week=summary.week,
         date=summary.date,
         title=summary.title,
         status=summary.status,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import feedback, subscriptions
+from ..models import Cadence
 from .deps import ContextDep, RequesterDep, SessionDep
 from .errors import EDGE_RESPONSES
 
@@ -35,6 +36,18 @@ class SubscriptionIn(Strict):
 
     email: str = Field(max_length=320, examples=["reader@example.com"])
     name: str | None = Field(default=None, max_length=200, examples=["Ada"])
+    timezone: str | None = Field(
+        default=None,
+        max_length=200,
+        examples=["Europe/Berlin"],
+        description="the reader's IANA time zone; missing or unknown: the service's TIMEZONE",
+    )
+    cadence: Cadence = Field(
+        default=Cadence.daily, description="each day's column, or a weekly digest"
+    )
+    digest_weekday: int = Field(
+        default=7, ge=1, le=7, description="the weekly digest's ISO weekday: 1 Monday … 7 Sunday"
+    )
     website: BotTrap = None
 
 
@@ -82,9 +95,19 @@ class SubscriberState(BaseModel):
 def create_subscription(
     body: SubscriptionIn, session: SessionDep, ctx: ContextDep, who: RequesterDep
 ) -> Accepted:
-    """Start a double opt-in. The answer is the same whether or not the address is known."""
+    """Start a double opt-in. The answer is the same whether or not the address is known.
+    The time zone, cadence and weekday are kept for a new reader only; a known reader's
+    choices change only on their preferences page."""
     subscriptions.subscribe(
-        session, ctx, email=body.email, name=body.name, who=who, honeypot=body.website
+        session,
+        ctx,
+        email=body.email,
+        name=body.name,
+        who=who,
+        honeypot=body.website,
+        timezone=body.timezone,
+        cadence=body.cadence,
+        digest_weekday=body.digest_weekday,
     )
     return Accepted(
         status="pending",

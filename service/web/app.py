@@ -20,7 +20,7 @@ from ..db import make_engine, ping
 from ..metrics import registry
 from ..readiness import ReadinessProbe
 from ..runtime import background
-from . import admin, api, columns, dashboard, dev, errors, metrics, pages, webhooks
+from . import admin, api, columns, dashboard, dev, errors, metrics, pages, preferences, webhooks
 from .body_limit import BodyLimit
 from .cross_site import CrossSiteWrites
 from .observe import Observe
@@ -68,6 +68,7 @@ def create_app(
     app.state.metrics = registry(app.state.engine)
     errors.install(app)
     app.include_router(pages.router)
+    app.include_router(preferences.router)
     app.include_router(api.router)
     app.include_router(columns.router)
     app.include_router(admin.router)

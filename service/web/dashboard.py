@@ -4,6 +4,7 @@ forms call the same domain functions as the admin API and answer with a redirect
 from __future__ import annotations
 
 import asyncio
+import calendar
 import datetime as dt
 import re
 from collections.abc import Callable
@@ -15,7 +16,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from sqlmodel import Session
 
-from .. import clock, feedback, operators, overview, readers, subscriber_files, subscriptions
+from .. import (
+    clock,
+    feedback,
+    operators,
+    overview,
+    preferences,
+    readers,
+    subscriber_files,
+    subscriptions,
+)
 from ..columns import sources, store
 from ..columns.mail import mail_size_check
 from ..columns.store import ColumnFileError
@@ -367,9 +377,14 @@ def import_subscribers(
 
 @router.get("/subscribers/{subscriber_id}", response_class=HTMLResponse)
 def subscriber_page(
-    request: Request, subscriber_id: Id, operator: OperatorDep, session: SessionDep
+    request: Request,
+    subscriber_id: Id,
+    operator: OperatorDep,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> Response:
-    """One reader's history: consents, deliveries, bounces, feedback; and what to do."""
+    """One reader's history: consents, deliveries, bounces, feedback; the delivery choices
+    they made (shown, not changed: they are the reader's); and what to do."""
     found = readers.history(session, subscriber_id)
     if found is None:
         raise _missing("reader")
@@ -380,6 +395,8 @@ def subscriber_page(
         reader=found.subscriber,
         history=found,
         receives_mail=subscriptions.receives_mail(found.subscriber),
+        zone_in_use=preferences.zone_of(settings, found.subscriber),
+        digest_day=calendar.day_name[found.subscriber.digest_weekday - 1],
     )
 
 

@@ -23,7 +23,7 @@ ONE_CLICK = "One-Click"  # RFC 8058 3.1: the body a mail provider POSTs
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request, email: Annotated[str, Query(max_length=320)] = "") -> HTMLResponse:
     """The subscribe form."""
-    return page(request, "index", form={"email": email, "name": ""})
+    return page(request, "index", form={"email": email, "name": "", "cadence": "", "timezone": ""})
 
 
 @router.post("/subscribe", response_class=HTMLResponse)
@@ -35,10 +35,18 @@ async def subscribe(
     email: FormField = "",
     name: FormField = "",
     website: FormField = "",
+    timezone: FormField = "",
+    cadence: FormField = "",
 ) -> HTMLResponse:
     """The subscribe form's POST: start a double opt-in. The transaction is committed before
-    the page is rendered: SQLite's write lock is held for the database work alone."""
-    form = {"email": email[:400], "name": name[:200]}
+    the page is rendered: SQLite's write lock is held for the database work alone. The time
+    zone comes from the browser (static/timezone.js), or not at all."""
+    form = {
+        "email": email[:400],
+        "name": name[:200],
+        "cadence": cadence[:20],
+        "timezone": timezone[:64],
+    }
     try:
         await in_thread(
             engine,
@@ -48,6 +56,8 @@ async def subscribe(
             name=name,
             who=who,
             honeypot=website,
+            timezone=timezone,
+            cadence=cadence,
         )
     except InvalidInput as exc:
         return page(request, "index", 422, form=form, error=exc)

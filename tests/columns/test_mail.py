@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 
-from service.columns.mail import ColumnTooLarge, PreparedColumn, prepare_column, render_column
+from service.columns.mail import (
+    ColumnTooLarge,
+    Personal,
+    PreparedColumn,
+    prepare_column,
+    render_column,
+)
 from service.columns.model import Block, ParsedColumn, Section
 from service.columns.view import ColumnView, column_view
 from service.config import TEMPLATES_DIR, Settings
@@ -26,6 +32,7 @@ from tests.conftest import ROOT, make_settings
 SEED = ROOT / "seeds" / "world-view-2016-02-04.txt"
 UNSUBSCRIBE = "https://news.example.com/unsubscribe/tok-ada-123"
 FEEDBACK = "https://news.example.com/feedback?t=fb-ada&c=2016-02-04"
+PREFERENCES = "https://news.example.com/preferences/pref-ada-456"
 LONG_TOKEN = "T" * 120 + "-" + "a1B2c3D4e5" * 8  # 201 characters, URL-safe
 PARAGRAPHS = [
     "The Syria \u201cpeace talks\u201d being held in Geneva collapsed on Wednesday, as the "
@@ -110,11 +117,23 @@ def reader(**overrides: Any) -> dict[str, Any]:
         "name": "Ada",
         "unsubscribe_url": UNSUBSCRIBE,
         "feedback_url": FEEDBACK,
+        "preferences_url": PREFERENCES,
         "message_id": "<wv.2016-02-04.42@news.example.com>",
         "date_header": "Thu, 04 Feb 2016 06:00:00 +0000",
     }
     values.update(overrides)
     return values
+
+
+def personal(values: dict[str, Any]) -> Personal:
+    """A reader's values as the slow reference render takes them."""
+    return {
+        "name": values["name"],
+        "email": values["to"],
+        "unsubscribe_url": values["unsubscribe_url"],
+        "feedback_url": values["feedback_url"],
+        "preferences_url": values["preferences_url"],
+    }
 
 
 def parse(data: bytes) -> EmailMessage:
@@ -343,6 +362,7 @@ READERS = {
         to="bartholomew.montgomery-fitzwilliam.the-third@subscribers.example.org",
         unsubscribe_url=f"https://news.example.com/unsubscribe/{LONG_TOKEN}",
         feedback_url=f"https://news.example.com/feedback?token={LONG_TOKEN}&column=2016-02-04",
+        preferences_url=f"https://news.example.com/preferences/{LONG_TOKEN}",
     ),
 }
 
@@ -351,15 +371,7 @@ READERS = {
 def test_spliced_parts_equal_a_direct_render_with_the_real_values(prepared, view, settings, values):
     data = prepared.message_bytes(**values)
 
-    text, html = render_column(
-        view,
-        settings,
-        name=values["name"],
-        email=values["to"],
-        unsubscribe_url=values["unsubscribe_url"],
-        feedback_url=values["feedback_url"],
-    )
-    assert decoded(data) == (text, html)
+    assert decoded(data) == render_column(view, settings, **personal(values))
     assert all(len(line) <= 76 for line in body_lines(data))
 
 
@@ -378,6 +390,7 @@ def test_two_readers_get_their_own_links_and_otherwise_the_same_column(prepared)
         name="Bob",
         unsubscribe_url=UNSUBSCRIBE + "-bob",
         feedback_url=FEEDBACK + "-bob",
+        preferences_url=PREFERENCES + "-bob",
         message_id="<wv.2016-02-04.43@news.example.com>",
     )
 
@@ -394,7 +407,7 @@ def test_two_readers_get_their_own_links_and_otherwise_the_same_column(prepared)
 
 def without_reader(body: str, values: dict[str, Any]) -> str:
     """The body with the reader's own values (plain or HTML-escaped) blanked out."""
-    for key in ("unsubscribe_url", "feedback_url", "to", "name"):
+    for key in ("unsubscribe_url", "feedback_url", "preferences_url", "to", "name"):
         body = body.replace(values[key], "READER").replace(
             html_module.escape(values[key]), "READER"
         )
@@ -503,13 +516,15 @@ def test_footer_links_are_in_both_parts(prepared):
     web = "https://news.example.com/columns/2016-02-04-syria"
     permalink = "https://www.generationaldynamics.com/pg/xct.gd.e160204.htm"
     text_lines = text.split("\n")
-    for url in (web, permalink, "https://news.example.com/", UNSUBSCRIBE, FEEDBACK):
+    for url in (web, permalink, "https://news.example.com/", UNSUBSCRIBE, FEEDBACK, PREFERENCES):
         assert url in text_lines  # a full URL on a line of its own
+    assert f"Manage preferences:\n{PREFERENCES}\n\nUnsubscribe:\n{UNSUBSCRIBE}\n" in text
     assert "World View, 1 Example Street, Example City" in text
     for link, label in [
         (permalink, "Permanent link to this column"),
         (web, "View in your browser"),
         (FEEDBACK.replace("&", "&amp;"), "Having issues? Let us know"),
+        (PREFERENCES, "Manage preferences"),
         (UNSUBSCRIBE, "Unsubscribe"),
         ("https://news.example.com/", "Receive daily World View columns by e-mail"),
     ]:

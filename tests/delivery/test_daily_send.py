@@ -164,8 +164,21 @@ def test_no_column_today_sends_nothing_and_says_so(
 def test_catch_up_sends_within_grace_and_not_after(
     engine: Engine, settings: Settings, smtp_server: SmtpTestServer
 ) -> None:
+    settings = settings.model_copy(update={"delivery_timing": "fixed"})
     add_readers(engine, active=1)
     too_late = AT_SEND_TIME + settings.send_grace + dt.timedelta(minutes=1)
+    catch_up(engine, settings, too_late)
+    assert smtp_server.received == []
+    catch_up(engine, settings, AT_SEND_TIME + dt.timedelta(hours=2))
+    assert len(smtp_server.wait_for(1)) == 1
+
+
+def test_local_catch_up_lasts_until_the_last_zone_is_past_its_grace(
+    engine: Engine, settings: Settings, smtp_server: SmtpTestServer
+) -> None:
+    add_readers(engine, active=1)
+    last_zone_due = dt.datetime(2016, 2, 4, 18, 0, tzinfo=dt.UTC)  # 06:00 at UTC-12
+    too_late = last_zone_due + settings.send_grace + dt.timedelta(minutes=1)
     catch_up(engine, settings, too_late)
     assert smtp_server.received == []
     catch_up(engine, settings, AT_SEND_TIME + dt.timedelta(hours=2))
@@ -188,8 +201,12 @@ def test_daily_trigger_follows_send_time_across_daylight_saving(
     from tests.conftest import make_settings
 
     settings = make_settings(
-        database_url, tmp_path / "var", send_time="06:00", timezone="Europe/Berlin"
-    )  # type: ignore[operator]
+        database_url,
+        tmp_path / "var",  # type: ignore[operator]
+        send_time="06:00",
+        timezone="Europe/Berlin",
+        delivery_timing="fixed",
+    )
     trigger = daily_trigger(settings)
     before = dt.datetime(2026, 3, 27, 7, 0, tzinfo=settings.tz)  # CEST starts on 29 March
     fires = []
@@ -199,6 +216,17 @@ def test_daily_trigger_follows_send_time_across_daylight_saving(
         before = before + dt.timedelta(seconds=1)
     assert [f.astimezone(settings.tz).hour for f in fires] == [6, 6, 6]
     assert [f.astimezone(dt.UTC).hour for f in fires] == [5, 4, 4]  # CET, then CEST
+
+
+def test_local_send_starts_when_the_earliest_zone_reaches_send_time(settings: Settings) -> None:
+    trigger = daily_trigger(settings)  # DELIVERY_TIMING=local, the default
+    fires = [trigger.get_next_fire_time(None, dt.datetime(2026, 3, 27, 7, 0, tzinfo=dt.UTC))]
+    for _ in range(3):
+        fires.append(trigger.get_next_fire_time(None, fires[-1] + dt.timedelta(seconds=1)))
+    # 06:00 at UTC+14 is 16:00 UTC the day before, whatever daylight saving does elsewhere.
+    assert [f.astimezone(dt.UTC) for f in fires] == [
+        dt.datetime(2026, 3, day, 16, 0, tzinfo=dt.UTC) for day in (27, 28, 29, 30)
+    ]
 
 
 def test_seed_column_mail_contains_every_paragraph(

@@ -26,7 +26,7 @@ from service.config import TEMPLATES_DIR, ConfigError, DkimKey, Settings, load_s
 from service.mail import dkim as signing
 from service.mail.dkim import DkimSigner
 from tests import processes
-from tests.columns.test_mail import FEEDBACK, UNSUBSCRIBE, seed_like_column
+from tests.columns.test_mail import FEEDBACK, PREFERENCES, UNSUBSCRIBE, seed_like_column
 from tests.conftest import make_settings
 from tests.daily import add_readers, run_job
 from tests.smtp_server import SmtpTestServer
@@ -110,6 +110,7 @@ def column_message(settings: Settings, signer: DkimSigner | None, name: str = "A
         name=name,
         unsubscribe_url=UNSUBSCRIBE,
         feedback_url=FEEDBACK,
+        preferences_url=PREFERENCES,
         message_id="<column.1@example.com>",
         signer=signer,
     )

@@ -39,6 +39,7 @@ AT_SEND_TIME = dt.datetime(2026, 11, 26, 6, 0, tzinfo=dt.UTC)
 READER = "zoe@example.com"
 UNSUBSCRIBE = "https://news.example.com/unsubscribe/tok-zoe-123"
 FEEDBACK = "https://news.example.com/feedback?t=fb-zoe"
+PREFERENCES = "https://news.example.com/preferences/pref-zoe"
 DST_ZONES = ["Europe/Berlin", "America/New_York", "Australia/Sydney", "America/St_Johns"]
 
 
@@ -208,6 +209,7 @@ def column_mail(settings: Settings, *, title: str = "Talks", name: str = "Zoe") 
         name=name,
         unsubscribe_url=UNSUBSCRIBE,
         feedback_url=FEEDBACK,
+        preferences_url=PREFERENCES,
         message_id="<column.2026-11-26.1.1@news.example.com>",
     )
 

@@ -1,10 +1,12 @@
-"""The column goes to the relay as bytes stuffed once per column: whatever a reader's values
-are, what goes on the wire is exactly what aiosmtplib's sendmail() would have written."""
+"""The column (and the weekly digest) goes to the relay as bytes stuffed once per mail:
+whatever a reader's values are, what goes on the wire is exactly what aiosmtplib's sendmail()
+would have written."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 from pathlib import Path
 
 import aiosmtplib
@@ -15,7 +17,8 @@ from aiosmtplib.email import quote_address
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.columns.mail import PreparedColumn, prepare_column
+from service.columns.digest import prepare_digest
+from service.columns.mail import PreparedColumn, PreparedMail, prepare_column
 from service.columns.model import Block, Section
 from service.columns.view import ColumnView
 from service.config import TEMPLATES_DIR
@@ -30,19 +33,34 @@ from tests.smtp_server import SmtpTestServer
 DOTTY = ".NET and .com: " + "." * 300 + " the end."
 
 
-@pytest.fixture(scope="module")
-def dotty(tmp_path_factory: pytest.TempPathFactory) -> PreparedColumn:
+def dotty_view(day: dt.date = dt.date(2016, 2, 4)) -> ColumnView:
     parsed = seed_like_column()
     first = parsed.sections[0]
     dotted = Section(first.heading, [Block("paragraph", DOTTY, DOTTY), *first.blocks])
     parsed = dataclasses.replace(parsed, sections=[dotted, *parsed.sections[1:]])
+    return ColumnView.from_parsed(parsed, slug=f"{day.isoformat()}-dots", date=day)
+
+
+@pytest.fixture(scope="module")
+def dotty(tmp_path_factory: pytest.TempPathFactory) -> PreparedColumn:
     settings = settings_for(tmp_path_factory.mktemp("stuffing"))
-    view = ColumnView.from_parsed(parsed, slug="2016-02-04-dots")
-    return prepare_column(view, settings, templates_dir=TEMPLATES_DIR)
+    return prepare_column(dotty_view(), settings, templates_dir=TEMPLATES_DIR)
 
 
-def test_the_column_itself_has_lines_that_need_stuffing(dotty: PreparedColumn) -> None:
-    data = dotty.message_bytes(**reader())
+@pytest.fixture(scope="module", params=["column", "digest"])
+def dotty_mail(
+    request: pytest.FixtureRequest, dotty: PreparedColumn, tmp_path_factory: pytest.TempPathFactory
+) -> PreparedMail:
+    """The dotted column, and a weekly digest whose opening paragraphs are the dotted one."""
+    if request.param == "column":
+        return dotty
+    settings = settings_for(tmp_path_factory.mktemp("stuffing-digest"))
+    week = [dotty_view(dt.date(2016, 2, day)) for day in (1, 2, 4)]
+    return prepare_digest(week, settings, templates_dir=TEMPLATES_DIR)
+
+
+def test_the_mail_itself_has_lines_that_need_stuffing(dotty_mail: PreparedMail) -> None:
+    data = dotty_mail.message_bytes(**reader())
     assert any(line.startswith(b".") for line in data.split(b"\r\n"))
 
 
@@ -55,21 +73,27 @@ NAMES = st.text(st.sampled_from(".a Zé\u00a0<>&\"'\r\n\t=.."), max_size=160) | 
     name=NAMES,
     unsubscribe=TOKEN,
     feedback=TOKEN,
+    preferences=TOKEN,
     local=st.from_regex(r"\.?[a-z.]{1,40}", fullmatch=True),
 )
 def test_stuffed_bytes_are_what_sendmail_would_send(
-    dotty: PreparedColumn, name: str, unsubscribe: str, feedback: str, local: str
+    dotty_mail: PreparedMail,
+    name: str,
+    unsubscribe: str,
+    feedback: str,
+    preferences: str,
+    local: str,
 ) -> None:
     values = reader(
         name=name,
         to=f"{local}@example.org",
         unsubscribe_url=f"https://news.example.com/unsubscribe/{unsubscribe}",
         feedback_url=f"https://news.example.com/feedback?t={feedback}",
+        preferences_url=f"https://news.example.com/preferences/{preferences}",
     )
-    wire = dotty.stuffed(**values, unsubscribe_mailto=f"unsubscribe+{unsubscribe}@example.com")
-    plain = dotty.message_bytes(
-        **values, unsubscribe_mailto=f"unsubscribe+{unsubscribe}@example.com"
-    )
+    mailto = f"unsubscribe+{unsubscribe}@example.com"
+    wire = dotty_mail.stuffed(**values, unsubscribe_mailto=mailto)
+    plain = dotty_mail.message_bytes(**values, unsubscribe_mailto=mailto)
     assert wire == Stuffed.of(plain)  # data and SIZE alike
     assert wire.message() == plain
     assert b"\r\n.\r\n" not in wire.data[:-3]  # no early end of DATA, whatever the values

@@ -14,6 +14,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from service import preferences
+from service.context import AppContext, Requester
 from service.db import transaction
 from service.models import (
     Bounce,
@@ -137,6 +139,37 @@ def test_one_readers_history_has_consents_deliveries_bounces_and_feedback(
     ]
     assert [b["status"] for b in detail["bounces"]] == ["4.2.2"]
     assert [f["message"] for f in detail["feedback"]] == ["late"]
+
+
+def choose(client: TestClient, engine: Engine, subscriber_id: int, **chosen: str) -> None:
+    """The reader saves their preferences page with `chosen`."""
+    ctx: AppContext = client.app.state.ctx  # type: ignore[attr-defined]
+    token = ctx.preferences_url(subscriber_id).rsplit("/", 1)[1]
+    with transaction(engine) as session:
+        preferences.change(session, ctx, token=token, who=Requester(ip="192.0.2.9"), **chosen)
+
+
+def test_a_readers_time_zone_cadence_and_weekday_are_shown_the_service_zone_if_none(
+    make_client: Callable[..., TestClient], engine: Engine
+) -> None:
+    admin = make_client(admin_token=TOKEN, timezone="Europe/Berlin")
+    admin.headers.update(AUTH)
+    ada = add_reader(engine, "ada@example.com")
+    bob = add_reader(engine, "bob@example.com")
+    choose(admin, engine, ada, timezone="America/Los_Angeles", cadence="weekly", digest_weekday="3")
+
+    listed = admin.get("/api/v1/admin/subscribers").json()["items"]
+    detail = admin.get(f"/api/v1/admin/subscribers/{bob}").json()
+
+    fields = ("email", "timezone", "timezone_in_use", "cadence", "digest_weekday")
+    assert [tuple(item[f] for f in fields) for item in listed] == [
+        ("ada@example.com", "America/Los_Angeles", "America/Los_Angeles", "weekly", 3),
+        ("bob@example.com", None, "Europe/Berlin", "daily", 7),
+    ]
+    assert {f: detail[f] for f in fields} == {f: listed[1][f] for f in fields}
+    # The reader's to change: no admin route writes them.
+    answer = admin.patch(f"/api/v1/admin/subscribers/{bob}", json={"cadence": "weekly"})
+    assert answer.status_code == 405
 
 
 def test_unsubscribe_resend_and_erase(

@@ -16,7 +16,9 @@ from httpx import Response
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from service import preferences
 from service.config import SIGN_IN_ATTEMPTS
+from service.context import AppContext, Requester
 from service.db import transaction
 from service.models import (
     AdminSession,
@@ -308,6 +310,52 @@ def test_readers_are_searched_and_paged_and_one_readers_history_is_shown(
     assert dashboard.get("/admin/subscribers/999999").status_code == 404
 
 
+def test_a_readers_page_shows_their_time_zone_cadence_and_digest_day_without_a_form(
+    make_client: Callable[..., TestClient], engine: Engine
+) -> None:
+    client = make_client(admin_password=PASSWORD, timezone="Europe/Berlin")
+    assert sign_in(client).status_code == 303
+    ada = add_reader(engine, "ada@example.com")
+    bob = add_reader(engine, "bob@example.com")
+    ctx: AppContext = client.app.state.ctx  # type: ignore[attr-defined]
+    token = ctx.preferences_url(ada).rsplit("/", 1)[1]
+    with transaction(engine) as session:
+        chosen = {"timezone": "America/Los_Angeles", "cadence": "weekly", "digest_weekday": "3"}
+        preferences.change(session, ctx, token=token, who=Requester(ip="192.0.2.9"), **chosen)
+
+    weekly = client.get(f"/admin/subscribers/{ada}").text
+    daily = client.get(f"/admin/subscribers/{bob}").text
+
+    assert "<dd>America/Los_Angeles</dd>" in weekly and "<dd>weekly digest</dd>" in weekly
+    assert "<dd>Wednesday</dd>" in weekly
+    assert "<dd>service default (Europe/Berlin)</dd>" in daily and "<dd>daily column</dd>" in daily
+    assert "<dd>Sunday (if they choose the weekly digest)</dd>" in daily
+    assert 'name="cadence"' not in weekly and 'name="timezone"' not in weekly  # shown, not edited
+
+
+def test_a_csv_upload_with_choices_names_a_bad_zone_and_the_readers_who_kept_theirs(
+    dashboard: TestClient, engine: Engine
+) -> None:
+    add_reader(engine, "ada@example.com")
+    with transaction(engine) as session:
+        ada = session.exec(select(Subscriber).where(Subscriber.email == "ada@example.com")).one()
+        ada.timezone = "Asia/Tokyo"  # her own choice, from her preferences page
+        session.add(ada)
+    csv = b"email,timezone,cadence\nada@example.com,Europe/Berlin,\nbo@example.org,Mars/Base,\n"
+    token = form_token(dashboard, "/admin/subscribers/import")
+
+    page = dashboard.post(
+        "/admin/subscribers/import",
+        data={"csrf": token},
+        files={"file": ("list.csv", csv, "text/csv")},
+    )
+
+    assert page.status_code == 200 and "1 invalid" in page.text
+    assert "<td>Mars/Base</td><td>timezone: not a time zone we know" in page.text
+    assert "1 already there kept their own time zone, cadence or digest weekday" in page.text
+    assert reader(engine, "ada@example.com").timezone == "Asia/Tokyo"
+
+
 def test_a_csv_upload_imports_readers_and_the_export_downloads_them(
     dashboard: TestClient, engine: Engine, smtp_server: SmtpTestServer
 ) -> None:
@@ -335,7 +383,9 @@ def test_a_csv_upload_imports_readers_and_the_export_downloads_them(
     export = dashboard.get("/admin/subscribers/export", params={"format": "csv"})
     assert export.status_code == 200 and export.headers["content-type"].startswith("text/csv")
     assert "attachment" in export.headers["content-disposition"]
-    assert export.text.splitlines()[0] == "email,name,status,created_at,confirmed_at"
+    assert export.text.splitlines()[0] == (
+        "email,name,status,created_at,confirmed_at,timezone,cadence,digest_weekday"
+    )
     assert {line.split(",")[0] for line in export.text.splitlines()[1:]} == {
         "new1@example.org",
         "new2@example.org",
