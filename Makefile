@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 
-.PHONY: run serve worker test test-slow test-all lint format bench bench-tools clean bench-web
+.PHONY: run serve worker test test-slow test-all lint format bench bench-tools clean bench-web bench-snapshot
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Broadside needs Python 3.11 or newer on PATH (or PYTHON=/path/to/python3.11)" >&2; exit 1; }
@@ -67,6 +67,11 @@ bench-tools:
 	@command -v wrk >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } || \
 		echo "warning: could not install wrk; POST /subscribe is not measured" >&2
+
+# The snapshot alone (goals G4 and G8) at N = 1,000,000 over 400 time zones, both databases,
+# without the hour a whole --million run takes. Options through BENCH_ARGS (--readers N).
+bench-snapshot: $(DEV)
+	$(BIN)/python -m bench.snapshot $(BENCH_ARGS)
 
 bench-web: $(DEV)
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }

@@ -329,3 +329,22 @@ def test_three_workers_behind_a_slow_relay_deliver_one_send_each_reader_once(
 
     assert result["many"]["counted_by_sink"]  # and so each reader was seen exactly once
     assert result["one"]["msgs_per_s"] > 0 and result["many"]["msgs_per_s"] > 0
+
+
+def test_the_snapshot_bench_judges_the_local_snapshot_at_a_million() -> None:
+    from bench.snapshot import verdict
+
+    def m(backend: str, readers: int, local: float) -> dict[str, object]:
+        return {
+            "backend": backend,
+            "readers": readers,
+            "zones": 400,
+            "service_zone_readers": 2_494,
+            "seconds": local,
+            "fixed": {"seconds": 4.0},
+        }
+
+    assert verdict(m("postgresql", 1_000_000, 19.5)).endswith("limit 20 s: met")
+    assert verdict(m("postgresql", 1_000_000, 20.5)).endswith("limit 20 s: not met")
+    assert verdict(m("sqlite", 1_000_000, 29.0)).endswith("limit 30 s: met")
+    assert "this is N=2,000" in verdict(m("sqlite", 2_000, 0.4))

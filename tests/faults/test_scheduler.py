@@ -80,6 +80,7 @@ def test_a_daylight_saving_night_makes_exactly_one_send(
         columns_dir=folder,
         send_time="02:30",
         timezone="Europe/Berlin",
+        delivery_timing="fixed",  # the trigger in Berlin (local mode: tests/delivery)
     )
     add_readers(engine, active=3)
     trigger = daily_trigger(settings)
