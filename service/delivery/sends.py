@@ -6,7 +6,19 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, String, and_, case, func, insert, literal, true, update
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    insert,
+    literal,
+    union_all,
+    update,
+)
 from sqlalchemy import select as sql_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
@@ -156,32 +168,91 @@ LEDGER_COLUMNS = [
 def _snapshot(
     session: Session, send_id: int, now: dt.datetime, cadence: Cadence, due_for: DueFor | None
 ) -> None:
-    """The ledger rows of a new send, set-based: one INSERT … SELECT for a send due at once,
-    else one per (zone, weekday) among its readers, never one per reader."""
+    """The ledger rows of a new send in one INSERT … SELECT, never one per reader: due at
+    once, or each reader's due moment joined from a small table of the distinct (zone,
+    weekday) groups among the readers, computed here with zoneinfo."""
     readers = and_(
         col(Subscriber.status) == SubscriberStatus.active, col(Subscriber.cadence) == cadence
     )
     if due_for is None:
-        inserted = [insert_rows(session, send_id, readers, now, None, now)]
+        total = insert_rows(session, send_id, readers, now, None, now)
     else:
-        groups = session.exec(
-            select(Subscriber.timezone, Subscriber.digest_weekday).where(readers).distinct()
-        ).all()
-        inserted = []
-        for zone, weekday in groups:
-            due, used = due_for(zone, weekday)
-            group = and_(
-                readers,
-                col(Subscriber.timezone).is_(None)
-                if zone is None
-                else col(Subscriber.timezone) == zone,
-                col(Subscriber.digest_weekday) == weekday if cadence == Cadence.weekly else true(),
-            )
-            inserted.append(insert_rows(session, send_id, group, due, used, max(due, now)))
-    total = sum(inserted)
-    if any(count < 0 for count in inserted):  # a driver that cannot tell: count them
+        total = _insert_timed(session, send_id, readers, now, cadence, due_for)
+    if total < 0:  # a driver that cannot tell: count them
         total = session.exec(select(func.count()).where(col(Delivery.send_id) == send_id)).one()
     session.execute(update(Send).where(col(Send.id) == send_id).values(total=total))
+
+
+def _insert_timed(
+    session: Session,
+    send_id: int,
+    readers: ColumnElement[bool],
+    now: dt.datetime,
+    cadence: Cadence,
+    due_for: DueFor,
+) -> int:
+    """The rows of a send due at SEND_TIME where each reader is. The groups' due moments
+    come in as a UNION ALL of literal rows that the readers join on their group's key: one
+    pass over the readers (a hash join on PostgreSQL), where one statement per zone would
+    walk the readers in zone order, a random read of each row."""
+    weekly = cadence == Cadence.weekly
+    weekday_or_any = col(Subscriber.digest_weekday) if weekly else literal(7)
+    groups: list[tuple[str | None, int]] = [
+        (zone, weekday)
+        for zone, weekday in session.execute(
+            sql_select(col(Subscriber.timezone), weekday_or_any).where(readers).distinct()
+        ).all()
+    ]
+    if not groups:
+        return 0
+    rows = []
+    for zone, weekday in groups:
+        due, used = due_for(zone, weekday)
+        rows.append(
+            sql_select(
+                literal(_group_key(zone, weekday, weekly), String(80)).label("key"),
+                literal(due, DateTime()).label("due_at"),
+                literal(used, String(64)).label("zone"),
+                literal(max(due, now), DateTime()).label("next_attempt_at"),
+            )
+        )
+    dues = union_all(*rows).cte("dues")
+    key: ColumnElement[str] = func.coalesce(col(Subscriber.timezone), "")
+    if weekly:
+        key = key + "|" + cast(col(Subscriber.digest_weekday), String)
+    timed = (
+        sql_select(
+            literal(send_id),
+            col(Subscriber.id),
+            col(Subscriber.email),
+            col(Subscriber.name),
+            literal(MailStatus.pending.value),
+            literal(0),
+            dues.c.due_at,
+            dues.c.zone,
+            dues.c.next_attempt_at,
+        )
+        .select_from(Subscriber)
+        .join(dues, key == dues.c.key, isouter=_readers_first(session))
+        .where(readers)
+    )
+    inserted = session.execute(insert(Delivery).from_select(LEDGER_COLUMNS, timed))
+    total = inserted.rowcount  # type: ignore[attr-defined]
+    return -1 if total is None else int(total)
+
+
+def _readers_first(session: Session) -> bool:
+    """Whether to write the join as a LEFT JOIN, which SQLite never reorders: left to itself,
+    it loops over the few groups and reads the readers of each through the index, a random
+    read of every row (84 s for a million readers, against 16 s for one pass). Each reader
+    has a group: the groups were read in this same transaction, which holds SQLite's write
+    lock. PostgreSQL hashes the groups and makes one pass on its own."""
+    return session.get_bind().dialect.name == "sqlite"
+
+
+def _group_key(zone: str | None, weekday: int, weekly: bool) -> str:
+    """What `_insert_timed` joins a reader to their due moment on."""
+    return (zone or "") + (f"|{weekday}" if weekly else "")
 
 
 def insert_rows(

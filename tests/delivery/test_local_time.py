@@ -222,7 +222,7 @@ def test_a_fixed_time_send_goes_to_every_zone_at_once(
     assert len(smtp_server.received) == len(ZONES)
 
 
-def test_the_snapshot_takes_one_statement_per_zone_not_per_reader(
+def test_the_snapshot_is_one_statement_however_many_zones_and_readers(
     engine: Engine, settings: Settings
 ) -> None:
     from sqlalchemy import event
@@ -235,7 +235,7 @@ def test_the_snapshot_takes_one_statement_per_zone_not_per_reader(
     statements: list[str] = []
 
     def count(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
-        if statement.lstrip().upper().startswith("INSERT INTO DELIVERIES"):
+        if "INSERT INTO DELIVERIES" in statement.upper():
             statements.append(statement)
 
     event.listen(engine, "before_cursor_execute", count)
@@ -250,7 +250,7 @@ def test_the_snapshot_takes_one_statement_per_zone_not_per_reader(
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert created and send.total == 60
-    assert len(statements) == len(ZONES) + 1
+    assert len(statements) == 1
     with Session(engine) as session:
         zones = Counter(row.zone for row in session.exec(select(Delivery)))
     assert zones == {**{zone: 12 for zone in ZONES}, settings.timezone: 12}
