@@ -108,7 +108,7 @@ def next_delivery(
 ) -> Due:
     """The next moment a reader with these choices is mailed (after `now`)."""
     name = zone_of(settings, zone)
-    local_now = now.astimezone(dt.UTC).astimezone(_zone(name))
+    local_now = now.astimezone(dt.UTC).astimezone(ZoneInfo(name))
     day = local_now.date()
     for offset in range(8):
         candidate = day + dt.timedelta(days=offset)
@@ -116,9 +116,5 @@ def next_delivery(
             continue
         moment = wall_clock(candidate, settings.send_time, name).replace(tzinfo=dt.UTC)
         if moment > now:
-            return Due(moment.astimezone(_zone(name)), name)
+            return Due(moment.astimezone(ZoneInfo(name)), name)
     raise AssertionError("a weekday recurs within eight days")
-
-
-def _zone(name: str) -> dt.tzinfo:
-    return ZoneInfo(name)
