@@ -41,6 +41,7 @@ class Plan:
     messages: int  # the limit's and the ceiling's message count
     dkim_key: Path | None
     workdir: Path
+    build_processes: int | None = None  # --build-processes; None: the product's default
 
     def database_server(self, backend: str) -> str | None:
         return self.server_url if backend == POSTGRESQL else None
@@ -272,7 +273,9 @@ def measure_size(
         product.fresh_database(plan.database_server(backend), Path(tmp)) as url,
     ):
         workdir = Path(tmp)
-        p = product.Product(url, workdir, plan.k, plan.dkim_key)
+        p = product.Product(
+            url, workdir, plan.k, plan.dkim_key, build_processes=plan.build_processes
+        )
         product.migrate(url)
         imported = measure_import(p, csv, readers, postgres)
         zones = spread_readers(p)

@@ -6,7 +6,9 @@ accounting when the process is reaped (`wait4`: user + system time of the proces
 children it waited for). Peak RSS is the VmHWM line of /proc/PID/status, polled every 20 ms
 until the exit: /proc/PID is gone once the process is reaped, and `wait4`'s ru_maxrss cannot
 stand in for it, since Linux folds in the high-water mark of the memory the child had before
-its exec, a copy of this bench process (every command would seem to need ~100 MB).
+its exec, a copy of this bench process (every command would seem to need ~100 MB). A
+process with children (`broadside send` and its builder processes) counts their resident sets
+with its own: the peak is of the sum.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 POLL_SECONDS = 0.02
+CHILD_SCAN_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,19 @@ class Usage:
     def per_message_ms(self, messages: int) -> float:
         """CPU milliseconds per message."""
         return 1000 * self.cpu_s / max(messages, 1)
+
+
+def children_of(pid: int) -> list[int]:
+    """The live child processes of `pid` (a scan of /proc/*/stat for their parent)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # The parent is the 2nd field after the command's closing ")".
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -94,6 +110,8 @@ class Watched:
             )
         self.started = time.perf_counter()
         self.peak_kb = 0
+        self._children: list[int] = []
+        self._next_scan = 0.0
         self.usage: Usage | None = None  # set once reaped
 
     @property
@@ -101,9 +119,17 @@ class Watched:
         return self.process.pid
 
     def sample(self) -> None:
-        """Note the resident high-water mark (VmHWM; VmRSS where the kernel lacks it). The
-        exec'd program's own: a new address space starts a new mark."""
-        self.peak_kb = max(self.peak_kb, status_kb(self.pid, "VmHWM"), status_kb(self.pid, "VmRSS"))
+        """Note the resident high-water mark (VmHWM; VmRSS where the kernel lacks it; the
+        exec'd program's own: a new address space starts a new mark), or the resident set of
+        the process and its children together (the send's builder processes), if larger."""
+        own = max(status_kb(self.pid, "VmHWM"), status_kb(self.pid, "VmRSS"))
+        if time.monotonic() >= self._next_scan:  # a scan of /proc is too dear for every sample
+            self._children = children_of(self.pid)
+            self._next_scan = time.monotonic() + CHILD_SCAN_SECONDS
+        children = sum(status_kb(child, "VmRSS") for child in self._children)
+        if children:
+            own = max(own, status_kb(self.pid, "VmRSS") + children)
+        self.peak_kb = max(self.peak_kb, own)
 
     def reap(self, *, block: bool) -> Usage | None:
         """The usage once the process has exited (None while it runs and `block` is False).

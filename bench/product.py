@@ -62,6 +62,7 @@ class Product:
     connections: int
     dkim_key: Path | None
     delivery_timing: str = LOCAL  # the product's default, named so the report can say it
+    build_processes: int | None = None  # DELIVERY_BUILD_PROCESSES; None: the product's default
 
     def timed(self, timing: str) -> Product:
         """The same product with DELIVERY_TIMING=`timing` (its commands and in-process)."""
@@ -80,6 +81,8 @@ class Product:
             "DELIVERY_TIMING": self.delivery_timing,
             "LOG_LEVEL": "WARNING",
         }
+        if self.build_processes is not None:
+            values["DELIVERY_BUILD_PROCESSES"] = str(self.build_processes)
         if smtp_port is not None:
             values["SMTP_URL"] = f"smtp://127.0.0.1:{smtp_port}"
         if self.dkim_key is not None:

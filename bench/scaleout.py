@@ -113,7 +113,9 @@ def deliver_with(plan: Plan, scenario: Scenario, workers: int, csv: Path) -> dic
         tempfile.TemporaryDirectory(prefix=f"{scenario.name}-{workers}-", dir=plan.workdir) as tmp,
         product.fresh_database(server, Path(tmp)) as url,
     ):
-        p = product.Product(url, Path(tmp), scenario.k, plan.dkim_key)
+        p = product.Product(
+            url, Path(tmp), scenario.k, plan.dkim_key, build_processes=plan.build_processes
+        )
         product.migrate(url)
         measure_import(p, csv, readers, postgres=True)
         with Sink(scenario.sink, p.workdir, scenario.data_delay) as sink:

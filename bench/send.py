@@ -90,10 +90,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-dkim", dest="dkim", action="store_false", help="send unsigned (default RSA-2048)"
     )
+    parser.add_argument(
+        "--build-processes",
+        type=int,
+        metavar="N",
+        help="DELIVERY_BUILD_PROCESSES for every send (default: the product's own, 1)",
+    )
     parser.add_argument("--scale-out", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--web", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
+    if args.build_processes is not None and args.build_processes < 0:
+        parser.error("--build-processes must be 0 or more")
     if args.k < 1 or args.compare < 1 or (args.readers is not None and args.readers < 1):
         parser.error("--k, --compare and --readers must be positive")
     args.sizes = sizes_for(args)
@@ -330,6 +338,7 @@ def measure_all(args: argparse.Namespace, sink: str, names: list[str]) -> dict[s
             messages=args.messages,
             dkim_key=dkim_key(args, workdir),
             workdir=workdir,
+            build_processes=args.build_processes,
         )
         sizes, comparisons = measure_sizes(plan, names, args.sizes, args.compare)
         scale_out = None

@@ -26,8 +26,9 @@ from ..mail.smtp import SmtpConnection, SmtpFailure
 from ..models import ColumnRecord, Send
 from ..retry import worker_name
 from . import digests, sends, timing
+from .building import job_for, message_for
 from .courier import Courier
-from .worker import SendWorker, job_for, message_for
+from .worker import SendWorker
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from sqlalchemy import Table, and_, bindparam, exists, update
+from sqlalchemy import Table, and_, bindparam, exists, func, update
 from sqlmodel import Session, col, select
 
 from ..db import insert_new
@@ -79,6 +79,12 @@ class Outcomes:
 def _claimable(send_id: int, now: dt.datetime):  # type: ignore[no-untyped-def]
     sending = exists().where(col(Send.id) == send_id, col(Send.status) == SendStatus.sending)
     return and_(col(Delivery.send_id) == send_id, due_or_abandoned(Delivery, now), sending)
+
+
+def claimable(session: Session, *, send_id: int, now: dt.datetime, up_to: int) -> int:
+    """How many rows of a send could be claimed now, counting no further than `up_to`."""
+    due = select(Delivery.id).where(_claimable(send_id, now)).limit(up_to).subquery()
+    return session.exec(select(func.count()).select_from(due)).one()
 
 
 def claim_batch(

@@ -22,21 +22,25 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from ..columns.mail import PreparedColumn, ReaderValues, prepare_column
-from ..columns.view import column_view
-from ..context import AppContext
 from ..db import in_thread, transaction
-from ..mail.smtp import Fault, RelayHealth, SmtpConnection, SmtpFailure, Stuffed
+from ..mail.smtp import Fault, RelayHealth, SmtpConnection, SmtpFailure
 from ..models import ColumnRecord, Send, SendKind, SendStatus
 from ..retry import next_attempt, worker_name
 from ..tokens import Purpose
 from . import digests, ledger, sends
+from .building import (
+    BUILD_CHUNK,
+    PROCESS_MIN_ROWS,
+    Builders,
+    Job,
+    Ready,
+    builders_for,
+    job_for,
+)
 from .courier import Courier
 from .digests import DigestMails
 from .ledger import Claim, Outcomes, Refused
@@ -52,119 +56,10 @@ WAIT_IN_RUN = dt.timedelta(seconds=60)
 # With a rate limit, claim no more than this many seconds of work ahead, so that a claimed
 # row is handed over soon after the claim checked that its reader is still subscribed.
 CLAIM_AHEAD_SECONDS = 5.0
-# Messages built per trip to a worker thread. Building ahead, off the event loop, lets the
-# DKIM signature (OpenSSL, which lets go of the GIL) run on another core beside the SMTP work.
-BUILD_CHUNK = 16
-BUILDERS = 2  # chunks built at once: two signatures in flight keep both cores busy
 
 
 class LeaseLost(Exception):
     """This worker could not renew its leases; its run stops before others take its rows."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """What every message of this send shares, computed once."""
-
-    send_id: int
-    prepared: PreparedColumn | None  # the column; None for a digest send
-    message_domain: str  # the Message-ID's middle: stable per send, so per reader across retries
-    token_expiry: int
-    deadline: dt.datetime
-    digests: DigestMails | None = None  # a digest send's mails, one per set of columns
-    kind: str = SendKind.column  # the Message-ID's start
-
-    def mail(self, contents: str | None) -> PreparedColumn:
-        """The prepared mail of a claimed row: the column, or the digest of its contents."""
-        if self.digests is not None and contents:
-            return self.digests.mail(contents)
-        assert self.prepared is not None, "a digest row without contents"
-        return self.prepared
-
-
-def job_for(
-    courier: Courier,
-    column: ColumnRecord,
-    *,
-    send_id: int,
-    message_domain: str,
-    deadline: dt.datetime,
-) -> Job:
-    """Render and encode `column` once for a send (or a preview) to many readers."""
-    return Job(
-        send_id=send_id,
-        prepared=prepare_column(column_view(column), courier.settings),
-        message_domain=message_domain,
-        deadline=deadline,
-        token_expiry=courier.ctx.tokens.expiry(Purpose.unsubscribe),
-    )
-
-
-def message_for(job: Job, ctx: AppContext, *, subscriber_id: int, email: str, name: str) -> bytes:
-    """One reader's copy of the column: their name, their own signed links, a Message-ID that
-    stays the same across retries (so a receiver can spot a duplicate), DKIM-signed when
-    configured."""
-    return job.mail(None).message_bytes(**_reader_values(job, ctx, subscriber_id, email, name))
-
-
-def wire_for(
-    job: Job,
-    ctx: AppContext,
-    *,
-    subscriber_id: int,
-    email: str,
-    name: str,
-    contents: str | None = None,
-) -> Stuffed:
-    """`message_for` as SMTP DATA carries it, from pieces stuffed once per send (or once per
-    digest's `contents`)."""
-    values = _reader_values(job, ctx, subscriber_id, email, name)
-    return job.mail(contents).stuffed(**values)
-
-
-def _reader_values(
-    job: Job, ctx: AppContext, subscriber_id: int, email: str, name: str
-) -> ReaderValues:
-    domain = ctx.settings.mail_domain
-    return {
-        "to": email,
-        "name": name,
-        "unsubscribe_url": ctx.unsubscribe_url(subscriber_id, job.token_expiry),
-        "feedback_url": ctx.feedback_url(subscriber_id, job.token_expiry),
-        "preferences_url": ctx.preferences_url(subscriber_id, job.token_expiry),
-        "message_id": f"<{job.kind}.{job.message_domain}.{subscriber_id}@{domain}>",
-        "unsubscribe_mailto": ctx.unsubscribe_mailto(subscriber_id),
-        "signer": ctx.dkim,
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """A claimed row with its reader's message built, or the reason it cannot be."""
-
-    claim: Claim
-    wire: Stuffed | None
-    unbuildable: str | None = None
-
-
-def build_ready(job: Job, ctx: AppContext, claims: list[Claim]) -> list[Ready]:
-    """The messages for a few claimed rows (in a worker thread)."""
-    ready = []
-    for claim in claims:
-        try:
-            wire = wire_for(
-                job,
-                ctx,
-                subscriber_id=claim.subscriber_id,
-                email=claim.email,
-                name=claim.name,
-                contents=claim.contents,
-            )
-        except ValueError as exc:  # an address or name we cannot put in a header
-            ready.append(Ready(claim, None, f"{ledger.UNBUILDABLE}: {exc}"[:1000]))
-        else:
-            ready.append(Ready(claim, wire))
-    return ready
 
 
 class GroupCommit:
@@ -251,7 +146,6 @@ class SendWorker:
         self._cancelled = False
         self._unsent: list[int] = []
         self._held: set[int] = set()  # claimed, not yet queued for a connection (being built)
-        self._builders: ThreadPoolExecutor | None = None  # during run()
         self.utcnow = courier.utcnow
         # Set when a run ends with rows that fall due later: when the first of them does.
         self.next_due: dt.datetime | None = None
@@ -293,14 +187,19 @@ class SendWorker:
         """Deliver until the send is finished (by this worker or others) or stopped; return
         its counts. Raises SendPaused when the relay keeps refusing us."""
         job = await asyncio.to_thread(self._job, send_id)
-        # The threads that build messages: few and always the same, as each thread that
-        # allocates 25 KB messages gets a malloc arena of its own, which does not shrink.
-        self._builders = ThreadPoolExecutor(BUILDERS, thread_name_prefix="build")
+        due = await in_thread(
+            self.engine,
+            ledger.claimable,
+            send_id=send_id,
+            now=self.utcnow(),
+            up_to=PROCESS_MIN_ROWS,
+        )
+        builders = builders_for(job, self.ctx, due=due)
         await in_thread(self.engine, ledger.reclaim_own, send_id=send_id, worker=self.name)
         s = self.settings
         # Built messages (~25 KB each) wait here: enough to keep every connection busy while
         # the next chunks build, not a whole claim batch (memory stays flat at any N).
-        ahead = max(2 * BUILD_CHUNK * BUILDERS, 2 * s.delivery_connections)
+        ahead = max(2 * BUILD_CHUNK * builders.in_flight, 2 * s.delivery_connections)
         queue: asyncio.Queue[Ready | None] = asyncio.Queue(maxsize=ahead)
         commit = GroupCommit(self.engine, self.name, self.utcnow)
         rate = delivery_rate(self.engine, send_id, s.delivery_rate)  # shared by all workers
@@ -312,7 +211,7 @@ class SendWorker:
             asyncio.create_task(self._deliver_from(queue, conn, job, commit, rate))
             for conn in connections
         ]
-        claimer = asyncio.create_task(self._claim_into(queue, job, len(senders)))
+        claimer = asyncio.create_task(self._claim_into(queue, job, builders, len(senders)))
         lease_keeper = asyncio.create_task(self._keep_leases())
         watcher = asyncio.create_task(self._watch_send(send_id))
         tasks = [claimer, lease_keeper, watcher, *senders]
@@ -324,18 +223,22 @@ class SendWorker:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._release_unsent(queue)
             await commit.close()
-            self._builders.shutdown(wait=False, cancel_futures=True)
-            self._builders = None
+            builders.close()
             for conn in connections:
                 await conn.close()
         return await asyncio.to_thread(self._finish, send_id)
 
-    async def _claim_into(self, queue: asyncio.Queue[Ready | None], job: Job, senders: int) -> None:
+    async def _claim_into(
+        self, queue: asyncio.Queue[Ready | None], job: Job, builders: Builders, senders: int
+    ) -> None:
         s = self.settings
         lease = dt.timedelta(seconds=s.delivery_lease_seconds)
         limit = s.delivery_batch_size
         if s.delivery_rate > 0:
             limit = min(limit, max(senders, math.ceil(s.delivery_rate * CLAIM_AHEAD_SECONDS)))
+        # Chunks being built, oldest first: they stay in flight while the next batch is
+        # claimed, so the builders never wait for the database.
+        building: collections.deque[asyncio.Future[list[Ready]]] = collections.deque()
         while not self._stopping.is_set():
             claimed = await in_thread(
                 self.engine,
@@ -349,9 +252,15 @@ class SendWorker:
             claims = claimed
             if job.digests is not None and claimed:  # each digest's columns, fixed now
                 claims = await in_thread(self.engine, digests.settle, claimed, self.utcnow())
-            await self._build_into(queue, job, claims)
+            self._held.update(claim.id for claim in claims)
+            for start in range(0, len(claims), BUILD_CHUNK):
+                building.append(builders.build(claims[start : start + BUILD_CHUNK]))
+                while len(building) > builders.in_flight:
+                    await self._queue_built(queue, building.popleft())
             if claimed:
                 continue
+            while building:
+                await self._queue_built(queue, building.popleft())
             await queue.join()  # our own in-flight outcomes are recorded before we look again
             if await asyncio.to_thread(self._nothing_left, job.send_id):
                 break
@@ -360,30 +269,16 @@ class SendWorker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IDLE_POLL):
                     await self._stopping.wait()
+        for built in building:  # stopped: what was claimed but not queued is `_held`
+            built.cancel()
         for _ in range(senders):
             await queue.put(None)
-
-    async def _build_into(
-        self, queue: asyncio.Queue[Ready | None], job: Job, claims: list[Claim]
-    ) -> None:
-        """Build the claimed rows' messages in worker threads, BUILDERS chunks at a time, and
-        queue them in claim order. Rows claimed but not queued yet are `_held`, so that a
-        stop gives them back."""
-        self._held.update(claim.id for claim in claims)
-        building: collections.deque[asyncio.Future[list[Ready]]] = collections.deque()
-        for start in range(0, len(claims), BUILD_CHUNK):
-            chunk = claims[start : start + BUILD_CHUNK]
-            loop = asyncio.get_running_loop()
-            builders = self._builders
-            building.append(loop.run_in_executor(builders, build_ready, job, self.ctx, chunk))
-            if len(building) >= BUILDERS:
-                await self._queue_built(queue, building.popleft())
-        while building:
-            await self._queue_built(queue, building.popleft())
 
     async def _queue_built(
         self, queue: asyncio.Queue[Ready | None], built: asyncio.Future[list[Ready]]
     ) -> None:
+        """Queue a chunk's messages for the connections in claim order. Rows claimed but not
+        queued yet are `_held`, so that a stop gives them back."""
         for ready in await built:
             await queue.put(ready)
             self._held.discard(ready.claim.id)

@@ -1,0 +1,155 @@
+"""A large send builds its messages in a child process: every reader still gets exactly one
+mail, signed, with their own links; a builder that dies mid-send leaves the rest to threads;
+a worker killed mid-send takes its builders with it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dkim
+import pytest
+from sqlalchemy.engine import Engine
+
+from service.config import Settings
+from service.context import build_context
+from service.delivery import building
+from service.delivery.worker import SendWorker
+from service.mail import dkim as signing
+from service.tokens import Purpose
+from tests import processes
+from tests.conftest import make_settings
+from tests.daily import SEED_DAY, add_readers, courier, start_seed_send
+from tests.helpers import eventually, links, path_of
+from tests.smtp_server import SmtpTestServer
+
+DOMAIN = "example.com"
+
+
+@pytest.fixture
+def every_send_is_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send of a few readers builds in a child process, as one of thousands does."""
+    monkeypatch.setattr(building, "PROCESS_MIN_ROWS", 1)
+
+
+@pytest.fixture
+def signed(
+    database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+) -> tuple[Settings, Callable[..., bytes | None]]:
+    """Settings that sign with RSA-2048, and the DNS look-up that publishes the key."""
+    key = signing.new_key("rsa")
+    signing.write_key(key, tmp_path / "rsa.pem")
+    settings = make_settings(
+        database_url,
+        tmp_path / "var",
+        smtp_url=smtp_server.url,
+        dkim_domain=DOMAIN,
+        dkim_selector="s1",
+        dkim_private_key=str(tmp_path / "rsa.pem"),
+    )
+    record = signing.public_record(key).encode()
+
+    def lookup(name: bytes, timeout: float = 5) -> bytes | None:
+        return record if name == f"s1._domainkey.{DOMAIN}.".encode() else None
+
+    return settings, lookup
+
+
+def test_a_large_send_is_built_in_a_child_and_each_reader_gets_one_signed_mail_of_their_own(
+    engine: Engine,
+    smtp_server: SmtpTestServer,
+    signed: tuple[Settings, Callable[..., bytes | None]],
+    every_send_is_large: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings, dns = signed
+    readers = add_readers(engine, active=40)["active"]
+    send = start_seed_send(engine, settings)
+    with caplog.at_level(logging.INFO, logger=building.__name__):
+        counts = asyncio.run(SendWorker(courier(engine, settings)).run(send.id or 0))
+    assert counts.sent == 40
+    assert "built in 1 child process" in caplog.text
+    assert sorted(smtp_server.per_recipient()) == sorted(readers)
+    assert set(smtp_server.per_recipient().values()) == {1}
+    tokens = build_context(settings).tokens
+    for mail in smtp_server.received:
+        assert dkim.verify(mail.data, dnsfunc=dns)
+        [unsubscribe] = links(mail, "/unsubscribe/")
+        reader = tokens.read(Purpose.unsubscribe, path_of(unsubscribe).rsplit("/", 1)[1])
+        assert readers[int(reader) - 1] == mail.rcpt_tos[0]  # ids follow insertion order
+
+
+def test_a_builder_process_that_dies_mid_send_leaves_the_rest_to_threads(
+    engine: Engine,
+    settings: Settings,
+    smtp_server: SmtpTestServer,
+    every_send_is_large: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    readers = add_readers(engine, active=400)["active"]
+    send = start_seed_send(engine, settings)
+    smtp_server.handler.data_delay = 0.05  # slow enough to kill the builder mid-send
+
+    async def kill_the_builder_then_finish() -> int:
+        run = asyncio.create_task(SendWorker(courier(engine, settings)).run(send.id or 0))
+        while len(smtp_server.received) < 10:
+            await asyncio.sleep(0.02)
+        [builder] = multiprocessing.active_children()
+        os.kill(builder.pid or 0, signal.SIGKILL)
+        return (await run).sent
+
+    with caplog.at_level(logging.ERROR, logger=building.__name__):
+        sent = asyncio.run(kill_the_builder_then_finish())
+    assert sent == 400
+    assert "a builder process died" in caplog.text
+    assert sorted(smtp_server.per_recipient()) == sorted(readers)
+    assert set(smtp_server.per_recipient().values()) == {1}
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_send_takes_its_builder_process_with_it(
+    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    processes.add_readers(engine, building.PROCESS_MIN_ROWS + 100)
+    smtp_server.handler.data_delay = 0.05
+    env = processes.environment(database_url, tmp_path / "var", smtp_server.url)
+    send = processes.start("send", "--date", SEED_DAY.isoformat(), env=env, log=tmp_path / "log")
+    try:
+        eventually(lambda: len(smtp_server.received) >= 20, timeout=60)
+        [builder] = _builders_of(send.pid)
+    finally:
+        send.kill()
+        send.wait()
+    deadline = time.monotonic() + 10
+    while _alive(builder) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(builder), "the builder process outlived its killed worker"
+
+
+def _builders_of(pid: int) -> list[int]:
+    """The builder processes of `pid` (not multiprocessing's resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in command:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # an orphan's zombie is reaped by init; it runs no more
