@@ -279,8 +279,21 @@ def send(
 def preview(
     to: Annotated[str, typer.Option("--to", help="address that gets the test copy")],
     date: DateOption = None,
+    digest: Annotated[
+        bool, typer.Option("--digest", help="the weekly digest of --week instead of a column")
+    ] = False,
+    week: Annotated[
+        str | None,
+        typer.Option(
+            "--week",
+            help="the digest's ISO week, e.g. 2026-W48 (default: this week); implies --digest",
+        ),
+    ] = None,
 ) -> None:
-    """Mail one test copy of a day's column to ADDRESS, touching no subscriber."""
+    """Mail one test copy of a day's column, or of a week's digest, to ADDRESS, touching no
+    subscriber. The digest's copy holds the columns dated in that ISO week (Monday to Sunday),
+    without any reader's history: a reader's own digest leaves out the columns they were
+    already mailed and may reach into the week before."""
     from .delivery import daily
     from .errors import InvalidInput
     from .subscriptions import normalize_address
@@ -290,6 +303,11 @@ def preview(
         address = normalize_address(to)
     except InvalidInput as exc:
         raise fail(f"--to: {exc.message}") from None
+    if digest or week is not None:
+        if date is not None:
+            raise fail("--date picks a day's column; a digest takes --week (e.g. 2026-W48)")
+        _preview_digest(settings, address, _week(week, settings))
+        return
     day = _day(date, settings)
     engine = make_engine(settings.database_url)
     with database_errors():
@@ -301,6 +319,38 @@ def preview(
     if problem:
         raise fail(f"the preview was not accepted: {problem}", 1)
     err.print(f"preview of {plan.title!r} sent to {address}")
+
+
+def _preview_digest(settings: Settings, address: str, week: str) -> None:
+    """`preview --digest`: refresh the columns, then mail `week`'s digest to `address`."""
+    from .delivery import daily, digests
+
+    engine = make_engine(settings.database_url)
+    with database_errors():
+        daily.refresh_columns(engine, settings)
+        try:
+            columns = daily.digest_columns(engine, week)
+        except digests.NoDigest as exc:
+            raise fail(str(exc), 1) from None
+        with courier_for(settings, engine) as courier:
+            problem = asyncio.run(daily.send_digest_test_copy(courier, week, columns, address))
+    if problem:
+        raise fail(f"the preview was not accepted: {problem}", 1)
+    count = f"{len(columns)} column{'s' if len(columns) > 1 else ''}"
+    err.print(f"preview of the digest of {week} ({count}) sent to {address}")
+
+
+def _week(value: str | None, settings: Settings) -> str:
+    """--week as a digest send names it; this week if none (daily.current_week)."""
+    from .clock import now
+    from .delivery import daily, digests
+
+    if value is None:
+        return daily.current_week(settings, now())
+    try:
+        return digests.week_named(value)
+    except ValueError as exc:
+        raise fail(f"--week: {exc}") from None
 
 
 @app.command()

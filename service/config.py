@@ -47,11 +47,21 @@ SHUTDOWN_GRACE = 8.0
 # Seconds between two looks for a day's column that has no send yet although its send time has
 # come (it arrives late, through COLUMNS_DIR or FEED_URL): each look refreshes the sources.
 LATE_COLUMN_POLL = 300.0
+# Seconds between two looks of each serve/worker process for a send that another process
+# started or an operator resumed (one indexed query on sends.status): how soon every worker
+# joins it. The RESUME_INTERVAL heal still catches what a look missed.
+SEND_POLL_SECONDS = 2.0
 # DELIVERY_RATE and the relays' PER_HOUR caps are token buckets in the database shared by every
 # worker; a worker takes this many seconds' worth of tokens at a time (one statement), so the
 # rate holds across workers within one such batch each.
 RATE_BATCH_SECONDS = 0.5
 RELAY_CAP_BATCH = 10  # tokens of a relay's hourly cap taken at a time
+# A bucket left idle long enough is full again and is deleted (limits.forget_idle), by each
+# serve/worker heal at most every RATE_BUCKET_SWEEP_SECONDS. "Long enough" is the longest time
+# any bucket takes to refill (a day), plus this much for hosts whose clocks differ: a take
+# stamps the bucket with its own host's time.
+RATE_BUCKET_CLOCK_SKEW = timedelta(hours=1)
+RATE_BUCKET_SWEEP_SECONDS = 3600.0
 # A relay that lost or refused a connection is skipped, then probed after this backoff
 # (doubling while it stays down, up to the maximum).
 RELAY_BACKOFF_SECONDS = 1.0
@@ -356,15 +366,17 @@ class Settings(BaseSettings):
     @field_validator("smtp_url")
     @classmethod
     def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and value.get_secret_value():
-            RelayUrl.parse(value.get_secret_value())
-            return value
+        # Empty (or blank) is unset: docker-compose.yml passes both relay variables through,
+        # the one the operator did not write as "".
+        if value is not None and value.get_secret_value().strip():
+            RelayUrl.parse(value.get_secret_value().strip())
+            return SecretStr(value.get_secret_value().strip())
         return None
 
     @field_validator("smtp_urls")
     @classmethod
     def _smtp_urls(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and value.get_secret_value().strip():
+        if value is not None and value.get_secret_value().strip():  # empty is unset, as above
             parse_relays(value.get_secret_value())
             return value
         return None
@@ -495,8 +507,8 @@ class Settings(BaseSettings):
             raise ValueError("SMTP_URLS replaces SMTP_URL: set one of them, not both")
         if self.env == "production" and self.smtp_url is None and self.smtp_urls is None:
             raise ValueError(
-                "SMTP_URL must be set when BROADSIDE_ENV=production "
-                "(without it mail is only captured, never delivered)"
+                "SMTP_URL (or SMTP_URLS, for several relays) must be set when "
+                "BROADSIDE_ENV=production (without a relay mail is only captured, never delivered)"
             )
         if self.secret_key is not None and len(self.secret_key.get_secret_value()) < 16:
             raise ValueError("SECRET_KEY must be at least 16 characters")

@@ -7,15 +7,19 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import DateTime, Float, Integer, String, TextClause, bindparam, text
-from sqlmodel import Session
+from sqlalchemy import DateTime, Float, Integer, String, TextClause, bindparam, delete, text
+from sqlmodel import Session, col
 
 from .clock import utcnow
 from .errors import RateLimited
+from .models import RateBucket
 
 # The windows the *_PER_HOUR and *_PER_DAY settings count over.
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
+# No count may refill over a longer window: forget_idle's callers rely on a bucket idle this
+# long being full again.
+LONGEST_WINDOW = DAY
 KEY_LENGTH = 400  # RateBucket.key
 # Refills are sums of float products: a bucket that should hold 3 tokens may hold 2.999…
 _EPSILON = 1e-6
@@ -134,7 +138,25 @@ def check_and_count(
 ) -> None:
     """Count one hit on `key`, or raise RateLimited (with the seconds until a hit would pass)
     when its bucket is empty: `limit` hits at once, refilled at `limit` per `window`."""
+    if window > LONGEST_WINDOW:
+        raise ValueError(f"a {window} window outlasts LONGEST_WINDOW: idle buckets go after it")
     per_second = limit / window.total_seconds()
     got = take(session, key, capacity=limit, per_second=per_second, now=now)
     if not got.granted:
         raise RateLimited(max(1, math.ceil((1 - got.tokens) / per_second - _EPSILON)))
+
+
+def forget_idle(session: Session, *, idle_for: timedelta, now: datetime) -> int:
+    """Delete the buckets nobody has taken from for `idle_for`, which the caller makes at least
+    as long as any of them takes to refill: such a bucket is full, and a full bucket is exactly
+    what a missing row means (a key seen for the first time starts full), so no limit moves.
+    Returns how many went.
+
+    A take racing the delete cannot break a limit either. On PostgreSQL (READ COMMITTED) a
+    DELETE that reaches a row a take has just updated waits for the take's transaction, then
+    checks its WHERE again on the row as the take left it: `updated_at` is now recent, so the
+    spent bucket stays. A take that reaches a row being deleted waits, then inserts a new, full
+    bucket: what the deleted row, idle and full, held anyway. SQLite has one writer at a time."""
+    cutoff = now - idle_for
+    result = session.execute(delete(RateBucket).where(col(RateBucket.updated_at) < cutoff))
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -205,6 +205,8 @@ class Send(SQLModel, table=True):
     nothing can start it twice."""
 
     __tablename__ = "sends"
+    # Every serve/worker process asks which sends are going out every SEND_POLL_SECONDS.
+    __table_args__ = (Index("ix_sends_status", "status"),)
 
     id: int | None = Field(default=None, primary_key=True)
     kind: SendKind = Field(default=SendKind.column, sa_type=String(16))

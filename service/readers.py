@@ -14,6 +14,7 @@ from .clock import utcnow
 from .context import AppContext, Requester
 from .models import (
     Bounce,
+    Cadence,
     ColumnRecord,
     Consent,
     Delivery,
@@ -27,7 +28,17 @@ from .models import (
 )
 from .subscriptions import MAX_ID, mailbox_key, normalize_address, record_consent, suppress
 
-__all__ = ["DeliveryLine", "History", "SubscriberStatus", "erase", "find", "history"]
+# The reader's table and its values, for the entry points that show or take them.
+__all__ = [
+    "Cadence",
+    "DeliveryLine",
+    "History",
+    "Subscriber",
+    "SubscriberStatus",
+    "erase",
+    "find",
+    "history",
+]
 ERASED_DOMAIN = "erased.invalid"  # RFC 2606: a name that can never receive mail
 MAX_PAGE = 500
 

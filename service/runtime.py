@@ -52,14 +52,18 @@ class Runtime:
 
 @asynccontextmanager
 async def background(engine: Engine, ctx: AppContext, *, scheduler: bool) -> AsyncIterator[Runtime]:
-    """The outbox sender and (with `scheduler`) the daily send and its heal, for as long as
-    the caller runs, and the metrics on METRICS_PORT when it is set; at the end, everything
-    in progress stops within SHUTDOWN_GRACE."""
+    """The outbox sender and (with `scheduler`) the daily send, its heal and the watch that
+    joins other processes' sends within seconds, for as long as the caller runs, and the
+    metrics on METRICS_PORT when it is set; at the end, everything in progress stops within
+    SHUTDOWN_GRACE."""
     with smtp_target(ctx.settings) as target, served_on_port(engine, ctx.settings):
         sender = OutboxSender(engine, ctx.settings, target)
         dispatcher = Dispatcher(Courier(engine, ctx, target))
         task = asyncio.create_task(sender.run(), name="outbox-sender")
         daily = start_scheduler(dispatcher) if scheduler else None
+        watching = None
+        if scheduler:
+            watching = asyncio.create_task(dispatcher.watch_sends(), name="send-watch")
         try:
             yield Runtime(target, sender, dispatcher)
         finally:
@@ -67,6 +71,8 @@ async def background(engine: Engine, ctx: AppContext, *, scheduler: bool) -> Asy
                 daily.shutdown(wait=False)
             sender.stop()
             dispatcher.stop()
+            if watching is not None:
+                await watching  # returns at stop(); a look in progress is one short query
             await dispatcher.wait(SHUTDOWN_GRACE)
             try:
                 await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE)

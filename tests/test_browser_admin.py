@@ -1,9 +1,11 @@
 """An operator in a real browser: sign in, upload a column, preview it, mail a test copy,
 start the send, watch its counts move without a reload, pause it (they stop), resume it
-and watch it finish; nothing on the way breaks the security policy or throws."""
+and watch it finish; pick a week, preview its digest and mail a test copy; nothing on the
+way breaks the security policy or throws."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from pathlib import Path
@@ -13,11 +15,16 @@ from playwright.sync_api import Browser, ConsoleMessage, Error, Page, expect
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from service.config import Settings
+from service.db import transaction
+from service.delivery import digests
 from service.mail.capture import free_port
-from service.models import Send
+from service.models import Cadence, Send
 from service.web.app import create_app
 from tests.conftest import SEED, make_settings
 from tests.daily import add_readers
+from tests.delivery.test_digest_send import MONDAY, add_columns, title
+from tests.delivery.test_digest_send import add_reader as add_weekly_reader
 from tests.helpers import eventually
 from tests.smtp_server import SmtpTestServer
 from tests.test_browser import browser  # noqa: F401  (the fixture: Debian's chromium)
@@ -41,6 +48,46 @@ def send_status(engine: Engine) -> str:
         return str(session.exec(select(Send)).one().status)
 
 
+def operator_settings(
+    database_url: str, tmp_path: Path, smtp_url: str, port: int, **more: object
+) -> Settings:
+    """The dashboard's settings on `port`, with columns only from uploads or the test."""
+    (tmp_path / "columns").mkdir()
+    return make_settings(
+        database_url,
+        tmp_path / "var",
+        base_url=f"http://127.0.0.1:{port}",
+        smtp_url=smtp_url,
+        admin_password=PASSWORD,
+        columns_dir=tmp_path / "columns",
+        **more,
+    )
+
+
+def watched_page(chromium: Browser, *, failing: tuple[str, ...] = ()) -> tuple[Page, list[str]]:
+    """A new page and the problems it meets: policy violations, script errors and failed
+    loads (but the favicon's, and those of the URLs in `failing`, refused on purpose)."""
+    page = chromium.new_page()
+    page.set_default_timeout(10_000)
+    problems: list[str] = []
+    expected = ("favicon", *failing)
+
+    def on_console(message: ConsoleMessage) -> None:
+        refused = "Content Security Policy" in message.text or "Refused to" in message.text
+        failed = message.type == "error" and not any(
+            part in message.location["url"] for part in expected
+        )
+        if refused or failed:
+            problems.append(message.text)
+
+    def on_error(error: Error) -> None:
+        problems.append(f"uncaught: {error}")
+
+    page.on("console", on_console)
+    page.on("pageerror", on_error)
+    return page, problems
+
+
 def test_an_operator_uploads_tests_sends_pauses_and_resumes_a_column_in_a_browser(
     browser: Browser,  # noqa: F811
     database_url: str,
@@ -51,34 +98,18 @@ def test_an_operator_uploads_tests_sends_pauses_and_resumes_a_column_in_a_browse
     add_readers(engine, active=READERS)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    (tmp_path / "columns").mkdir()  # the column comes from the upload, not from a folder
-    settings = make_settings(
+    settings = operator_settings(  # the column comes from the upload, not from a folder
         database_url,
-        tmp_path / "var",
-        base_url=base_url,
-        smtp_url=smtp_server.url,
-        admin_password=PASSWORD,
-        columns_dir=tmp_path / "columns",
+        tmp_path,
+        smtp_server.url,
+        port,
         delivery_rate=RATE,
         # Few rows claimed ahead, so that a pause takes effect within a second or so.
         delivery_batch_size=10,
         resume_interval=1,
     )
     app = create_app(settings, engine, scheduler=True)  # its heal delivers what is started
-    page = browser.new_page()
-    page.set_default_timeout(10_000)
-    problems: list[str] = []  # policy violations, script errors, failed loads
-
-    def on_console(message: ConsoleMessage) -> None:
-        refused = "Content Security Policy" in message.text or "Refused to" in message.text
-        if refused or (message.type == "error" and "favicon" not in message.location["url"]):
-            problems.append(message.text)
-
-    def on_error(error: Error) -> None:
-        problems.append(f"uncaught: {error}")
-
-    page.on("console", on_console)
-    page.on("pageerror", on_error)
+    page, problems = watched_page(browser)
 
     with serving(app, settings, port):
         page.goto(f"{base_url}/admin")
@@ -136,4 +167,53 @@ def test_an_operator_uploads_tests_sends_pauses_and_resumes_a_column_in_a_browse
         assert send_status(engine) == "done"
 
     assert len(smtp_server.received) == READERS + 1  # each reader once, and the test copy
+    assert problems == [], "no policy violation, script error or failed load on any page"
+
+
+def test_an_operator_previews_a_weeks_digest_and_mails_a_test_copy_in_a_browser(
+    browser: Browser,  # noqa: F811
+    database_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    smtp_server: SmtpTestServer,
+) -> None:
+    add_columns(engine, [MONDAY, MONDAY + dt.timedelta(days=3)])
+    add_weekly_reader(engine, "weekly@example.com", Cadence.weekly)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    settings = operator_settings(database_url, tmp_path, smtp_server.url, port)
+    with transaction(engine) as session:  # the week's digest send, as the scheduler starts it
+        assert digests.start_week(session, settings, "2026-W48", dt.datetime(2026, 11, 23))
+    app = create_app(settings, engine, scheduler=False)
+    page, problems = watched_page(browser, failing=("/admin/digests/2026-W47",))  # a 404
+
+    with serving(app, settings, port):
+        page.goto(f"{base_url}/admin/digests/2026-W48")  # admin-only: the sign-in first
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("heading", level=1)).to_have_text("Digest, week 2026-W48")
+
+        page.get_by_role("navigation").get_by_role("link", name="Columns").click()
+        page.get_by_label("Week", exact=True).fill("2026-W47")  # the browser's own week picker
+        page.get_by_role("button", name="Preview its digest").click()
+        expect(page.get_by_role("alert")).to_contain_text("There is no column in 2026-W47")
+        page.get_by_label("Week", exact=True).fill("2026-W48")
+        page.get_by_role("button", name="Preview its digest").click()
+        expect(page.get_by_role("heading", level=1)).to_have_text("Digest, week 2026-W48")
+        mail = page.frame_locator('iframe[title="The digest as a weekly reader sees it"]')
+        thursday = title(MONDAY + dt.timedelta(days=3))
+        expect(mail.get_by_role("heading", name=thursday)).to_be_visible()
+
+        page.get_by_label("Send a test copy to").fill(EDITOR)
+        page.get_by_role("button", name="Send test copy").click()
+        expect(page.get_by_role("status")).to_contain_text(f"Test copy sent to {EDITOR}")
+        [copy] = smtp_server.wait_for(1, to=EDITOR)
+        assert "your week" in str(copy.message["Subject"])
+
+        page.get_by_role("navigation").get_by_role("link", name="Sends").click()
+        page.get_by_role("link", name="Digest, week 2026-W48").click()
+        expect(page).to_have_url(f"{base_url}/admin/digests/2026-W48")
+
+    assert [mail.rcpt_tos for mail in smtp_server.received] == [[EDITOR]]
     assert problems == [], "no policy violation, script error or failed load on any page"

@@ -13,10 +13,11 @@ from sqlmodel import Session, select
 
 from service.columns import sources
 from service.db import transaction
-from service.models import Delivery, Subscriber, SubscriberStatus
+from service.models import Delivery, Send, Subscriber, SubscriberStatus
 from tests import processes
 from tests.conftest import SEED
 from tests.daily import add_readers
+from tests.helpers import body
 from tests.smtp_server import SmtpTestServer
 
 
@@ -124,6 +125,46 @@ def test_preview_mails_one_copy_and_touches_no_subscriber(
         assert session.exec(select(Delivery)).all() == []
     assert_one_line_error(
         broadside("preview", "--date", "2016-02-04", "--to", "not an address", env=cli_env), "--to"
+    )
+
+
+def test_digest_preview_mails_the_weeks_columns_and_touches_no_subscriber(
+    cli_env: dict[str, str], engine: Engine, smtp_server: SmtpTestServer, tmp_path: Path
+) -> None:
+    for day, name in (("2026-11-22", "Sunday"), ("2026-11-23", "Monday"), ("2026-11-25", "Wed")):
+        (tmp_path / "columns" / f"{day}.md").write_text(
+            f"---\ntitle: {name}\ndate: {day}\n---\n\nThe {name} column.\n"
+        )
+    add_readers(engine, active=2)
+    result = broadside(
+        "preview", "--digest", "--week", "2026-W48", "--to", "editor@example.com", env=cli_env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "digest of 2026-W48 (2 columns) sent to editor@example.com" in result.stderr
+    [mail] = smtp_server.received
+    assert mail.rcpt_tos == ["editor@example.com"]
+    assert str(mail.message["Message-ID"]).startswith("<digest.2026-W48.preview-")
+    text = body(mail, "plain")
+    assert "The Monday column." in text and "The Wed column." in text
+    assert "The Sunday column." not in text  # the week before: not in this week's preview
+    with Session(engine) as session:
+        assert session.exec(select(Delivery)).all() == []
+        assert session.exec(select(Send)).all() == []
+
+
+def test_digest_preview_of_a_bad_or_empty_week_is_one_line(cli_env: dict[str, str]) -> None:
+    to = ("--to", "editor@example.com")
+    assert_one_line_error(
+        broadside("preview", "--week", "2026-48", *to, env=cli_env), "--week", "ISO week"
+    )
+    assert_one_line_error(broadside("preview", "--week", "2025-W53", *to, env=cli_env), "--week")
+    assert_one_line_error(
+        broadside("preview", "--digest", "--week", "2026-W47", *to, env=cli_env),
+        "no column in 2026-W47",
+    )
+    assert_one_line_error(broadside("preview", "--digest", *to, env=cli_env), "no column in")
+    assert_one_line_error(
+        broadside("preview", "--digest", "--date", "2016-02-04", *to, env=cli_env), "--week"
     )
 
 

@@ -13,7 +13,7 @@ from urllib.parse import SplitResult, urlsplit
 import pytest
 import yaml
 
-from service.config import RelayUrl, Settings, load_settings
+from service.config import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -35,6 +35,10 @@ EXAMPLE_ENV = {
     "BROADSIDE_ADMIN_TOKEN": "an-operator-admin-token",
     "BROADSIDE_SMTP_URL": "smtp://mailpit:1025",  # trying it out: every mail stays in Mailpit
 }
+# The relay is one of two variables, never both: SMTP_URL, or SMTP_URLS for several.
+RELAY_VARIABLES = ("BROADSIDE_SMTP_URL", "BROADSIDE_SMTP_URLS")
+ONE_RELAY_LESS = {k: v for k, v in EXAMPLE_ENV.items() if k not in RELAY_VARIABLES}
+SEVERAL_RELAYS = "smtp://mx1.example:25;weight=3, smtps://u:pw@relay.example:465;per_hour=5000"
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +152,19 @@ def test_every_broadside_variable_is_a_real_setting() -> None:
     assert not unknown, f"not settings of service.config.Settings: {sorted(unknown)}"
 
 
-def test_the_service_accepts_the_compose_settings(compose: dict[str, Any]) -> None:
+def compose_settings(compose: dict[str, Any], env: dict[str, str]) -> Settings:
+    """The settings the app container starts with when `.env` holds `env`."""
     environment = service(compose, "app")["environment"]
     values = {
-        key.removeprefix("BROADSIDE_").lower(): interpolate(str(value), EXAMPLE_ENV)
+        key.removeprefix("BROADSIDE_").lower(): interpolate(str(value), env)
         for key, value in environment.items()
         if key.startswith("BROADSIDE_")
     }
-    settings = load_settings(_env_file=None, **values)
+    return load_settings(_env_file=None, **values)
+
+
+def test_the_service_accepts_the_compose_settings(compose: dict[str, Any]) -> None:
+    settings = compose_settings(compose, EXAMPLE_ENV)
     assert settings.env == "production" and settings.trusted_proxies == ["172.16.0.0/12"]
     password = EXAMPLE_ENV["POSTGRES_PASSWORD"]
     assert settings.database_url.endswith(f"://broadside:{password}@postgres:5432/broadside")
@@ -208,15 +217,43 @@ def test_the_relay_is_a_choice_mailpit_or_real_never_a_silent_default(
     assert mailpit["image"].startswith("axllent/mailpit")
     assert any(str(port).endswith(":8025") for port in mailpit["ports"])
 
-    smtp_url = service(compose, "app")["environment"]["BROADSIDE_SMTP_URL"]
-    match = VARIABLE.fullmatch(smtp_url)
-    # A production stack that forgot its relay must not start and keep every reader's mail
-    # in a development inbox: compose refuses, and its message names both choices.
-    assert match is not None and match["kind"] == "?" and "mailpit:1025" in match["word"]
-    relay = RelayUrl.parse(interpolate(smtp_url, EXAMPLE_ENV))
-    assert (relay.host, relay.port, relay.username) == ("mailpit", 1025, None)
-    relay = RelayUrl.parse(interpolate(smtp_url, {"BROADSIDE_SMTP_URL": "smtp://r.example:587"}))
-    assert relay.host == "r.example"
+    environment = service(compose, "app")["environment"]
+    for name in RELAY_VARIABLES:
+        match = VARIABLE.fullmatch(environment[name])
+        # Passed through as written in .env, and empty (unset, for the service) when it is
+        # not: never a relay of compose's choosing, least of all the development inbox.
+        assert match is not None and match["name"] == name, name
+        assert match["kind"] == "-" and match["word"] == "", f"{name} must be ${{{name}:-}}"
+    relay = compose_settings(compose, EXAMPLE_ENV).relay
+    assert relay is not None and (relay.host, relay.port, relay.username) == ("mailpit", 1025, None)
+
+
+def test_compose_takes_several_relays_instead_of_one(compose: dict[str, Any]) -> None:
+    env = {**ONE_RELAY_LESS, "BROADSIDE_SMTP_URLS": SEVERAL_RELAYS}
+    settings = compose_settings(compose, env)
+    assert settings.smtp_url is None
+    assert [(r.url.label, r.weight, r.per_hour) for r in settings.relays] == [
+        ("mx1.example:25", 3, None),
+        ("relay.example:465", 1, 5000),
+    ]
+
+
+def test_compose_without_a_relay_stops_in_one_line_naming_both_choices(
+    compose: dict[str, Any],
+) -> None:
+    # Compose cannot require one of two variables: the service refuses instead, at once
+    # (migrate is the first to start, and app and worker wait for it to succeed).
+    with pytest.raises(ConfigError) as refused:
+        compose_settings(compose, ONE_RELAY_LESS)
+    message = str(refused.value)
+    assert message.startswith("BROADSIDE_SMTP_URL: ") and "\n" not in message
+    assert "SMTP_URLS" in message and "production" in message
+
+
+def test_compose_with_both_relay_variables_stops_in_one_line(compose: dict[str, Any]) -> None:
+    env = {**EXAMPLE_ENV, "BROADSIDE_SMTP_URLS": SEVERAL_RELAYS}
+    with pytest.raises(ConfigError, match=r"^BROADSIDE_SMTP_URLS: .*not both[^\n]*$"):
+        compose_settings(compose, env)
 
 
 def test_containers_never_share_a_prometheus_multiprocess_folder(compose: dict[str, Any]) -> None:

@@ -161,3 +161,40 @@ def test_smtp_url_and_smtp_urls_together_are_refused(tmp_path: Path) -> None:
         load_settings(
             _env_file=None, var_dir=tmp_path, smtp_url="smtp://a:25", smtp_urls="smtp://b:25"
         )
+
+
+@pytest.mark.parametrize("unset", ["", "  "])
+def test_an_empty_relay_variable_counts_as_unset(
+    unset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docker-compose.yml passes both relay variables through; the one .env does not set
+    # arrives as "" and must neither be a relay nor clash with the other.
+    monkeypatch.setenv("BROADSIDE_SMTP_URL", unset)
+    monkeypatch.setenv("BROADSIDE_SMTP_URLS", "smtp://a.example:25;weight=2, smtp://b.example:25")
+    several = load_settings(_env_file=None, var_dir=tmp_path, env="production", secret_key="s" * 32)
+    assert several.smtp_url is None
+    assert [(r.url.label, r.weight) for r in several.relays] == [
+        ("a.example:25", 2),
+        ("b.example:25", 1),
+    ]
+
+    monkeypatch.setenv("BROADSIDE_SMTP_URL", "smtp://c.example:2525")
+    monkeypatch.setenv("BROADSIDE_SMTP_URLS", unset)
+    one = load_settings(_env_file=None, var_dir=tmp_path, env="production", secret_key="s" * 32)
+    assert one.smtp_urls is None and [r.url.label for r in one.relays] == ["c.example:2525"]
+
+    monkeypatch.setenv("BROADSIDE_SMTP_URL", unset)
+    development = load_settings(_env_file=None, var_dir=tmp_path)
+    assert development.relay is None  # the capture server, as with nothing set
+
+
+def test_production_with_both_relay_variables_empty_refuses_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BROADSIDE_SMTP_URL", "")
+    monkeypatch.setenv("BROADSIDE_SMTP_URLS", "")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(_env_file=None, var_dir=tmp_path, env="production", secret_key="s" * 32)
+    message = str(refused.value)
+    assert message.startswith("BROADSIDE_SMTP_URL: SMTP_URL (or SMTP_URLS")
+    assert "production" in message and "\n" not in message

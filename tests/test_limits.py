@@ -1,20 +1,24 @@
-"""Token buckets in the database: refilled at their rate, never above their capacity, and
-never overspent by parallel takers, on both databases."""
+"""Token buckets in the database: refilled at their rate, never above their capacity, never
+overspent by parallel takers, and forgotten once idle long enough to be full again (even with
+a take racing the delete), on both databases."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
 
 from service.db import transaction
-from service.delivery.ratelimit import SharedRate
+from service.delivery.ratelimit import SharedRate, forget_idle_buckets
 from service.errors import RateLimited
-from service.limits import check_and_count, take
+from service.limits import DAY, HOUR, check_and_count, forget_idle, take
+from service.models import RateBucket
 from tests.conftest import Clock
 
 
@@ -90,3 +94,110 @@ def test_workers_sharing_a_rate_get_no_more_than_it_refills(
     clock.advance(60)
     assert asyncio.run(drain()) == 10  # a long pause fills one batch, not a minute's worth
     assert sum(rate.granted for rate in rates) == 25
+
+
+def spend(engine: Engine, key: str, at: datetime, *, capacity: int = 3) -> int:
+    """Take all a bucket of `capacity` a day holds at `at`; what it granted."""
+    per_second = capacity / DAY.total_seconds()
+    with transaction(engine) as session:
+        got = take(session, key, capacity=capacity, per_second=per_second, want=capacity, now=at)
+    return got.granted
+
+
+def forget(engine: Engine, at: datetime, idle_for: timedelta = DAY) -> int:
+    with transaction(engine) as session:
+        return forget_idle(session, idle_for=idle_for, now=at)
+
+
+def bucket_keys(engine: Engine) -> set[str]:
+    with Session(engine) as session:
+        return set(session.exec(select(RateBucket.key)))
+
+
+def test_a_bucket_idle_for_its_whole_window_is_forgotten_and_no_limit_moves(
+    engine: Engine, clock: Clock
+) -> None:
+    start = clock.utcnow()
+    assert spend(engine, "idle", start) == spend(engine, "twin", start) == 3
+    assert forget(engine, start + DAY - timedelta(seconds=1)) == 0  # still refilling
+    assert bucket_keys(engine) == {"idle", "twin"}
+
+    later = start + DAY + timedelta(seconds=1)
+    with transaction(engine) as session:  # the twin stays, as if the sweep had not run
+        take(session, "twin", capacity=3, per_second=3 / DAY.total_seconds(), want=0, now=later)
+    assert forget(engine, later) == 1
+    assert bucket_keys(engine) == {"twin"}
+    # The forgotten bucket comes back full: what the bucket kept all along holds too.
+    assert spend(engine, "idle", later) == spend(engine, "twin", later) == 3
+
+
+def test_a_take_racing_the_sweep_keeps_its_spent_bucket(engine: Engine, clock: Clock) -> None:
+    start = clock.utcnow()
+    spend(engine, "raced", start)
+    now = start + DAY + HOUR  # idle past its window: the sweep would delete it
+    taken = threading.Event()
+    committed: list[float] = []
+
+    def take_and_hold() -> None:
+        with transaction(engine) as session:
+            per_second = 3 / DAY.total_seconds()
+            assert take(session, "raced", capacity=3, per_second=per_second, want=3, now=now)
+            taken.set()
+            time.sleep(0.5)  # the sweep reaches the row while this take holds it
+        committed.append(time.monotonic())
+
+    taker = threading.Thread(target=take_and_hold)
+    taker.start()
+    assert taken.wait(10)
+    forgotten = forget(engine, now)  # as it read the table, the bucket was a day idle
+    swept_at = time.monotonic()
+    taker.join()
+    assert committed and swept_at >= committed[0], "the sweep waited for the take"
+    assert forgotten == 0 and bucket_keys(engine) == {"raced"}
+    assert spend(engine, "raced", now) == 0, "the take's spending holds: nothing left today"
+
+
+def test_a_sweep_racing_a_take_gives_it_a_full_bucket_never_an_error(
+    engine: Engine, clock: Clock
+) -> None:
+    start = clock.utcnow()
+    spend(engine, "raced", start)
+    now = start + DAY + HOUR
+    deleted = threading.Event()
+    granted: list[int] = []
+
+    def sweep_and_hold() -> None:
+        with transaction(engine) as session:
+            assert forget_idle(session, idle_for=DAY, now=now) == 1
+            deleted.set()
+            time.sleep(0.5)  # the take reaches the row while this sweep holds it
+
+    sweeper = threading.Thread(target=sweep_and_hold)
+    sweeper.start()
+    assert deleted.wait(10)
+    granted.append(spend(engine, "raced", now))  # waits for the delete, then starts afresh
+    sweeper.join()
+    # The deleted bucket was full (a day idle): a new full one is the same limit.
+    assert granted == [3]
+    assert spend(engine, "raced", now) == 0
+
+
+def test_a_slow_delivery_rate_keeps_its_bucket_until_it_has_refilled(
+    engine: Engine, clock: Clock
+) -> None:
+    per_second = 1 / (2 * DAY.total_seconds())  # one message every other day
+
+    async def one() -> float:
+        rate = SharedRate(engine, "delivery:send:1", per_second=per_second, clock=clock.utcnow)
+        return await rate.try_acquire()
+
+    assert asyncio.run(one()) == 0
+    clock.advance(1.5 * DAY.total_seconds())
+    with transaction(engine) as session:
+        kept = forget_idle_buckets(session, delivery_rate=per_second, now=clock.utcnow())
+    assert kept == 0 and asyncio.run(one()) > 0, "its next message is half a day away"
+
+
+def test_a_count_over_a_window_longer_than_a_day_is_refused(engine: Engine) -> None:
+    with transaction(engine) as session, pytest.raises(ValueError, match="LONGEST_WINDOW"):
+        check_and_count(session, "k", limit=10, window=timedelta(days=7))

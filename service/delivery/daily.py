@@ -5,28 +5,38 @@ orchestration: the scheduler, `broadside send` and `broadside preview` all go th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy.engine import Engine
 
 from ..clock import utcnow
 from ..columns import sources, store
+from ..columns.digest import prepare_digest
 from ..columns.mail import ColumnTooLarge, prepare_column
 from ..columns.view import column_view
-from ..config import LATE_COLUMN_POLL, SHUTDOWN_GRACE, Settings
+from ..config import (
+    LATE_COLUMN_POLL,
+    RATE_BUCKET_SWEEP_SECONDS,
+    SEND_POLL_SECONDS,
+    SHUTDOWN_GRACE,
+    Settings,
+)
 from ..db import transaction
 from ..mail.smtp import SmtpConnection, SmtpFailure
-from ..models import ColumnRecord, Send
+from ..models import ColumnRecord, Send, SendKind
 from ..retry import worker_name
-from . import digests, sends, timing
-from .building import job_for, message_for
+from ..tokens import Purpose
+from . import digests, ratelimit, sends, timing, watch
+from .building import Job, job_for, message_for
 from .courier import Courier
 from .worker import SendWorker
 
@@ -49,6 +59,12 @@ def local_day(settings: Settings, now: dt.datetime) -> dt.date:
     """The day whose send starts at `now`'s SEND_TIME: the date in the earliest time zone
     (DELIVERY_TIMING=local) or in TIMEZONE (fixed)."""
     return timing.day_at(settings, now)
+
+
+def current_week(settings: Settings, now: dt.datetime) -> str:
+    """The ISO week of `now`'s day (local_day), as a digest send names it: the week a digest
+    preview shows when none is named."""
+    return timing.week_of(local_day(settings, now))
 
 
 def send_moment(settings: Settings, day: dt.date) -> dt.datetime:
@@ -120,10 +136,11 @@ SENDING = ""  # a day's column state (Dispatcher._column_state): nothing to star
 
 
 class Dispatcher:
-    """This process's sends: runs at most one SendWorker per send, resumes the unfinished ones
-    (the periodic heal), and stops them all gracefully. One worker name per process, so that a
-    run aborted by a database error can take back its own rows at once instead of waiting for
-    their lease to expire."""
+    """This process's sends: runs at most one SendWorker per send, joins a send another process
+    started within seconds (watch_sends), resumes the unfinished ones (the periodic heal), and
+    stops them all gracefully. One worker name per process, so that a run aborted by a
+    database error can take back its own rows at once instead of waiting for their lease to
+    expire."""
 
     def __init__(self, courier: Courier) -> None:
         self.courier = courier
@@ -142,6 +159,10 @@ class Dispatcher:
         # (and logged) at every heal.
         self._refreshed = -math.inf
         self._tried: set[tuple[dt.date, str]] = set()
+        self._watch = watch.SendWatch()  # the sends going out at the last look
+        self._stopped = False
+        self._stopping: asyncio.Event | None = None  # wakes watch_sends() at stop()
+        self._swept = -math.inf  # when idle rate buckets were last deleted (monotonic)
 
     async def run_daily(self, day: dt.date) -> sends.SendCounts | None:
         """Send `day`'s column to every active reader, once. Safe to call any number of
@@ -238,18 +259,13 @@ class Dispatcher:
     async def heal(self, now: dt.datetime) -> None:
         """Resume every unfinished, unpaused send that has rows due and is not running here
         (and set a wake-up for those whose rows fall due later), retry a daily run that
-        failed (the database or the relay was down) while its grace lasts, and start the
-        send of a column that arrived late. Each in its own task, so one send's trouble never
-        holds up another's."""
+        failed (the database or the relay was down) while its grace lasts, start the send of
+        a column that arrived late, and (at most hourly) delete the rate buckets idle long
+        enough to be full again. Each send in its own task, so one send's trouble never holds
+        up another's."""
         unfinished = await asyncio.to_thread(self._unfinished, now)
         for send_id, due in unfinished:
-            if send_id in self._running:
-                continue
-            if due is not None:
-                self._wake_at(send_id, due)
-                continue
-            log.info("resuming unfinished send %s", send_id)
-            self._spawn(self.resume(send_id), f"send {send_id}")
+            self._take_up(send_id, due, "resuming unfinished send %s")
         day = self._retry_day
         if day is not None and within_grace(self.ctx.settings, day, now):
             self._retry_day = None
@@ -263,6 +279,78 @@ class Dispatcher:
             log.info("the column of %s has no send yet: starting it", day.isoformat())
             self._spawn(self.run_daily(day), f"the daily send of {day}")
         await self.start_digests(now)
+        await asyncio.to_thread(self._forget_idle_buckets, now)
+
+    def _take_up(self, send_id: int, due: dt.datetime | None, why: str) -> None:
+        """Deliver `send_id` here: now (logging `why`), or when its next row falls due at
+        `due`; nothing when it already runs here."""
+        if send_id in self._running:
+            return
+        if due is not None:
+            self._wake_at(send_id, due)
+            return
+        log.info(why, send_id)
+        self._spawn(self.resume(send_id), f"send {send_id}")
+
+    async def watch_sends(self) -> None:
+        """Until stop(): every SEND_POLL_SECONDS, join each send that started or was resumed
+        since the last look, whoever did it (the scheduler of another process, an operator's
+        "send now" or resume, `broadside send`), instead of waiting for the next heal
+        (RESUME_INTERVAL). A look is one small indexed query; it claims nothing itself, so the
+        ledger's claims stay what keeps every reader to one copy. A database that does not
+        answer is logged once, not at every look."""
+        self._stopping = asyncio.Event()
+        failing = False
+        while not self._stopped:
+            try:
+                await self.notice(self.courier.clock())
+            except Exception:  # the database is down, say: the next look tries again
+                self._watch = watch.SendWatch()  # and takes up all it sees, missing none
+                if not failing:
+                    log.warning("looking for new sends failed; trying again", exc_info=True)
+                failing = True
+            else:
+                if failing:
+                    log.info("looking for new sends works again")
+                failing = False
+            # asyncio.timeout rather than wait_for: on 3.11 wait_for can swallow a cancel.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SEND_POLL_SECONDS):
+                    await self._stopping.wait()
+
+    async def notice(self, now: dt.datetime) -> list[int]:
+        """One look of watch_sends: join the sends going out now that were not at the last
+        look (all of them at the first); their ids."""
+        news = self._watch.news(await asyncio.to_thread(self._going_out))
+        moment = now.astimezone(dt.UTC).replace(tzinfo=None)
+        for send_id in news:
+            if send_id not in self._running:
+                due = await asyncio.to_thread(self._waiting_until, send_id, moment)
+                self._take_up(send_id, due, "send %s is going out: joining it")
+        return news
+
+    def _going_out(self) -> watch.GoingOut:
+        with transaction(self.engine) as session:
+            return watch.going_out(session)
+
+    def _waiting_until(self, send_id: int, moment: dt.datetime) -> dt.datetime | None:
+        with transaction(self.engine) as session:
+            return sends.waiting_until(session, send_id, moment)
+
+    def _forget_idle_buckets(self, now: dt.datetime) -> None:
+        """At most every RATE_BUCKET_SWEEP_SECONDS: delete the rate buckets idle long enough
+        to be full again (a finished send's DELIVERY_RATE, a relay's cap unused for a day,
+        a reader's count), which would otherwise stay forever."""
+        if time.monotonic() - self._swept < RATE_BUCKET_SWEEP_SECONDS:
+            return
+        self._swept = time.monotonic()
+        moment = now.astimezone(dt.UTC).replace(tzinfo=None)
+        with transaction(self.engine) as session:
+            forgotten = ratelimit.forget_idle_buckets(
+                session, delivery_rate=self.ctx.settings.delivery_rate, now=moment
+            )
+        if forgotten:
+            log.info("deleted %s idle rate buckets", forgotten)
 
     async def start_digests(self, now: dt.datetime) -> None:
         """Start the weekly digest send of each open week that has weekly readers and none
@@ -356,7 +444,11 @@ class Dispatcher:
         task.add_done_callback(self._tasks.discard)
 
     def stop(self) -> None:
-        """Every running send finishes its hand-offs in progress and gives back the rest."""
+        """Every running send finishes its hand-offs in progress and gives back the rest;
+        watch_sends() returns."""
+        self._stopped = True
+        if self._stopping is not None:
+            self._stopping.set()
         for worker, _task in self._running.values():
             worker.stop()
         for _due, handle in self._wakes.values():
@@ -541,11 +633,31 @@ async def preview(courier: Courier, day: dt.date, address: str) -> str | None:
 async def send_test_copy(courier: Courier, column: ColumnRecord, address: str) -> str | None:
     """Mail one copy of `column` to `address` as a reader would get it; None when the relay
     took it, else its reason. No send is made and no reader changes."""
+    return await _mail_test_copy(courier, address, functools.partial(reader_copy, courier, column))
+
+
+async def send_digest_test_copy(
+    courier: Courier, week: str, columns: Sequence[ColumnRecord], address: str
+) -> str | None:
+    """Mail one copy of the digest of `columns` (`week`'s, digests.preview_columns) to
+    `address` as a weekly reader would get it; None when the relay took it, else its reason.
+    No send is made and no reader changes."""
+    build = functools.partial(digest_copy, courier, week, columns)
+    return await _mail_test_copy(courier, address, build)
+
+
+class ReaderCopy(Protocol):
+    """Builds one reader's copy of a mail (reader_copy, digest_copy with their mail bound)."""
+
+    def __call__(self, *, to: str, name: str, subscriber_id: int) -> bytes: ...
+
+
+async def _mail_test_copy(courier: Courier, address: str, build: ReaderCopy) -> str | None:
+    """Hand the relay one copy built for `address`: with that reader's own links when the
+    address is a reader's (so the test copy's links can be tried), a sample's otherwise."""
     reader = await asyncio.to_thread(_reader, courier.engine, address)
     subscriber_id, name = reader if reader is not None else (0, "")
-    data = await asyncio.to_thread(
-        reader_copy, courier, column, to=address, name=name, subscriber_id=subscriber_id
-    )
+    data = await asyncio.to_thread(build, to=address, name=name, subscriber_id=subscriber_id)
     async with SmtpConnection(courier.target) as conn:
         try:
             await conn.send(courier.settings.bounce_address, address, data)
@@ -565,6 +677,35 @@ def reader_copy(
         send_id=0,
         message_domain=f"{column.date.isoformat()}.preview-{secrets.token_hex(4)}",
         deadline=utcnow(),
+    )
+    return message_for(job, courier.ctx, subscriber_id=subscriber_id, email=to, name=name)
+
+
+def digest_columns(engine: Engine, week: str) -> list[ColumnRecord]:
+    """The columns of `week`'s digest preview (digests.preview_columns; NoDigest if none)."""
+    with transaction(engine) as session:
+        return digests.preview_columns(session, week=week)
+
+
+def digest_copy(
+    courier: Courier,
+    week: str,
+    columns: Sequence[ColumnRecord],
+    *,
+    to: str,
+    name: str,
+    subscriber_id: int,
+) -> bytes:
+    """The exact bytes a weekly reader would get of the digest of `columns` in `week`
+    (rendered once here, for one reader): what the digest preview shows and its test copy
+    sends. The worker's own message builder, given the digest as its prepared mail."""
+    job = Job(
+        send_id=0,
+        prepared=prepare_digest([column_view(column) for column in columns], courier.settings),
+        message_domain=f"{week}.preview-{secrets.token_hex(4)}",
+        token_expiry=courier.ctx.tokens.expiry(Purpose.unsubscribe),
+        deadline=utcnow(),
+        kind=SendKind.digest,
     )
     return message_for(job, courier.ctx, subscriber_id=subscriber_id, email=to, name=name)
 

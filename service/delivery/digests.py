@@ -5,6 +5,7 @@ the reader was not mailed already (at most seven), fixed at its first claim."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -38,6 +39,50 @@ LOOK_BACK = dt.timedelta(days=14)
 NOTHING_NEW = "not sent: no column this week that the reader was not mailed already"
 # Deliveries that count as mailed (or about to be): a column in one is not in a digest.
 _MAILED = (MailStatus.sent, MailStatus.sending, MailStatus.pending)
+_WEEK_RE = re.compile(r"(\d{4})-W(\d{2})")  # as a digest send names its week, "2026-W48"
+
+
+class NoDigest(LookupError):
+    """A week without a column: there is no digest of it to show or mail."""
+
+    def __init__(self, week: str) -> None:
+        super().__init__(f"no column in {week}: its digest would be empty")
+        self.week = week
+
+
+def week_named(text: str) -> str:
+    """`text` as an ISO week the way a digest send names it ("2026-w48 " gives "2026-W48");
+    ValueError saying the form for anything else, or for a week the year does not have (W53
+    in a 52-week year: strptime would quietly roll it into the next year) or whose Sunday is
+    past the calendar's end (9999-W52)."""
+    found = _WEEK_RE.fullmatch(text.strip().upper())
+    try:
+        if found is None:
+            raise ValueError(text)
+        dt.date.fromisocalendar(int(found[1]), int(found[2]), 7)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO week like 2026-W48") from None
+    return found[0]
+
+
+def preview_columns(session: Session, *, week: str) -> list[ColumnRecord]:
+    """The columns a preview of `week`'s digest shows: those dated Monday to Sunday of that
+    ISO week (one a day, so seven at most) and not cancelled, oldest first. No reader's
+    history applies: a reader's own digest leaves out the columns they were already mailed
+    and can reach into the week before (LOOK_BACK). NoDigest for a week without a column."""
+    monday = timing.monday_of(week)
+    records = session.exec(
+        select(ColumnRecord)
+        .where(
+            col(ColumnRecord.date) >= monday,
+            col(ColumnRecord.date) <= monday + dt.timedelta(days=6),
+            col(ColumnRecord.cancelled_at).is_(None),
+        )
+        .order_by(col(ColumnRecord.date))
+    ).all()
+    if not records:
+        raise NoDigest(week)
+    return list(records)
 
 
 def weekly_readers(session: Session) -> int:
@@ -45,12 +90,17 @@ def weekly_readers(session: Session) -> int:
     return sends.active_readers(session, Cadence.weekly)
 
 
+def send_of(session: Session, *, week: str) -> Send | None:
+    """The digest send of ISO `week`, if it was started."""
+    return session.exec(select(Send).where(Send.week == week)).first()
+
+
 def start_week(
     session: Session, settings: Settings, week: str, now: dt.datetime
 ) -> tuple[Send, bool] | None:
     """The digest send of `week`, created (with its weekly readers) if it did not exist and
     anyone takes the digest; None when there is none and nobody would get it."""
-    existing = session.exec(select(Send).where(Send.week == week)).first()
+    existing = send_of(session, week=week)
     if existing is not None:
         return existing, False
     if weekly_readers(session) == 0:

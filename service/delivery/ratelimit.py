@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from ..clock import utcnow
-from ..config import RATE_BATCH_SECONDS
+from ..config import RATE_BATCH_SECONDS, RATE_BUCKET_CLOCK_SKEW
 from ..db import in_thread
-from ..limits import take
+from ..limits import HOUR, LONGEST_WINDOW, forget_idle, take
 
 MIN_WAIT = 0.01  # seconds: never spin on the database while a bucket refills
 
@@ -36,7 +37,7 @@ class SharedRate:
         self.engine = engine
         self.key = key
         self.per_second = per_second
-        self.batch = batch or max(1, math.ceil(per_second * RATE_BATCH_SECONDS))
+        self.batch = batch or _batch(per_second)
         self.capacity = capacity or self.batch
         self.clock = clock
         self.granted = 0  # tokens this process took from the bucket: what tests count
@@ -75,3 +76,24 @@ def delivery_rate(engine: Engine, send_id: int, per_second: float) -> SharedRate
     if per_second <= 0:
         return None
     return SharedRate(engine, f"delivery:send:{send_id}", per_second=per_second)
+
+
+def _batch(per_second: float) -> int:
+    """Tokens taken at a time (and a bucket's default capacity): RATE_BATCH_SECONDS' worth."""
+    return max(1, math.ceil(per_second * RATE_BATCH_SECONDS))
+
+
+def idle_bucket_age(delivery_rate: float) -> timedelta:
+    """How long a bucket must sit idle to be full again, whatever it limits: a day (the
+    readers' longest count), an hour (a relay's per_hour cap), one batch of DELIVERY_RATE
+    (longer than a day only at less than a message a day); and RATE_BUCKET_CLOCK_SKEW more."""
+    longest = max(LONGEST_WINDOW, HOUR)
+    if delivery_rate > 0:
+        longest = max(longest, timedelta(seconds=_batch(delivery_rate) / delivery_rate))
+    return longest + RATE_BUCKET_CLOCK_SKEW
+
+
+def forget_idle_buckets(session: Session, *, delivery_rate: float, now: datetime) -> int:
+    """Delete every rate bucket idle long enough to be full again: a finished send's, a relay
+    no longer used, a reader who came once. How many went."""
+    return forget_idle(session, idle_for=idle_bucket_age(delivery_rate), now=now)

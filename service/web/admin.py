@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from sqlmodel import Session
 
 from .. import feedback, preferences, readers, subscriptions
 from ..columns import sources, store
@@ -17,11 +18,10 @@ from ..columns.mail import mail_size_check
 from ..columns.store import ColumnRecord
 from ..config import Settings
 from ..db import in_thread
-from ..delivery import daily, sends
+from ..delivery import daily, digests, sends
 from ..delivery.courier import Courier
 from ..mail import message
-from ..models import Cadence, Subscriber
-from ..readers import SubscriberStatus
+from ..readers import Cadence, Subscriber, SubscriberStatus
 from .deps import ContextDep, RequesterDep, SessionDep, SettingsDep
 from .errors import EDGE_RESPONSES, Problem
 
@@ -325,6 +325,10 @@ class SendOut(BaseModel):
     paused_at: Moment | None
     finished_at: Moment | None
     cancelled_at: Moment | None
+    preview_url: str = Field(
+        description="the mail this send carries, as a reader gets it: the column's preview, "
+        "or the week's digest preview"
+    )
 
 
 def _send(summary: sends.SendSummary) -> SendOut:
@@ -348,7 +352,14 @@ def _send(summary: sends.SendSummary) -> SendOut:
         paused_at=summary.paused_at,
         finished_at=summary.finished_at,
         cancelled_at=summary.cancelled_at,
+        preview_url=_preview_url(summary),
     )
+
+
+def _preview_url(summary: sends.SendSummary) -> str:
+    if summary.kind == sends.SendKind.digest and summary.week:
+        return f"{router.prefix}/digests/{summary.week}/preview"
+    return f"{router.prefix}/columns/{summary.column_id}/preview"
 
 
 @router.get("/sends", response_model=list[SendOut])
@@ -424,6 +435,14 @@ class ColumnPreview(BaseModel):
     text: str
     html: str
     size_bytes: int
+
+
+class DigestPreview(ColumnPreview):
+    """The exact digest a weekly reader would get of the week's columns (no reader's history:
+    their own leaves out what they were already mailed)."""
+
+    week: str
+    column_ids: list[int] = Field(description="the columns it holds, oldest first")
 
 
 class TestCopyIn(BaseModel):
@@ -562,6 +581,63 @@ def schedule_column(
 def _courier(request: Request) -> Courier:
     state = request.app.state
     return Courier(state.engine, state.ctx, state.smtp_target)
+
+
+# Digests ----------------------------------------------------------------------------------
+
+Week = Annotated[str, Path(max_length=20, description='an ISO week, e.g. "2026-W48"')]
+NO_DIGEST: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "no column in that week"},
+    422: {"description": "not an ISO week"},
+}
+
+
+def _week_columns(session: Session, week: str) -> tuple[str, list[ColumnRecord]]:
+    """The week as its digest send names it and the columns of its preview; 422, 404."""
+    try:
+        named = digests.week_named(week)
+    except ValueError as exc:
+        problem = {"loc": ["path", "week"], "msg": str(exc), "type": "value_error"}
+        raise HTTPException(422, [problem]) from None
+    try:
+        return named, digests.preview_columns(session, week=named)
+    except digests.NoDigest as exc:
+        raise HTTPException(404, f"There is {exc}.") from None
+
+
+@router.get("/digests/{week}/preview", response_model=DigestPreview, responses=NO_DIGEST)
+def preview_digest(week: Week, session: SessionDep, request: Request) -> DigestPreview:
+    """The exact digest a weekly reader would get of the columns dated in that ISO week (for
+    a sample reader's links; no reader's history applies)."""
+    named, columns = _week_columns(session, week)
+    data = daily.digest_copy(
+        _courier(request), named, columns, to="reader@example.com", name="Reader", subscriber_id=0
+    )
+    shown = message.read_back(data)
+    return DigestPreview(
+        subject=shown.subject,
+        text=shown.text,
+        html=shown.html,
+        size_bytes=len(data),
+        week=named,
+        column_ids=[column.id or 0 for column in columns],
+    )
+
+
+@router.post(
+    "/digests/{week}/test",
+    response_model=TestCopyOut,
+    responses={**NO_DIGEST, 502: {"model": Problem}},
+)
+async def test_digest(week: Week, body: TestCopyIn, request: Request) -> TestCopyOut:
+    """Mail one test copy of the week's digest to `to`, as a weekly reader would get it; no
+    reader changes and no send is made."""
+    address = subscriptions.normalize_address(body.to)
+    named, columns = await in_thread(request.app.state.engine, _week_columns, week)
+    reply = await daily.send_digest_test_copy(_courier(request), named, columns, address)
+    if reply is not None:
+        raise HTTPException(502, f"The relay did not take the test copy: {reply}")
+    return TestCopyOut(sent=True, relay_reply=None)
 
 
 # Feedback ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import feedback, subscriptions
-from ..models import Cadence
+from ..readers import Cadence
 from .deps import ContextDep, RequesterDep, SessionDep
 from .errors import EDGE_RESPONSES
 

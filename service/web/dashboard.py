@@ -9,6 +9,7 @@ import datetime as dt
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Path, Query, Request, UploadFile
@@ -31,7 +32,7 @@ from ..columns.mail import mail_size_check
 from ..columns.store import ColumnFileError
 from ..config import TEMPLATES_DIR, Settings
 from ..db import in_thread
-from ..delivery import daily, sends
+from ..delivery import daily, digests, sends, timing
 from ..delivery.courier import Courier
 from ..errors import InvalidInput, RateLimited
 from ..mail import message
@@ -553,12 +554,17 @@ def column_page(
         send=sends.for_column(session, column_id),
         readers=sends.active_readers(session),
         preview=shown,
-        html=HEAD_RE.sub(lambda m: m.group(0) + '<base target="_blank">', shown.html, count=1),
+        html=_framed(shown.html),
         size=len(data),
         send_at_value=local.strftime("%Y-%m-%dT%H:%M") if local else "",
         send_time=daily.send_moment(settings, record.date),
         resume_every=_interval(settings.resume_interval),
     )
+
+
+def _framed(html: str) -> str:
+    """A mail's HTML for the preview frame: its links open in a new window."""
+    return HEAD_RE.sub(lambda m: m.group(0) + '<base target="_blank">', html, count=1)
 
 
 @router.post("/columns/{column_id}/test")
@@ -635,6 +641,85 @@ async def send_now(
         else "This column's send had already started."
     )
     return redirect(f"/admin/sends/{send.id}", done)
+
+
+# Digests ----------------------------------------------------------------------------------
+
+WeekText = Annotated[str, Path(max_length=20)]
+
+
+@router.get("/digests")
+def digest_of_week(
+    request: Request,
+    operator: OperatorDep,
+    settings: SettingsDep,
+    week: Annotated[str, Query(max_length=20)] = "",
+) -> Response:
+    """The week picker's target (an <input type=week> sends "2026-W48"): that week's digest
+    page, or this week's when none is given."""
+    if not week.strip():
+        return redirect(f"/admin/digests/{daily.current_week(settings, clock.now())}")
+    try:
+        return redirect(f"/admin/digests/{digests.week_named(week)}")
+    except ValueError as exc:
+        return show(request, operator, "digest", 422, week=week, error=f"{exc}.")
+
+
+@router.get("/digests/{week}", response_class=HTMLResponse)
+def digest_page(
+    request: Request, week: WeekText, operator: OperatorDep, session: SessionDep
+) -> Response:
+    """A week's digest as a weekly reader gets it, from the columns dated in that week (no
+    reader's history), its send if it started, and a test copy; 422 or 404 with the week
+    picker for a week that is not one or has no column."""
+    try:
+        named = digests.week_named(week)
+        columns = digests.preview_columns(session, week=named)
+    except digests.NoDigest as exc:
+        return show(request, operator, "digest", 404, week=week, error=f"There is {exc}.")
+    except ValueError as exc:
+        return show(request, operator, "digest", 422, week=week, error=f"{exc}.")
+    data = daily.digest_copy(
+        _courier(request), named, columns, to="reader@example.com", name="Reader", subscriber_id=0
+    )
+    shown = message.read_back(data)
+    monday = timing.monday_of(named)
+    return show(
+        request,
+        operator,
+        "digest",
+        week=named,
+        error=None,
+        monday=monday,
+        sunday=monday + dt.timedelta(days=6),
+        columns=columns,
+        send=digests.send_of(session, week=named),
+        readers=digests.weekly_readers(session),
+        preview=shown,
+        html=_framed(shown.html),
+        size=len(data),
+    )
+
+
+@router.post("/digests/{week}/test")
+async def test_digest(
+    request: Request, week: WeekText, _operator: FormOperatorDep, to: FormText = ""
+) -> Response:
+    """Mail one test copy of the week's digest, as POST /api/v1/admin/digests/{week}/test
+    does; no reader changes and no send is made."""
+    back = f"/admin/digests/{quote(week, safe='')}"
+    try:
+        address = subscriptions.normalize_address(to)
+        named = digests.week_named(week)
+        columns = await asyncio.to_thread(daily.digest_columns, request.app.state.engine, named)
+    except InvalidInput as exc:
+        return redirect(back, f"No test copy sent: {exc.message}", error=True)
+    except (ValueError, LookupError) as exc:  # not a week, or digests.NoDigest
+        return redirect(back, f"No test copy sent: {exc}.", error=True)
+    reply = await daily.send_digest_test_copy(_courier(request), named, columns, address)
+    if reply is not None:
+        return redirect(back, f"The relay did not take the test copy: {reply}", error=True)
+    return redirect(back, f"Test copy sent to {address}.")
 
 
 # Feedback ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from .. import clock, preferences, subscriptions
 from ..context import AppContext
 from ..delivery import choices, timing
 from ..errors import DomainError, InvalidInput
-from ..models import Cadence, Subscriber, SubscriberStatus
+from ..readers import Cadence, Subscriber, SubscriberStatus
 from .deps import ContextDep, RequesterDep, SessionDep
 from .templating import page
 

@@ -1,6 +1,7 @@
 """Scaling out: workers that share DELIVERY_RATE through the database, several relays by
 weight (one stopped mid-send, one at its hourly cap) with the ledger naming the relay of each
-message, and schedulers racing in parallel that make one send."""
+message, schedulers racing in parallel that make one send, and the shared rate buckets
+forgotten once idle."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from service.config import Settings
+from service.db import transaction
 from service.delivery.worker import SendWorker
-from service.models import Delivery, Send
+from service.limits import take
+from service.models import Delivery, RateBucket, Send
 from service.scheduler import daily_job
 from tests.conftest import make_settings
 from tests.daily import AT_SEND_TIME, add_readers, courier, dispatcher, start_seed_send
@@ -195,3 +198,55 @@ def test_schedulers_racing_in_parallel_make_exactly_one_send(
         made = session.exec(select(Send)).all()
     assert len(made) == 1 and made[0].created_at <= dt.datetime.now(dt.UTC).replace(tzinfo=None)
     assert sorted(smtp_server.per_recipient().values()) == [1] * readers
+
+
+def test_the_heal_forgets_rate_buckets_once_idle_past_their_window(
+    engine: Engine,
+    database_url: str,
+    tmp_path: Path,
+    smtp_server: SmtpTestServer,
+    second_server: SmtpTestServer,
+) -> None:
+    settings = make_settings(
+        database_url,
+        tmp_path / "var",
+        smtp_urls=f"{smtp_server.url};per_hour=100, {second_server.url}",
+        delivery_rate=50,
+    )
+    add_readers(engine, active=10)
+    send = start_seed_send(engine, settings)
+    deliver(engine, settings, send.id or 0)
+    relay_cap, send_rate = f"relay:{label(smtp_server)}", f"delivery:send:{send.id}"
+    assert bucket_keys(engine) == {relay_cap, send_rate}
+    finished = dt.datetime.now(dt.UTC)
+
+    heal_at(engine, settings, finished + dt.timedelta(hours=23))
+    assert bucket_keys(engine) == {relay_cap, send_rate}, "a day's count may still need them"
+    with transaction(engine) as session:  # the relay's cap is in use again, an hour later
+        take(session, relay_cap, capacity=100, per_second=100 / 3600, now=utcnow(hours=24))
+    heal_at(engine, settings, finished + dt.timedelta(hours=26))
+    assert bucket_keys(engine) == {relay_cap}, "the finished send's bucket is gone"
+    heal_at(engine, settings, finished + dt.timedelta(hours=50))
+    assert bucket_keys(engine) == set()
+
+
+def heal_at(engine: Engine, settings: Settings, now: dt.datetime) -> None:
+    """What a worker process's heal does at `now` (a new process each time: the heal looks
+    for idle buckets at most hourly)."""
+
+    async def heal() -> None:
+        runs = dispatcher(engine, settings)
+        await runs.heal(now)
+        await runs.wait(None)
+
+    asyncio.run(heal())
+
+
+def utcnow(*, hours: float) -> dt.datetime:
+    """Naive UTC, `hours` from now."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(hours=hours)
+
+
+def bucket_keys(engine: Engine) -> set[str]:
+    with Session(engine) as session:
+        return set(session.exec(select(RateBucket.key)))

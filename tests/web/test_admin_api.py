@@ -17,9 +17,11 @@ from sqlmodel import Session, col, select
 from service import preferences
 from service.context import AppContext, Requester
 from service.db import transaction
+from service.delivery import digests, sends
 from service.models import (
     Bounce,
     BounceKind,
+    Cadence,
     ColumnRecord,
     Consent,
     Delivery,
@@ -32,10 +34,13 @@ from service.models import (
 )
 from service.subscriptions import suppression_of
 from tests.daily import SEED_DAY, add_readers, dispatcher, run_job, start_seed_send
+from tests.delivery.test_digest_send import MONDAY, add_columns, title
+from tests.delivery.test_digest_send import add_reader as add_weekly_reader
 from tests.helpers import add_reader, app_routes, eventually, outbox_idle, reader
 from tests.smtp_server import SmtpTestServer
 
 TOKEN = "admin-token-for-the-tests"
+WEEK = "2026-W48"  # MONDAY's
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -53,6 +58,7 @@ def admin_routes(client: TestClient) -> list[tuple[str, str]]:
         if isinstance(route, APIRoute) and route.path.startswith("/api/v1/admin"):
             path = route.path.replace("{subscriber_id}", "1").replace("{send_id}", "1")
             path = path.replace("{column_id}", "1").replace("{feedback_id}", "1")
+            path = path.replace("{week}", WEEK)
             found += [(method, path) for method in route.methods]
     return found
 
@@ -356,6 +362,71 @@ def test_a_cancelled_column_is_not_sent_and_a_rescheduled_one_goes_at_its_time(
     )
 
 
+# Digests
+
+
+def test_a_weeks_digest_is_previewed_and_a_test_copy_arrives(
+    admin: TestClient, engine: Engine, smtp_server: SmtpTestServer
+) -> None:
+    add_columns(engine, [MONDAY, MONDAY + dt.timedelta(days=2), MONDAY + dt.timedelta(days=7)])
+    answer = admin.get(f"/api/v1/admin/digests/{WEEK}/preview")
+    assert answer.status_code == 200, answer.text
+    preview = answer.json()
+    assert preview["week"] == WEEK and len(preview["column_ids"]) == 2
+    assert preview["subject"].endswith("your week: 23\u201325 November 2026")
+    assert title(MONDAY) in preview["text"] and "<html" in preview["html"].lower()
+
+    sent = admin.post("/api/v1/admin/digests/2026-w48/test", json={"to": "Editor@Example.org"})
+    assert sent.status_code == 200 and sent.json()["sent"] is True
+    [mail] = smtp_server.wait_for(1)
+    assert mail.rcpt_tos == ["editor@example.org"]
+    assert str(mail.message["Subject"]) == preview["subject"]
+    with Session(engine) as session:
+        assert list(session.exec(select(Send))) == []  # a test copy is no send
+
+
+def test_a_week_that_is_not_one_is_422_and_one_without_a_column_404(
+    admin: TestClient, engine: Engine
+) -> None:
+    add_columns(engine, [MONDAY])
+    to = {"to": "editor@example.org"}
+    for week in ("2026-48", "2025-W53", "W48"):
+        assert admin.get(f"/api/v1/admin/digests/{week}/preview").status_code == 422
+        assert admin.post(f"/api/v1/admin/digests/{week}/test", json=to).status_code == 422
+    empty = admin.get("/api/v1/admin/digests/2026-W47/preview")
+    assert empty.status_code == 404 and "no column in 2026-W47" in empty.json()["detail"]
+    assert admin.post("/api/v1/admin/digests/2026-W47/test", json=to).status_code == 404
+    refused = admin.post(f"/api/v1/admin/digests/{WEEK}/test", json={"to": "not an address"})
+    assert refused.status_code == 422
+
+
+def test_a_digest_send_is_listed_with_its_week_and_a_link_to_its_preview(
+    admin: TestClient, engine: Engine
+) -> None:
+    settings = admin.app.state.ctx.settings  # type: ignore[attr-defined]
+    add_columns(engine, [MONDAY, MONDAY + dt.timedelta(days=1)])
+    add_weekly_reader(engine, "weekly@example.com", Cadence.weekly, weekday=3)
+    add_readers(engine, active=1)
+    with transaction(engine) as session:
+        monday = session.exec(select(ColumnRecord).where(ColumnRecord.date == MONDAY)).one()
+        sends.start(session, column=monday)
+        assert digests.start_week(session, settings, WEEK, dt.datetime(2026, 11, 23)) is not None
+    digest, column = admin.get("/api/v1/admin/sends").json()
+    assert (digest["kind"], digest["week"], digest["column_id"]) == ("digest", WEEK, 0)
+    assert digest["preview_url"] == f"/api/v1/admin/digests/{WEEK}/preview"
+    assert column["preview_url"] == f"/api/v1/admin/columns/{monday.id}/preview"
+    assert admin.get(digest["preview_url"]).json()["column_ids"] == [monday.id, monday.id + 1]
+    assert admin.get(column["preview_url"]).json()["subject"] == monday.title
+    assert admin.get(f"/api/v1/admin/sends/{digest['id']}").json()["week"] == WEEK
+    for action in ("pause", "resume", "cancel"):
+        answer = admin.post(f"/api/v1/admin/sends/{digest['id']}/{action}")
+        assert answer.status_code == 200, (action, answer.text)
+    weekly = reader(engine, "weekly@example.com")
+    history = admin.get(f"/api/v1/admin/subscribers/{weekly.id}")
+    assert history.status_code == 200
+    assert [d["column_date"] for d in history.json()["deliveries"]] == [WEEK]
+
+
 # Feedback
 
 
@@ -377,6 +448,7 @@ def test_the_feedback_inbox_filters_and_resolves(admin: TestClient, engine: Engi
 def test_api_and_outbox_stay_quiet_after_admin_calls(admin: TestClient, engine: Engine) -> None:
     """No admin read writes anything: the outbox stays empty after a tour of the GETs."""
     add_readers(engine, active=1)
+    add_columns(engine, [MONDAY])  # WEEK's digest preview has a column to show
     for method, path in admin_routes(admin):
         if method == "GET" and "{" not in path and "/1" not in path:
             assert admin.get(path).status_code == 200, path

@@ -4,6 +4,7 @@ what the admin API's change (readers, sends, columns, feedback, imports and expo
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 from collections.abc import Callable
@@ -20,8 +21,10 @@ from service import preferences
 from service.config import SIGN_IN_ATTEMPTS
 from service.context import AppContext, Requester
 from service.db import transaction
+from service.delivery import digests, sends
 from service.models import (
     AdminSession,
+    Cadence,
     ColumnRecord,
     Consent,
     Delivery,
@@ -36,13 +39,22 @@ from service.operators import hash_password
 from service.subscriptions import suppression_of
 from tests.conftest import SEED
 from tests.daily import SEED_DAY, add_readers, run_job, start_seed_send
+from tests.delivery.test_digest_send import MONDAY, add_columns, title
+from tests.delivery.test_digest_send import add_reader as add_weekly_reader
 from tests.helpers import add_reader, app_routes, eventually, outbox_idle, reader
 from tests.smtp_server import SmtpTestServer
 
 PASSWORD = "correct horse battery staple"
 TOKEN_RE = re.compile(r'name="csrf" value="([^"]+)"')
 # Path parameters filled in for the route walk; every action of a route with {action}.
-FILLED = {"{subscriber_id}": "1", "{send_id}": "1", "{column_id}": "1", "{feedback_id}": "1"}
+FILLED = {
+    "{subscriber_id}": "1",
+    "{send_id}": "1",
+    "{column_id}": "1",
+    "{feedback_id}": "1",
+    "{week}": "2026-W48",
+}
+WEEK = "2026-W48"  # MONDAY's
 ACTIONS = {
     "/admin/sends/1/{action}": ("pause", "resume", "cancel"),
     "/admin/feedback/1/{action}": ("resolve", "reopen"),
@@ -526,6 +538,84 @@ def test_send_now_snapshots_the_active_readers_once(
     again = post(dashboard, f"/admin/columns/{column.id}/send")
     assert "already started" in again.text and len(rows(engine, Send)) == 1
     assert smtp_server.received == []  # the running processes' heal delivers it, not the page
+
+
+# Digests ----------------------------------------------------------------------------------
+
+
+def test_a_weeks_digest_is_previewed_and_test_copied(
+    dashboard: TestClient, engine: Engine, smtp_server: SmtpTestServer
+) -> None:
+    add_columns(engine, [MONDAY, MONDAY + dt.timedelta(days=2)])
+    picked = dashboard.get("/admin/digests", params={"week": "2026-w48"})  # the week picker
+    assert picked.status_code == 200 and picked.url.path == f"/admin/digests/{WEEK}"
+    page = picked.text
+    assert f"Digest, week {WEEK}" in page and "Monday 2026-11-23 to Sunday 2026-11-29" in page
+    assert "srcdoc=" in page and "The digest as a weekly reader sees it" in page
+    assert page.count(title(MONDAY)) >= 2  # listed, and in the preview
+    assert "without any reader's history" in page
+
+    sent = post(dashboard, f"/admin/digests/{WEEK}/test", to="Editor@Example.org")
+    assert "Test copy sent to editor@example.org" in sent.text
+    [mail] = smtp_server.wait_for(1)
+    assert mail.rcpt_tos == ["editor@example.org"]
+    assert str(mail.message["Message-ID"]).startswith(f"<digest.{WEEK}.preview-")
+    refused = post(dashboard, f"/admin/digests/{WEEK}/test", to="not an address")
+    assert "No test copy sent" in refused.text
+    assert rows(engine, Send) == [] and rows(engine, Delivery) == []  # a test copy is no send
+
+
+def test_a_week_that_is_not_one_or_has_no_column_is_a_4xx_page_with_the_week_picker(
+    dashboard: TestClient, engine: Engine, smtp_server: SmtpTestServer
+) -> None:
+    add_columns(engine, [MONDAY])
+    for answer in (dashboard.get("/admin/digests/2026-48"), dashboard.get("/admin/digests?week=x")):
+        assert answer.status_code == 422
+        assert "is not an ISO week like 2026-W48" in answer.text and 'type="week"' in answer.text
+    empty = dashboard.get("/admin/digests/2026-W47")
+    assert empty.status_code == 404 and "There is no column in 2026-W47" in empty.text
+    assert 'type="week"' in empty.text
+    refused = post(dashboard, "/admin/digests/2026-W47/test", to="editor@example.org")
+    assert "No test copy sent: no column in 2026-W47" in refused.text
+    assert smtp_server.received == []
+    this_week = dashboard.get("/admin/digests", follow_redirects=False)
+    assert this_week.status_code == 303
+    assert re.fullmatch(r"/admin/digests/\d{4}-W\d{2}", this_week.headers["location"])
+
+
+def test_a_digest_send_shows_as_its_week_linking_to_its_preview_on_every_page(
+    dashboard: TestClient, engine: Engine
+) -> None:
+    settings = dashboard.app.state.ctx.settings  # type: ignore[attr-defined]
+    add_columns(engine, [MONDAY])
+    add_weekly_reader(engine, "weekly@example.com", Cadence.weekly, weekday=3)
+    add_readers(engine, active=1)
+    with transaction(engine) as session:
+        monday = session.exec(select(ColumnRecord)).one()
+        sends.start(session, column=monday)
+        started = digests.start_week(session, settings, WEEK, dt.datetime(2026, 11, 23))
+        assert started is not None
+        digest = started[0]
+    digest_link = f'<a href="/admin/digests/{WEEK}">Digest, week {WEEK}</a>'
+    column_link = f'<a href="/admin/columns/{monday.id}">2026-11-23 · {monday.title}</a>'
+
+    listing = dashboard.get("/admin/sends")
+    assert listing.status_code == 200
+    assert digest_link in listing.text and column_link in listing.text
+    assert f'href="/admin/sends/{digest.id}"' in listing.text
+    overview = dashboard.get("/admin")  # the latest send is the digest's
+    assert overview.status_code == 200 and digest_link in overview.text
+    for action in ("pause", "resume", "cancel"):
+        page = post(dashboard, f"/admin/sends/{digest.id}/{action}")
+        assert page.status_code == 200 and page.url.path == f"/admin/sends/{digest.id}"
+        assert digest_link in page.text
+    assert dashboard.get(f"/admin/sends/{digest.id}/live.json").json()["status"] == "cancelled"
+    weekly = reader(engine, "weekly@example.com")
+    history = dashboard.get(f"/admin/subscribers/{weekly.id}")
+    assert history.status_code == 200 and f'href="/admin/sends/{digest.id}"' in history.text
+    preview = dashboard.get(f"/admin/digests/{WEEK}")  # where the link goes
+    assert preview.status_code == 200
+    assert f'<a href="/admin/sends/{digest.id}">send {digest.id}, cancelled</a>' in preview.text
 
 
 # Feedback ---------------------------------------------------------------------------------
