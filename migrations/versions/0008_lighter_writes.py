@@ -1,0 +1,42 @@
+"""fewer index writes per row: the ledger's sent_at index covers sent rows only (a send's
+snapshot writes a million rows without a sent_at), and the subscribers' status index, a prefix
+of ix_subscribers_status_id, goes
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-11-27 02:00:00
+"""
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+
+revision: str = '0008'
+down_revision: str | None = '0007'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+SENT = sa.text('sent_at IS NOT NULL')
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('deliveries', schema=None) as batch_op:
+        batch_op.drop_index('ix_deliveries_sent_at')
+        batch_op.create_index(
+            'ix_deliveries_sent_at',
+            ['send_id', 'sent_at'],
+            unique=False,
+            postgresql_where=SENT,
+            sqlite_where=SENT,
+        )
+    with op.batch_alter_table('subscribers', schema=None) as batch_op:
+        batch_op.drop_index('ix_subscribers_status')
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('subscribers', schema=None) as batch_op:
+        batch_op.create_index('ix_subscribers_status', ['status'], unique=False)
+    with op.batch_alter_table('deliveries', schema=None) as batch_op:
+        batch_op.drop_index('ix_deliveries_sent_at')
+        batch_op.create_index('ix_deliveries_sent_at', ['send_id', 'sent_at'], unique=False)
