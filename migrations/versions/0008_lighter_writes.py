@@ -1,6 +1,8 @@
-"""fewer index writes per row: the ledger's sent_at index covers sent rows only (a send's
-snapshot writes a million rows without a sent_at), and the subscribers' status index, a prefix
-of ix_subscribers_status_id, goes
+"""fewer writes per row: the ledger's sent_at index covers sent rows only (a send's snapshot
+writes a million rows without a sent_at); the ledger's foreign key to subscribers goes (checking
+it locked and rewrote every reader's row during a snapshot, ~40 % of its time on PostgreSQL;
+readers are never deleted, an erased one keeps its row); the subscribers' status index, a
+prefix of ix_subscribers_status_id, goes
 
 Revision ID: 0008
 Revises: 0007
@@ -18,10 +20,19 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 SENT = sa.text('sent_at IS NOT NULL')
+# SQLite's foreign keys have no names: batch mode names the reflected ones by this.
+NAMES = {'fk': 'fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s'}
+
+
+def _subscriber_key() -> str:
+    if op.get_bind().dialect.name == 'postgresql':
+        return 'deliveries_subscriber_id_fkey'
+    return 'fk_deliveries_subscriber_id_subscribers'
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('deliveries', schema=None) as batch_op:
+    with op.batch_alter_table('deliveries', schema=None, naming_convention=NAMES) as batch_op:
+        batch_op.drop_constraint(_subscriber_key(), type_='foreignkey')
         batch_op.drop_index('ix_deliveries_sent_at')
         batch_op.create_index(
             'ix_deliveries_sent_at',
@@ -37,6 +48,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('subscribers', schema=None) as batch_op:
         batch_op.create_index('ix_subscribers_status', ['status'], unique=False)
-    with op.batch_alter_table('deliveries', schema=None) as batch_op:
+    with op.batch_alter_table('deliveries', schema=None, naming_convention=NAMES) as batch_op:
         batch_op.drop_index('ix_deliveries_sent_at')
         batch_op.create_index('ix_deliveries_sent_at', ['send_id', 'sent_at'], unique=False)
+        batch_op.create_foreign_key(
+            _subscriber_key(), 'subscribers', ['subscriber_id'], ['id']
+        )
