@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, exists, func, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, exists, func, update
 from sqlmodel import Session, col, select
 
 from ..db import insert_new
@@ -87,6 +88,38 @@ def claimable(session: Session, *, send_id: int, now: dt.datetime, up_to: int) -
     return session.exec(select(func.count()).select_from(due)).one()
 
 
+def _claimable_ids(session: Session, send_id: int, now: dt.datetime, limit: int) -> list[int]:
+    """Up to `limit` rows to claim: those whose worker's lease ran out (few: what a crashed
+    worker held), then the due ones, the longest waiting first. Each is read in the order of
+    ix_deliveries_claim and stops at `limit`, never scanning past the rows already sent."""
+    sending = exists().where(col(Send.id) == send_id, col(Send.status) == SendStatus.sending)
+
+    def first(count: int, *where: ColumnElement[bool], order: tuple[Any, ...]) -> list[int]:
+        query = (
+            select(Delivery.id)
+            .where(col(Delivery.send_id) == send_id, sending, *where)
+            .order_by(*order)
+            .limit(count)
+            .with_for_update(skip_locked=True)
+        )
+        return [row_id for row_id in session.exec(query) if row_id is not None]
+
+    ids = first(
+        limit,
+        col(Delivery.status) == MailStatus.sending,
+        col(Delivery.lease_until) < now,
+        order=(col(Delivery.id),),
+    )
+    if len(ids) < limit:
+        ids += first(
+            limit - len(ids),
+            col(Delivery.status) == MailStatus.pending,
+            col(Delivery.next_attempt_at) <= now,
+            order=(col(Delivery.next_attempt_at), col(Delivery.id)),
+        )
+    return ids
+
+
 def claim_batch(
     session: Session,
     *,
@@ -102,15 +135,7 @@ def claim_batch(
     instead (design rule: a reader who leaves mid-send gets nothing more). On PostgreSQL,
     FOR UPDATE SKIP LOCKED lets several workers claim from one send without waiting on or
     taking each other's rows; SQLite has one writer at a time (BEGIN IMMEDIATE)."""
-    ids = list(
-        session.exec(
-            select(Delivery.id)
-            .where(_claimable(send_id, now))
-            .order_by(col(Delivery.id))
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-    )
+    ids = _claimable_ids(session, send_id, now, limit)
     if not ids:
         return []
     # Correlated on the primary key: one look-up per claimed row, whatever the list's size.

@@ -1,0 +1,95 @@
+"""Claims late in a send cost what they take: the due rows are read in the claim index's own
+order, the longest waiting first, never by scanning past the rows already sent (which made
+each claim of a million-reader send O(N), and the send O(N²))."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import event, text, update
+from sqlalchemy.engine import Engine
+from sqlmodel import col
+
+from service.config import Settings
+from service.db import transaction
+from service.delivery import ledger
+from service.models import Delivery, MailStatus
+from tests import processes
+from tests.daily import start_seed_send
+
+LEASE = dt.timedelta(minutes=1)
+
+
+def test_a_claim_late_in_a_send_reads_the_claim_index_in_order_without_sorting(
+    engine: Engine, settings: Settings
+) -> None:
+    processes.add_readers(engine, 2_000)
+    send = start_seed_send(engine, settings)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(days=1)
+    with transaction(engine) as session:  # most of the send is already out
+        session.execute(
+            update(Delivery)
+            .where(col(Delivery.id) <= 1_900)
+            .values(status=MailStatus.sent, sent_at=now)
+        )
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("ANALYZE deliveries"))
+    with statements(engine) as seen, transaction(engine) as session:
+        claims = ledger.claim_batch(
+            session, send_id=send.id or 0, worker="w", now=now, limit=50, lease=LEASE
+        )
+    assert sorted(c.id for c in claims) == list(range(1_901, 1_951))
+    [(due, parameters)] = [(s, p) for s, p in seen if "next_attempt_at <=" in s]
+    plan = explained(engine, due, parameters)
+    assert "ix_deliveries_claim" in plan
+    assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan
+
+
+def test_rows_whose_worker_vanished_are_claimed_before_due_ones(
+    engine: Engine, settings: Settings
+) -> None:
+    processes.add_readers(engine, 10)
+    send = start_seed_send(engine, settings)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(days=1)
+    with transaction(engine) as session:  # a crashed worker's lease on rows 7 and 8 ran out
+        session.execute(
+            update(Delivery)
+            .where(col(Delivery.id).in_([7, 8]))
+            .values(status=MailStatus.sending, claimed_by="gone", lease_until=now - LEASE)
+        )
+    with transaction(engine) as session:
+        claims = ledger.claim_batch(
+            session, send_id=send.id or 0, worker="w", now=now, limit=4, lease=LEASE
+        )
+    assert sorted(c.id for c in claims) == [1, 2, 7, 8]  # not 1-4: the abandoned come first
+
+
+@contextmanager
+def statements(engine: Engine) -> Iterator[list[tuple[str, object]]]:
+    """The SQL statements `engine` runs meanwhile, with their parameters."""
+    seen: list[tuple[str, object]] = []
+
+    def record(
+        _conn: object, _cursor: object, statement: str, parameters: object, *_args: object
+    ) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def explained(engine: Engine, statement: str, parameters: object) -> str:
+    """The database's plan for `statement` (run, then rolled back, on PostgreSQL)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            rows = conn.exec_driver_sql("EXPLAIN ANALYZE " + statement, parameters).all()
+        else:
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
+        conn.rollback()
+    return "\n".join(" ".join(str(v) for v in row) for row in rows)
