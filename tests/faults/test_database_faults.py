@@ -113,6 +113,7 @@ def test_terminated_backend_mid_send_heals_by_itself(
     _heals_by_itself(engine, database_url, tmp_path, smtp_server, terminate)
 
 
+@pytest.mark.exclusive  # every worker's database is on that server
 def test_postgresql_restart_mid_send_heals_by_itself(
     engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
 ) -> None:
