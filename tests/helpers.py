@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal, TypeVar
 
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -104,3 +106,22 @@ def app_routes(app: object) -> list[object]:
         return found
 
     return walk(list(getattr(app, "routes", [])))
+
+
+@contextmanager
+def statements(engine: Engine) -> Iterator[list[tuple[str, object]]]:
+    """The SQL statements `engine` runs meanwhile, with their parameters (transaction control
+    left out)."""
+    seen: list[tuple[str, object]] = []
+
+    def record(
+        _conn: object, _cursor: object, statement: str, parameters: object, *_args: object
+    ) -> None:
+        if not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK")):
+            seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

@@ -17,6 +17,7 @@ import dkim
 import pytest
 from sqlalchemy.engine import Engine
 
+from bench.procs import children_of
 from service.config import Settings
 from service.context import build_context
 from service.delivery import building
@@ -135,15 +136,12 @@ def test_a_worker_killed_mid_send_takes_its_builder_process_with_it(
 def _builders_of(pid: int) -> list[int]:
     """The builder processes of `pid` (not multiprocessing's resource tracker)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                command = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in command:
-                found.append(int(entry.name))
+    for child in children_of(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:
+            continue
     return found
 
 

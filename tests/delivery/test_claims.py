@@ -5,10 +5,8 @@ each claim of a million-reader send O(N), and the send O(N²))."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from sqlalchemy import event, text, update
+from sqlalchemy import text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
@@ -18,6 +16,7 @@ from service.delivery import ledger
 from service.models import Delivery, MailStatus
 from tests import processes
 from tests.daily import start_seed_send
+from tests.helpers import statements
 
 LEASE = dt.timedelta(minutes=1)
 
@@ -65,23 +64,6 @@ def test_rows_whose_worker_vanished_are_claimed_before_due_ones(
             session, send_id=send.id or 0, worker="w", now=now, limit=4, lease=LEASE
         )
     assert sorted(c.id for c in claims) == [1, 2, 7, 8]  # not 1-4: the abandoned come first
-
-
-@contextmanager
-def statements(engine: Engine) -> Iterator[list[tuple[str, object]]]:
-    """The SQL statements `engine` runs meanwhile, with their parameters."""
-    seen: list[tuple[str, object]] = []
-
-    def record(
-        _conn: object, _cursor: object, statement: str, parameters: object, *_args: object
-    ) -> None:
-        seen.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def explained(engine: Engine, statement: str, parameters: object) -> str:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -23,6 +22,7 @@ from service.delivery.daily import Dispatcher
 from service.models import Delivery, MailStatus, SendStatus
 from tests.conftest import make_settings
 from tests.daily import add_readers, dispatcher, start_seed_send
+from tests.helpers import statements
 from tests.smtp_server import SmtpTestServer
 
 T = TypeVar("T")
@@ -141,22 +141,6 @@ def test_two_watching_workers_share_a_new_send_and_each_reader_gets_one_copy(
     assert claimed == {first.name, second.name}, "both workers delivered part of the send"
 
 
-@contextmanager
-def statements(engine: Engine) -> Iterator[list[str]]:
-    """The SQL statements `engine` runs meanwhile (transaction control left out)."""
-    seen: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK")):
-            seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-
-
 def test_a_look_that_finds_nothing_new_is_one_indexed_query(
     engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
 ) -> None:
@@ -176,7 +160,7 @@ def test_a_look_that_finds_nothing_new_is_one_indexed_query(
     first, again, seen = asyncio.run(look_twice())
     assert first == [send_id] and again == []
     assert len(smtp_server.received) == 3
-    [query] = seen
+    [(query, _parameters)] = seen
     assert "FROM sends" in query and "status" in query
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":  # a few rows: only a forbidden scan shows it
