@@ -73,6 +73,9 @@ def database_errors() -> Iterator[None]:
             raise fail(
                 f"the database has no schema yet ({reason}): run `broadside db upgrade`"
             ) from None
+        sqlstate = getattr(exc.orig, "sqlstate", None)  # PostgreSQL's; class 08: connection
+        if sqlstate and not sqlstate.startswith("08"):  # reached, and refused the statement
+            raise fail(f"database error ({sqlstate}): {reason}") from None
         raise fail(f"database unreachable: {reason}") from None
     except SQLAlchemyError as exc:
         raise fail(

@@ -8,9 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import typer
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from service import cli
 from service.columns import sources
 from service.db import transaction
 from service.models import Delivery, Send, Subscriber, SubscriberStatus
@@ -68,6 +71,21 @@ def test_production_without_secret_refuses_to_start(cli_env: dict[str, str]) -> 
 def test_unreachable_database_is_one_line(cli_env: dict[str, str]) -> None:
     env = cli_env | {"BROADSIDE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
     assert_one_line_error(broadside("status", env=env), "database unreachable")
+
+
+def test_a_statement_the_database_refused_is_not_called_unreachable(
+    engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A deadlock or a timeout is the database answering: "unreachable" sent operators to
+    # check a server that was up (a send stopped by a deadlock said so).
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's errors carry no SQLSTATE")
+    with pytest.raises(typer.Exit), cli.database_errors(), engine.connect() as conn:
+        conn.execute(text("SET statement_timeout = '10ms'"))
+        conn.execute(text("SELECT pg_sleep(1)"))
+    printed = capsys.readouterr().err
+    assert "database error (57014): canceling statement due to statement timeout" in printed
+    assert "unreachable" not in printed
 
 
 def test_import_reports_each_file(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import datetime as dt
 
 from sqlalchemy import text, update
 from sqlalchemy.engine import Engine
-from sqlmodel import col
+from sqlmodel import Session, col, select
 
 from service.config import Settings
 from service.db import transaction
@@ -75,3 +75,39 @@ def explained(engine: Engine, statement: str, parameters: object) -> str:
             rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
         conn.rollback()
     return "\n".join(" ".join(str(v) for v in row) for row in rows)
+
+
+def test_renewing_leases_passes_over_rows_a_commit_holds_instead_of_waiting(
+    engine: Engine, settings: Settings
+) -> None:
+    # The group commit marks rows sent while the lease keeper renews the same worker's rows:
+    # when the renewal waited for the commit's rows, the two deadlocked on PostgreSQL.
+    processes.add_readers(engine, 3)
+    send = start_seed_send(engine, settings)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    with transaction(engine) as session:
+        claims = ledger.claim_batch(
+            session, send_id=send.id or 0, worker="w", now=now, limit=3, lease=LEASE
+        )
+    first, *others = sorted(c.id for c in claims)
+    later = now + 5 * LEASE
+    with engine.connect() as commit:  # the group commit, holding the first row
+        commit.execute(
+            update(Delivery).where(col(Delivery.id) == first).values(status=MailStatus.sent)
+        )
+        with engine.connect() as keeper:
+            if engine.dialect.name == "postgresql":  # a wait fails the test instead of hanging
+                keeper.execute(text("SET lock_timeout = '2s'"))
+            elif engine.dialect.name == "sqlite":  # one writer: the commit goes first
+                commit.commit()
+            ledger.renew(Session(bind=keeper), worker="w", until=later)
+            keeper.commit()
+        commit.commit()
+    with transaction(engine) as session:
+        leases = dict(
+            session.execute(
+                select(Delivery.id, Delivery.lease_until).where(col(Delivery.send_id) == send.id)
+            ).all()
+        )
+    assert [leases[i] for i in others] == [later] * len(others)
+    assert leases[first] != later  # passed over: it was being marked sent
