@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from .clock import utcnow
 from .context import AppContext, Requester
+from .delivery.timing import digest_title
 from .models import (
     Bounce,
     Cadence,
@@ -128,7 +129,7 @@ def history(session: Session, subscriber_id: int, *, deliveries: int = 100) -> H
             DeliveryLine(
                 send_id=d.send_id,
                 column_date=c.date.isoformat() if c is not None else (s.week or ""),
-                column_title=c.title if c is not None else f"Weekly digest {s.week}",
+                column_title=c.title if c is not None else digest_title(s.week or ""),
                 status=d.status,
                 attempts=d.attempts,
                 sent_at=d.sent_at,

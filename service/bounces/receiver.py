@@ -18,6 +18,7 @@ from sqlmodel import Session as SqlSession
 from ..config import Settings
 from ..context import UNSUBSCRIBE_LOCAL, AppContext
 from ..db import transaction
+from ..mail.capture import can_listen
 from ..models import Bounce, BounceKind
 from .record import Whom, attribute, record_bounce, subscriber_by_mail_token
 from .report import Finding, read_report
@@ -157,6 +158,7 @@ class BounceReceiver:
 
     def start(self) -> None:
         """Listen; OSError when the port is taken."""
+        can_listen(self.host, self.port)
         self._controller.start()
         self.running = True
         log.info("bounce receiver listening on %s:%s", self.host, self.port)

@@ -37,7 +37,7 @@ from ..models import (
     Subscriber,
     SubscriberStatus,
 )
-from .timing import DueFor, monday_of
+from .timing import DueFor, digest_title, monday_of
 
 
 @dataclass(frozen=True)
@@ -545,7 +545,7 @@ def _summary(session: Session, send: Send, column: ColumnRecord | None) -> SendS
         id=send_id,
         column_id=(column.id or 0) if column is not None else 0,
         date=column.date if column is not None else monday_of(send.week or ""),
-        title=column.title if column is not None else f"Weekly digest {send.week}",
+        title=column.title if column is not None else digest_title(send.week or ""),
         status=send.status,
         readers=send.total,
         counts=counts(session, send_id),

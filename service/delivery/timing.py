@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from ..clock import known_zone, wall_clock
+from ..columns.digest import period
 from ..config import Settings
 
 # The first and the last time zones to reach a calendar day: the Line Islands (UTC+14) and
@@ -55,6 +56,12 @@ def week_of(day: dt.date) -> str:
 def monday_of(week: str) -> dt.date:
     """The Monday of an ISO week named like "2026-W48"."""
     return dt.datetime.strptime(f"{week}-1", "%G-W%V-%u").date()
+
+
+def digest_title(week: str) -> str:
+    """A digest send as people read it: "Weekly digest, 23–29 November 2026" for "2026-W48"."""
+    monday = monday_of(week)
+    return f"Weekly digest, {period(monday, monday + dt.timedelta(days=6))}"
 
 
 def digest_due(settings: Settings, week: str) -> DueFor:

@@ -50,6 +50,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def can_listen(host: str, port: int) -> None:
+    """OSError (EADDRINUSE, naming why) when nobody may listen on host:port now. aiosmtpd's
+    Controller only reports a port it could not bind after its whole ready_timeout (10 s):
+    asked first, a taken port is a one-line error at once."""
+    with socket.create_server((host, port)):
+        pass
+
+
 def _answers_smtp(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1) as sock:
@@ -74,6 +82,7 @@ class CaptureServer:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port(self.host)
+        can_listen(self.host, self.port)
         controller = Controller(
             _SaveToFolder(self.folder),
             hostname=self.host,

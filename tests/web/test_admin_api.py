@@ -413,6 +413,7 @@ def test_a_digest_send_is_listed_with_its_week_and_a_link_to_its_preview(
         assert digests.start_week(session, settings, WEEK, dt.datetime(2026, 11, 23)) is not None
     digest, column = admin.get("/api/v1/admin/sends").json()
     assert (digest["kind"], digest["week"], digest["column_id"]) == ("digest", WEEK, 0)
+    assert digest["title"] == "Weekly digest, 23\u201329 November 2026"  # WEEK, as people say it
     assert digest["preview_url"] == f"/api/v1/admin/digests/{WEEK}/preview"
     assert column["preview_url"] == f"/api/v1/admin/columns/{monday.id}/preview"
     assert admin.get(digest["preview_url"]).json()["column_ids"] == [monday.id, monday.id + 1]
@@ -425,6 +426,7 @@ def test_a_digest_send_is_listed_with_its_week_and_a_link_to_its_preview(
     history = admin.get(f"/api/v1/admin/subscribers/{weekly.id}")
     assert history.status_code == 200
     assert [d["column_date"] for d in history.json()["deliveries"]] == [WEEK]
+    assert [d["column_title"] for d in history.json()["deliveries"]] == [digest["title"]]
 
 
 # Feedback
