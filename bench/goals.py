@@ -194,20 +194,55 @@ def _compared(report: dict[str, Any], backend: str) -> dict[str, Any] | None:
     return max(mine, key=lambda m: m["readers"]) if mine else None
 
 
+def _sends(m: dict[str, Any], mode: str) -> list[dict[str, Any]]:
+    """Every send of `m`'s readers in `mode` (local or fixed), each with its share."""
+    again = m.get("again") or {}
+    first = m if mode == "local" else m.get("fixed")
+    return [each for each in (first, again.get(mode)) if each]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _rates(sends: list[dict[str, Any]]) -> float:
+    return _mean([each["send_path"]["msgs_per_s"] for each in sends])
+
+
+def local_vs_fixed(m: dict[str, Any]) -> float | None:
+    """G7's figure, the local mode's share of the ceiling over the fixed mode's, both against
+    one ceiling: the mean of every ceiling measured with them. The ceiling is the same command
+    in both modes (one prebuilt message to the same kind of sink: the mode plays no part), so
+    each of its measurements estimates one figure, and dividing each send by its own ceiling
+    only added the ceiling's noise (two ceilings 12 % apart around two sends 0.3 % apart).
+    The ratio is thus the mean local rate over the mean fixed rate. None without a fixed send."""
+    local, fixed = _sends(m, "local"), _sends(m, "fixed")
+    if not fixed:
+        return None
+    return round(_rates(local) / _rates(fixed), 3)
+
+
 def g7_local_send(report: dict[str, Any], backend: str) -> Verdict:
-    """G7: the send path's share of its sendmail() ceiling in local mode within 5 % of the
-    fixed mode's, both measured on the same readers, each share against its own ceiling."""
+    """G7: the send path's share of the sendmail() ceiling in local mode within 5 % of the
+    fixed mode's, on the same readers, against the mean of the ceilings measured with them."""
     goal = "G7 local-time send path within 5 % of fixed"
     m = _compared(report, backend)
-    if m is None or not m["send_vs_ceiling"] or not m["fixed"]["send_vs_ceiling"]:
+    ratio = local_vs_fixed(m) if m is not None else None
+    if m is None or ratio is None:
         return Verdict(goal, backend, "–", f"{NOT_MEASURED} (--compare N)")
-    local, fixed = m["send_vs_ceiling"], m["fixed"]["send_vs_ceiling"]
-    ratio = local / fixed
+    local, fixed = _sends(m, "local"), _sends(m, "fixed")
+    ceiling = _mean([each["ceiling"]["msgs_per_s"] for each in (*local, *fixed)])
+    local_rate, fixed_rate = _rates(local), _rates(fixed)
     figure = (
-        f"{ratio:.3f} ({ratio - 1:+.1%}): local {local:.2f} × ceiling"
-        f" ({m['send_path']['msgs_per_s']:,.0f} msg/s), fixed {fixed:.2f} ×"
-        f" ({m['fixed']['send_path']['msgs_per_s']:,.0f} msg/s) at {_n(m['readers'])}"
+        f"{ratio:.3f} ({ratio - 1:+.1%}): local {local_rate / ceiling:.2f} × ceiling"
+        f" ({local_rate:,.0f} msg/s), fixed {fixed_rate / ceiling:.2f} × ({fixed_rate:,.0f}"
+        f" msg/s) at {_n(m['readers'])}"
     )
+    if len(local) > 1:
+        figure += (
+            f"; means of {len(local)} sends each (local, fixed, fixed, local)"
+            f" and of their {len(local) + len(fixed)} ceilings ({ceiling:,.0f} msg/s)"
+        )
     return Verdict(goal, backend, figure, _status(abs(ratio - 1) <= LOCAL_TOLERANCE))
 
 

@@ -11,10 +11,11 @@ each over 20,000 messages (the send path: N), each measured from outside as a wh
 (messages/s, CPU ms per message, peak RSS). Before them, the N readers are imported with
 `broadside subscribers import --confirmed` (rows/s, peak RSS), spread over 400 time zones, and
 the send is started with the product's own `daily.start_send` (the snapshot, timed in both
-DELIVERY_TIMING modes; the local one is sent). Sizes up to --compare (20,000) then send again
-in fixed mode, a ceiling and a send path (G7); a run of larger sizes only compares at 20,000 on
-a database of its own. Then the scale-out figures (several `broadside worker` processes on one
-PostgreSQL) and POST /subscribe (bench/web.py).
+DELIVERY_TIMING modes; the local one is sent). Sizes up to --compare (20,000) then send the
+same readers three more times, each a ceiling and a send path: fixed, fixed, local (G7, the
+modes' mean rates against the mean of their ceilings); a run of larger sizes only compares at
+20,000 on a database of its own. Then the scale-out figures (several `broadside worker`
+processes on one PostgreSQL) and POST /subscribe (bench/web.py).
 
     python -m bench.send                     # N = 100,000 on SQLite and PostgreSQL (< 15 min)
     python -m bench.send --million           # N = 10,000 and 1,000,000
@@ -197,6 +198,13 @@ def _rate(figures: dict[str, Any] | None) -> str:
     return f"{figures['msgs_per_s']:,.0f}" if figures else "–"
 
 
+def later_sends(m: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The sends of the same readers after the first (local) one, in their order (G7)."""
+    again = m.get("again") or {}
+    found = [("fixed", m["fixed"]), ("fixed, 2nd", again.get("fixed"))]
+    return [(what, each) for what, each in [*found, ("local, 2nd", again.get("local"))] if each]
+
+
 def progress_line(m: dict[str, Any]) -> str:
     """One measurement on one line, as it finishes."""
     i, s, send = m["import"], m["snapshot"], m["send_path"]
@@ -210,14 +218,15 @@ def progress_line(m: dict[str, Any]) -> str:
         f" {goals.share_cell(m['send_vs_ceiling'])} × ceiling,"
         f" {send['cpu_ms_per_msg']:.2f} ms CPU/msg, {send['peak_rss_mb']:.0f} MB"
     )
-    if fixed := m["fixed"]:
+    for what, each in later_sends(m):
         line += (
-            f" · fixed mode: ceiling {_rate(fixed['ceiling'])}, send path"
-            f" {_rate(fixed['send_path'])} msg/s (delivery alone"
-            f" {fixed['send_path']['delivery_msgs_per_s']:,.0f}),"
-            f" {goals.share_cell(fixed['send_vs_ceiling'])} × ceiling;"
-            f" local/fixed {goals.share_cell(m['local_vs_fixed'])}"
+            f" · {what}: ceiling {_rate(each['ceiling'])}, send path"
+            f" {_rate(each['send_path'])} msg/s (delivery alone"
+            f" {each['send_path']['delivery_msgs_per_s']:,.0f}),"
+            f" {goals.share_cell(each['send_vs_ceiling'])} × ceiling"
         )
+    if m["fixed"]:
+        line += f"; local/fixed {goals.share_cell(m['local_vs_fixed'])}"
     return line
 
 
@@ -229,17 +238,18 @@ def commands(m: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None, str]]:
         ("ceiling", m["ceiling"], "msg"),
         ("send path", m["send_path"], "msg"),
     ]
-    if fixed := m["fixed"]:
+    for what, each in later_sends(m):
         found += [
-            ("ceiling (fixed)", fixed["ceiling"], "msg"),
-            ("send path (fixed)", fixed["send_path"], "msg"),
+            (f"ceiling ({what})", each["ceiling"], "msg"),
+            (f"send path ({what})", each["send_path"], "msg"),
         ]
     return found
 
 
 def detail_table(sizes: list[dict[str, Any]]) -> str:
     """Every command's figures: the table to read a ratio by (who used the CPUs meanwhile).
-    `(fixed)` marks the second ceiling and send path, of the send in fixed mode."""
+    `(fixed)`, `(fixed, 2nd)` and `(local, 2nd)` mark the ceilings and send paths that
+    followed the first (local) one, in that order."""
     lines = [
         "| backend | N | what | rate /s | CPU ms per item | DB server CPU ms per item |"
         " sink CPU % | other load CPU % | peak RSS MB |",
