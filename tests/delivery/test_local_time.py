@@ -252,5 +252,10 @@ def test_the_snapshot_is_one_statement_however_many_zones_and_readers(
     assert created and send.total == 60
     assert len(statements) == 1
     with Session(engine) as session:
-        zones = Counter(row.zone for row in session.exec(select(Delivery)))
+        rows = session.exec(select(Delivery).order_by(Delivery.id)).all()
+    zones = Counter(row.zone for row in rows)
     assert zones == {**{zone: 12 for zone in ZONES}, settings.timezone: 12}
+    # Laid out in the order they are claimed (due moment, reader): a claim's rows and each
+    # group commit's marks then sit side by side, not one page apiece across the table.
+    order = [(row.next_attempt_at, row.subscriber_id) for row in rows]
+    assert order == sorted(order) and len({due for due, _ in order}) > 1
