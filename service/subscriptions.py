@@ -313,8 +313,8 @@ def _notice_already_subscribed(
         template="already_subscribed",
         name=subscriber.name,
         email=subscriber.email,
-        unsubscribe_url=ctx.unsubscribe_url(subscriber.id),
-        preferences_url=ctx.preferences_url(subscriber.id),
+        unsubscribe_url=ctx.links.unsubscribe_url(subscriber.id),
+        preferences_url=ctx.links.preferences_url(subscriber.id),
     )
 
 
@@ -365,7 +365,7 @@ def confirmation(
     )
     token = ctx.tokens.make(Purpose.confirm, f"{subscriber_id}-{nonce}")
     data = prototype.message(
-        to=email, to_name=to_name, email=email, confirm_url=ctx.confirm_url(token)
+        to=email, to_name=to_name, email=email, confirm_url=ctx.links.confirm_url(token)
     )
     return outbox.Outgoing(kind, email, data)
 

@@ -15,10 +15,14 @@ import hmac
 import re
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 
-from .config import Settings
+if TYPE_CHECKING:  # a builder process makes links and headers without the settings machinery
+    from .config import Settings
 
 SIGNATURE_BYTES = 16  # 128 bits: forging one needs 2**128 tries
 SIGNATURE_CHARS = 22  # SIGNATURE_BYTES in unpadded URL-safe base64
@@ -68,6 +72,7 @@ class Tokens:
         *,
         old_secrets: Sequence[bytes] = (),
     ) -> None:
+        self._given = (secret, lifetimes, tuple(old_secrets))  # what a copy is made from
         self._signers = {purpose: _purpose_mac(secret, purpose) for purpose in Purpose}
         self._verifiers = {
             purpose: [self._signers[purpose], *(_purpose_mac(old, purpose) for old in old_secrets)]
@@ -78,6 +83,11 @@ class Tokens:
             _Hmac(hmac.new(key, b"broadside.suppression", hashlib.sha256).digest())
             for key in (secret, *old_secrets)
         ]
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        # Keyed hashes do not pickle: a builder process makes its copy from the secrets.
+        secret, lifetimes, old_secrets = self._given
+        return _tokens, (secret, lifetimes, old_secrets)
 
     def expiry(self, purpose: Purpose, now: float | None = None) -> int:
         """Unix time at which a token made now stops working."""
@@ -158,6 +168,48 @@ class Tokens:
         return [key.hexdigest(value) for key in self._hash_keys]
 
 
+UNSUBSCRIBE_LOCAL = "unsubscribe"  # the mailto: unsubscribe address's local part, before "+"
+
+
+@dataclass(frozen=True)
+class Links:
+    """The signed links and addresses a mail carries, at BASE_URL: built from the tokens alone,
+    so that a builder process can make them too."""
+
+    base_url: str
+    tokens: Tokens
+    bounce_domain: str | None = None  # BOUNCE_DOMAIN: where mail to an address token goes
+
+    def confirm_url(self, token: str) -> str:
+        """The confirmation link for a confirm token."""
+        return f"{self.base_url}/confirm/{token}"
+
+    def unsubscribe_url(self, subscriber_id: int, expires: int | None = None) -> str:
+        """A reader's unsubscribe link (pass `expires` to share one expiry)."""
+        token = self.tokens.make(Purpose.unsubscribe, str(subscriber_id), expires)
+        return f"{self.base_url}/unsubscribe/{token}"
+
+    def preferences_url(self, subscriber_id: int, expires: int | None = None) -> str:
+        """A reader's own preferences page (cadence, time zone, name, their data)."""
+        token = self.tokens.make(Purpose.preferences, str(subscriber_id), expires)
+        return f"{self.base_url}/preferences/{token}"
+
+    def feedback_url(self, subscriber_id: int | None = None, expires: int | None = None) -> str:
+        """The feedback form's link, naming the reader when given."""
+        if subscriber_id is None:
+            return f"{self.base_url}/feedback"
+        token = self.tokens.make(Purpose.feedback, str(subscriber_id), expires)
+        return f"{self.base_url}/feedback?t={quote(token)}"
+
+    def unsubscribe_mailto(self, subscriber_id: int) -> str | None:
+        """The reader's own List-Unsubscribe mailto: address (RFC 2369), read by the bounce
+        receiver; None when no receiver domain is configured (then only HTTPS is offered)."""
+        if self.bounce_domain is None:
+            return None
+        token = self.tokens.for_address(Purpose.mail_unsubscribe, subscriber_id)
+        return f"{UNSUBSCRIBE_LOCAL}+{token}@{self.bounce_domain}"
+
+
 def _address_mac(mac: hmac.HMAC, number: str) -> str:
     one = mac.copy()
     one.update(number.encode("ascii"))
@@ -203,6 +255,12 @@ def _b36(number: int) -> str:
         out = digits[rem] + out
         if not number:
             return out
+
+
+def _tokens(
+    secret: bytes, lifetimes: dict[Purpose, timedelta], old_secrets: Sequence[bytes]
+) -> Tokens:
+    return Tokens(secret, lifetimes, old_secrets=old_secrets)
 
 
 def tokens_for(settings: Settings) -> Tokens:

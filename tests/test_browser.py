@@ -109,7 +109,7 @@ def test_newcomer_subscribes_confirms_and_unsubscribes_in_a_browser(
 
         subscriber = reader(engine, READER)
         assert subscriber.id is not None
-        page.goto(app.state.ctx.unsubscribe_url(subscriber.id))
+        page.goto(app.state.ctx.links.unsubscribe_url(subscriber.id))
         expect(page.get_by_role("heading", name="Unsubscribe")).to_be_visible()
         assert reader(engine, READER).status == "active", "opening the link must not unsubscribe"
 

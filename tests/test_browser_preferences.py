@@ -67,7 +67,7 @@ def test_the_browser_fills_the_zone_and_a_new_zone_moves_the_next_delivery(
         expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
         assert reader(engine, READER).timezone == BROWSER_ZONE
 
-        page.goto(app.state.ctx.preferences_url(activate(engine, READER)))
+        page.goto(app.state.ctx.links.preferences_url(activate(engine, READER)))
         next_delivery = page.locator("#next-delivery")
         expect(next_delivery).to_contain_text(f"06:00 ({BROWSER_ZONE})")
         expect(page.get_by_label("Time zone")).to_have_value(BROWSER_ZONE)

@@ -59,7 +59,7 @@ def test_link_from_a_mail_identifies_the_subscriber(
     notify_client: TestClient, engine: Engine
 ) -> None:
     reader_id = add_reader(engine, "ada@example.com")
-    url = notify_client.app.state.ctx.feedback_url(reader_id)  # type: ignore[attr-defined]
+    url = notify_client.app.state.ctx.links.feedback_url(reader_id)  # type: ignore[attr-defined]
     token = urlsplit(url).query.removeprefix("t=")
     form = notify_client.get(f"/feedback?t={token}")
     assert "ada@example.com" in form.text and f'value="{token}"' in form.text

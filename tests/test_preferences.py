@@ -42,7 +42,7 @@ def ctx_of(client: TestClient) -> AppContext:
 
 
 def preferences_path(client: TestClient, subscriber_id: int) -> str:
-    return path_of(ctx_of(client).preferences_url(subscriber_id))
+    return path_of(ctx_of(client).links.preferences_url(subscriber_id))
 
 
 def consent_actions(engine: Engine, subscriber_id: int) -> list[str]:
@@ -224,7 +224,7 @@ def test_an_unsubscribe_token_does_not_open_the_preferences(
     app_client: TestClient, engine: Engine
 ) -> None:
     subscriber_id = add_reader(engine, READER)
-    unsubscribe_token = ctx_of(app_client).unsubscribe_url(subscriber_id).rsplit("/", 1)[1]
+    unsubscribe_token = ctx_of(app_client).links.unsubscribe_url(subscriber_id).rsplit("/", 1)[1]
 
     shown = app_client.get(f"/preferences/{unsubscribe_token}")
     posted = app_client.post(f"/preferences/{unsubscribe_token}", data={"name": "Mallory"})
@@ -352,7 +352,7 @@ def test_a_name_change_leaves_the_ledger_alone(app_client: TestClient, engine: E
 
 
 def send_feedback(client: TestClient, subscriber_id: int, message: str) -> None:
-    token = parse_qs(urlsplit(ctx_of(client).feedback_url(subscriber_id)).query)["t"][0]
+    token = parse_qs(urlsplit(ctx_of(client).links.feedback_url(subscriber_id)).query)["t"][0]
     sent = client.post("/feedback", data={"category": "delivery", "message": message, "t": token})
     assert sent.status_code == 200
 

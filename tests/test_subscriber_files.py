@@ -82,7 +82,7 @@ def choices(engine: Engine) -> dict[str, tuple[str | None, str, int]]:
 
 def choose(engine: Engine, ctx: AppContext, email: str, **chosen: str) -> None:
     """The reader at `email` saves their preferences page with `chosen`."""
-    token = ctx.preferences_url(reader(engine, email).id or 0).rsplit("/", 1)[1]
+    token = ctx.links.preferences_url(reader(engine, email).id or 0).rsplit("/", 1)[1]
     with transaction(engine) as session:
         preferences.change(session, ctx, token=token, who=Requester(ip="192.0.2.9"), **chosen)
 

@@ -44,7 +44,7 @@ def subscribe_and_get_confirm_path(
 
 
 def unsubscribe_path(client: TestClient, subscriber_id: int) -> str:
-    return path_of(client.app.state.ctx.unsubscribe_url(subscriber_id))  # type: ignore[attr-defined]
+    return path_of(client.app.state.ctx.links.unsubscribe_url(subscriber_id))  # type: ignore[attr-defined]
 
 
 def resubscribe_path(goodbye_page: str) -> str:

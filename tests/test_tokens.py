@@ -3,6 +3,7 @@ old secrets after a key rotation; every route that takes one answers a bad one w
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -100,12 +101,25 @@ def test_a_key_that_is_not_listed_fails() -> None:
         Tokens(KEY, LIFETIMES, old_secrets=[OLD_KEY]).read(Purpose.unsubscribe, token)
 
 
+def test_a_copy_sent_to_a_builder_process_signs_and_reads_as_the_original() -> None:
+    original = Tokens(KEY, LIFETIMES, old_secrets=[OLD_KEY])
+    copy = pickle.loads(pickle.dumps(original))
+    expires = original.expiry(Purpose.unsubscribe)
+    token = copy.make(Purpose.unsubscribe, "42", expires)
+    assert token == original.make(Purpose.unsubscribe, "42", expires)
+    assert original.read(Purpose.unsubscribe, token) == "42"
+    rotated = Tokens(OLD_KEY, LIFETIMES).make(Purpose.feedback, "7")
+    assert copy.read(Purpose.feedback, rotated) == "7"  # the retired secret came along
+    assert copy.for_address(Purpose.bounce, 9) == original.for_address(Purpose.bounce, 9)
+    assert copy.address_hash("Ada@Example.com") == original.address_hash("ada@example.com")
+
+
 def test_rotating_the_secret_keeps_old_unsubscribe_links_working(
     make_client: Callable[..., TestClient], engine: Engine
 ) -> None:
     reader_id = add_reader(engine, READER)
     old = "the-secret-before-the-rotation-0123"
-    link = make_client(secret_key=old).app.state.ctx.unsubscribe_url(reader_id)  # type: ignore[attr-defined]
+    link = make_client(secret_key=old).app.state.ctx.links.unsubscribe_url(reader_id)  # type: ignore[attr-defined]
     path = link.removeprefix("https://news.example.com")
     rotated = make_client(secret_key="the-secret-after-the-rotation-0123", old_secret_keys=old)
     assert rotated.post(path).status_code == 200

@@ -16,10 +16,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session as SqlSession
 
 from ..config import Settings
-from ..context import UNSUBSCRIBE_LOCAL, AppContext
+from ..context import AppContext
 from ..db import transaction
 from ..mail.capture import can_listen
 from ..models import Bounce, BounceKind
+from ..tokens import UNSUBSCRIBE_LOCAL
 from .record import Whom, attribute, record_bounce, subscriber_by_mail_token
 from .report import Finding, read_report
 

@@ -14,10 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ..clock import utcnow
-from ..context import UNSUBSCRIBE_LOCAL, AppContext, Requester
+from ..context import AppContext, Requester
 from ..models import Bounce, BounceKind, Delivery, Subscriber, SubscriberStatus
 from ..subscriptions import MAX_ID, stop_mail
-from ..tokens import Purpose, TokenError
+from ..tokens import UNSUBSCRIBE_LOCAL, Purpose, TokenError
 from .report import Finding
 
 log = logging.getLogger(__name__)

@@ -194,8 +194,8 @@ class SendWorker:
             now=self.utcnow(),
             up_to=PROCESS_MIN_ROWS,
         )
-        builders = builders_for(job, self.ctx, due=due)
         await in_thread(self.engine, ledger.reclaim_own, send_id=send_id, worker=self.name)
+        builders = await builders_for(job, self.ctx, due=due)
         s = self.settings
         # Built messages (~25 KB each) wait here: enough to keep every connection busy while
         # the next chunks build, not a whole claim batch (memory stays flat at any N).
@@ -223,7 +223,7 @@ class SendWorker:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._release_unsent(queue)
             await commit.close()
-            builders.close()
+            await builders.close()
             for conn in connections:
                 await conn.close()
         return await asyncio.to_thread(self._finish, send_id)

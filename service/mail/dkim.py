@@ -12,6 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dkim
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,7 +24,8 @@ from dkim.canonicalization import (
     strip_trailing_whitespace,
 )
 
-from ..config import DkimKey, Settings, load_dkim_key
+if TYPE_CHECKING:  # a builder process signs without loading the settings machinery
+    from ..config import DkimKey, Settings
 
 # Signed when present, in this order. RFC 8058 requires List-Unsubscribe and its -Post to be
 # covered; From is listed twice ("oversigned"), so a second From added on the way breaks it.
@@ -47,6 +49,22 @@ class _Key:
             return self.key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
         return self.key.sign(digest)  # RFC 8463: Ed25519 over the SHA-256 hash
 
+    def __reduce__(self) -> tuple[object, tuple[bytes, bytes, bytes]]:
+        # OpenSSL keys do not pickle: a builder process gets the key as PEM (over a pipe to
+        # our own child, never to disk) and loads it once.
+        pem = self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return _key_from_pem, (self.selector, self.algorithm, pem)
+
+
+def _key_from_pem(selector: bytes, algorithm: bytes, pem: bytes) -> _Key:
+    key = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey), "a DKIM key"
+    return _Key(selector, algorithm, key)
+
 
 class DkimSigner:
     """Signs messages for one domain with one or two keys; `sign` returns the message with
@@ -59,6 +77,8 @@ class DkimSigner:
     @classmethod
     def from_settings(cls, settings: Settings) -> DkimSigner | None:
         """The signer the settings ask for, or None when DKIM is not configured."""
+        from ..config import load_dkim_key  # here, not above: see TYPE_CHECKING
+
         if settings.dkim_domain is None:
             return None
         keys: list[_Key] = []

@@ -13,8 +13,10 @@ import unicodedata
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
+from typing import TYPE_CHECKING
 
-from ..config import Settings
+if TYPE_CHECKING:  # a builder process makes links and headers without the settings machinery
+    from ..config import Settings
 
 # RFC 2045 6.7: quoted-printable lines are at most 76 characters; policy.SMTP writes 78.
 # refold_source="none": the headers we fold and encode ourselves (stored with set_raw) go out

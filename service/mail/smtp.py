@@ -12,16 +12,16 @@ from enum import StrEnum
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
-from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
+from aiosmtplib.protocol import SMTPProtocol
 
 from ..config import RelayUrl, Settings
+from .wire import Stuffed
 
 log = logging.getLogger(__name__)
 QUIT_TIMEOUT = 5.0
 # The aiosmtplib releases whose protocol internals `_hand_over` was tested against (its
 # command lock and one-reply-per-write reading); any other release goes through sendmail().
 LEAN_TESTED_VERSIONS = frozenset({"5.1.3"})
-_LEADING_PERIOD = re.compile(rb"(?m)^\.")
 
 
 class Fault(StrEnum):
@@ -122,33 +122,6 @@ def _reply(stage: str, code: int, message: str, *, connection_lost: bool = False
     reason = f"{stage} {code}: {message}"[:1000]
     fault = sort_reply(stage, code, message)
     return SmtpFailure(fault, reason, code, connection_lost, enhanced_status(message))
-
-
-@dataclass(frozen=True, slots=True)
-class Stuffed:
-    """A message as DATA puts it on the wire: CRLF line ends, every line that starts with "."
-    given a second one (RFC 5321 4.5.2), and the closing ".\r\n". A message built once and
-    sent many times is stuffed once, not by the client library on every hand-off."""
-
-    data: bytes
-    size: int  # the message's own length: RFC 1870 SIZE, as sendmail() would declare it
-
-    @classmethod
-    def of(cls, message: bytes) -> Stuffed:
-        """The general (slow) way, byte for byte what aiosmtplib's sendmail() writes."""
-        normalized = normalize_message_line_endings(message)
-        return cls(_LEADING_PERIOD.sub(b"..", normalized) + b".\r\n", len(normalized))
-
-    def message(self) -> bytes:
-        """The message again, for a hand-off through sendmail(), which stuffs it itself."""
-        return _LEADING_PERIOD.sub(b"", self.data[:-3])
-
-
-def stuff_lines(data: bytes) -> bytes:
-    """Dot-stuff whole CRLF lines (RFC 5321 4.5.2): each line that starts with "." gets another."""
-    if data[:1] != b"." and b"\n." not in data:
-        return data  # the common case, found without the regex machinery
-    return _LEADING_PERIOD.sub(b"..", data)
 
 
 def lean_supported(version: str = aiosmtplib.__version__) -> bool:

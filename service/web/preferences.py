@@ -155,7 +155,7 @@ def _page(
         local_timing=timing.is_local(ctx.settings),
         send_time=f"{ctx.settings.send_time:%H:%M}",
         service_zone=ctx.settings.timezone,
-        unsubscribe_url=ctx.unsubscribe_url(subscriber.id)
+        unsubscribe_url=ctx.links.unsubscribe_url(subscriber.id)
         if subscriptions.receives_mail(subscriber)
         else None,
     )

@@ -454,7 +454,7 @@ def test_a_notice_queued_before_a_complaint_is_not_sent_after_it(
             template="already_subscribed",
             name="Ann",
             email="ann@example.org",
-            unsubscribe_url=ctx.unsubscribe_url(1),
+            unsubscribe_url=ctx.links.unsubscribe_url(1),
         )
         outbox.queue(
             session,
@@ -463,7 +463,7 @@ def test_a_notice_queued_before_a_complaint_is_not_sent_after_it(
             to="ann@example.org",
             template="confirm",
             email="ann@example.org",
-            confirm_url=ctx.confirm_url("x"),
+            confirm_url=ctx.links.confirm_url("x"),
             valid_days=7,
         )
         suppress(session, ctx, "Ann@Example.org", SuppressionReason.complained)

@@ -5,10 +5,12 @@ a worker killed mid-send takes its builders with it."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,7 @@ from sqlalchemy.engine import Engine
 from bench.procs import children_of
 from service.config import Settings
 from service.context import build_context
-from service.delivery import building
+from service.delivery import building, daily
 from service.delivery.worker import SendWorker
 from service.mail import dkim as signing
 from service.tokens import Purpose
@@ -101,8 +103,8 @@ def test_a_builder_process_that_dies_mid_send_leaves_the_rest_to_threads(
         run = asyncio.create_task(SendWorker(courier(engine, settings)).run(send.id or 0))
         while len(smtp_server.received) < 10:
             await asyncio.sleep(0.02)
-        [builder] = multiprocessing.active_children()
-        os.kill(builder.pid or 0, signal.SIGKILL)
+        [builder] = _builders_of(os.getpid())
+        os.kill(builder, signal.SIGKILL)
         return (await run).sent
 
     with caplog.at_level(logging.ERROR, logger=building.__name__):
@@ -111,6 +113,37 @@ def test_a_builder_process_that_dies_mid_send_leaves_the_rest_to_threads(
     assert "a builder process died" in caplog.text
     assert sorted(smtp_server.per_recipient()) == sorted(readers)
     assert set(smtp_server.per_recipient().values()) == {1}
+
+
+def test_a_builder_process_loads_neither_the_settings_nor_the_database_nor_the_web(
+    engine: Engine,
+    signed: tuple[Settings, Callable[..., bytes | None]],
+    tmp_path: Path,
+) -> None:
+    # What a builder imports is what it costs each large send in memory (docs/BENCHMARKS.md):
+    # the module and what it unpickles, a signed column's kit and mail, load nothing heavier.
+    settings, _dns = signed
+    send = start_seed_send(engine, settings)
+    deliveries = courier(engine, settings)
+    column = daily.column_of(engine, SEED_DAY)
+    assert column is not None
+    job = building.job_for(
+        deliveries, column, send_id=send.id or 0, message_domain="d", deadline=dt.datetime.now()
+    )
+    sent = tmp_path / "frame"
+    sent.write_bytes(building.builder.frame((building.kit_for(job, deliveries.ctx), job.prepared)))
+    heavy = ["sqlalchemy", "sqlmodel", "pydantic", "pydantic_settings", "psycopg", "jinja2"]
+    heavy += ["css_inline", "fastapi", "starlette", "typer", "rich", "service.config"]
+    probe = (
+        f"import sys, {building.builder.__name__} as b;"
+        f"kit, mail = b._read(open({str(sent)!r}, 'rb'));"
+        "assert b.build(kit, mail, [(1, 'ada@example.com', 'Ada')])[0][0] is not None;"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stderr
 
 
 @pytest.mark.slow
@@ -134,11 +167,11 @@ def test_a_worker_killed_mid_send_takes_its_builder_process_with_it(
 
 
 def _builders_of(pid: int) -> list[int]:
-    """The builder processes of `pid` (not multiprocessing's resource tracker)."""
+    """The builder processes of `pid`."""
     found = []
     for child in children_of(pid):
         try:
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if building.builder.__name__.encode() in Path(f"/proc/{child}/cmdline").read_bytes():
                 found.append(child)
         except OSError:
             continue

@@ -150,7 +150,7 @@ def test_one_readers_history_has_consents_deliveries_bounces_and_feedback(
 def choose(client: TestClient, engine: Engine, subscriber_id: int, **chosen: str) -> None:
     """The reader saves their preferences page with `chosen`."""
     ctx: AppContext = client.app.state.ctx  # type: ignore[attr-defined]
-    token = ctx.preferences_url(subscriber_id).rsplit("/", 1)[1]
+    token = ctx.links.preferences_url(subscriber_id).rsplit("/", 1)[1]
     with transaction(engine) as session:
         preferences.change(session, ctx, token=token, who=Requester(ip="192.0.2.9"), **chosen)
 

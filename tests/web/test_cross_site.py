@@ -100,7 +100,7 @@ def test_one_click_unsubscribe_works_whatever_its_headers(
     client: TestClient, engine: Engine
 ) -> None:
     reader_id = add_reader(engine, "reader@example.com")
-    path = client.app.state.ctx.unsubscribe_url(reader_id).removeprefix(OUR_SITE)  # type: ignore[attr-defined]
+    path = client.app.state.ctx.links.unsubscribe_url(reader_id).removeprefix(OUR_SITE)  # type: ignore[attr-defined]
 
     response = client.post(
         path,
@@ -114,7 +114,7 @@ def test_one_click_unsubscribe_works_whatever_its_headers(
 
 def test_only_the_one_click_path_itself_is_exempt(client: TestClient, engine: Engine) -> None:
     reader_id = add_reader(engine, "reader@example.com")
-    path = client.app.state.ctx.unsubscribe_url(reader_id).removeprefix(OUR_SITE)  # type: ignore[attr-defined]
+    path = client.app.state.ctx.links.unsubscribe_url(reader_id).removeprefix(OUR_SITE)  # type: ignore[attr-defined]
 
     response = client.post(f"{path}/resubscribe", headers={"Origin": OTHER_SITE})
 

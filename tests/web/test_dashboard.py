@@ -330,7 +330,7 @@ def test_a_readers_page_shows_their_time_zone_cadence_and_digest_day_without_a_f
     ada = add_reader(engine, "ada@example.com")
     bob = add_reader(engine, "bob@example.com")
     ctx: AppContext = client.app.state.ctx  # type: ignore[attr-defined]
-    token = ctx.preferences_url(ada).rsplit("/", 1)[1]
+    token = ctx.links.preferences_url(ada).rsplit("/", 1)[1]
     with transaction(engine) as session:
         chosen = {"timezone": "America/Los_Angeles", "cadence": "weekly", "digest_weekday": "3"}
         preferences.change(session, ctx, token=token, who=Requester(ip="192.0.2.9"), **chosen)
