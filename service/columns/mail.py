@@ -1,7 +1,6 @@
-"""The newsletter's mails (the daily column, the weekly digest): render and encode once per
-mail, splice each reader's values per message, built on the generic mail primitives (message
-headers, the SMTP-ready bytes). The one place of the splice machinery; digest.py says what a
-digest shows."""
+"""The newsletter's mails (the daily column, the weekly digest): rendered with markers for
+each reader's values, inlined and encoded once per mail into a PreparedMail (mail/splice.py,
+which splices each reader's values per message). digest.py says what a digest shows."""
 
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ from service.columns.view import ColumnView
 from service.config import TEMPLATES_DIR
 from service.mail import dkim as signing
 from service.mail import smtp
-from service.mail.smtp import Fault, SmtpConnection, SmtpFailure, SmtpTarget, Stuffed
+from service.mail.smtp import Fault, SmtpConnection, SmtpFailure, SmtpTarget
+from service.mail.wire import Stuffed
 from tests.columns.test_mail import reader, seed_like_column, settings_for
 from tests.smtp_server import SmtpTestServer
 
