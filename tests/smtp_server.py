@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -43,6 +44,9 @@ class Recorder:
         self.rcpt_reply_all: str | None = None  # refuse every RCPT with this ("554 5.7.1 …")
         self.data_reply: str | None = None  # answer every DATA with this instead of 250
         self.data_delay: float = 0.0  # seconds to think before answering DATA
+        # Called with the session and the envelope once a message's end has arrived, before
+        # it is accepted: what the client must have done by then (tests/delivery).
+        self.on_end: Callable[[Session, Envelope], None] | None = None
         self._data_count = 0
 
     async def handle_RCPT(
@@ -68,6 +72,8 @@ class Recorder:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        if self.on_end is not None:
+            self.on_end(session, envelope)
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
         with self.lock:

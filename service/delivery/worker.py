@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from ..db import in_thread, transaction
-from ..mail.smtp import Fault, RelayHealth, SmtpConnection, SmtpFailure
+from ..mail.smtp import Fault, RelayHealth, SmtpConnection, SmtpFailure, Unended
 from ..models import ColumnRecord, Send, SendKind, SendStatus
 from ..retry import next_attempt, worker_name
 from ..tokens import Purpose
@@ -77,6 +77,9 @@ class GroupCommit:
         self._lock = asyncio.Lock()
         self._session: Session | None = None
         self._using = threading.Lock()  # a cancelled run's write may still be in its thread
+        # Fails with the first commit that does: the run stops on it even when no connection
+        # is waiting on that commit any more (they overlap it with their next message).
+        self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def add(self, fill: Callable[[Outcomes], None]) -> None:
         """Record one outcome with whatever else is waiting; return once it is durable."""
@@ -92,6 +95,8 @@ class GroupCommit:
                 except BaseException as exc:
                     done.set_exception(exc)
                     done.exception()  # mark retrieved; the waiters below re-raise it
+                    if not self.failed.done() and isinstance(exc, Exception):
+                        self.failed.set_exception(exc)
                     raise
                 done.set_result(None)
         await done
@@ -214,7 +219,7 @@ class SendWorker:
         claimer = asyncio.create_task(self._claim_into(queue, job, builders, len(senders)))
         lease_keeper = asyncio.create_task(self._keep_leases())
         watcher = asyncio.create_task(self._watch_send(send_id))
-        tasks = [claimer, lease_keeper, watcher, *senders]
+        tasks = [claimer, lease_keeper, watcher, commit.failed, *senders]
         try:
             await _until_senders_finish(tasks, senders)
         finally:
@@ -338,28 +343,63 @@ class SendWorker:
         commit: GroupCommit,
         rate: SharedRate | None,
     ) -> None:
-        while (ready := await queue.get()) is not None:
-            try:
-                if rate is not None and not self._stopping.is_set():
-                    await rate.acquire()
-                conn = await link.connection(self._stopping)  # waits while relays are capped
-                if conn is None or self._stopping.is_set():
-                    self._unsent.append(ready.claim.id)
-                    continue
-                await commit.add(await self._hand_off(conn, job, ready))
-            finally:
-                queue.task_done()
+        # The last outcome's commit, under way while the next message goes over: that one is
+        # ended (and so accepted) only once this is durable (SmtpConnection.send's `after`).
+        recorded: asyncio.Future[None] | None = None
+        try:
+            while (ready := await queue.get()) is not None:
+                taken = False  # by a commit, which marks the queue item done once durable
+                try:
+                    if rate is not None and not self._stopping.is_set():
+                        await rate.acquire()
+                    conn = await link.connection(self._stopping)  # waits while relays are capped
+                    if conn is None or self._stopping.is_set():
+                        self._unsent.append(ready.claim.id)
+                        continue
+                    try:
+                        # Shielded: a sender cancelled mid-wait leaves the commit to finish.
+                        after = None if recorded is None else asyncio.shield(recorded)
+                        fill = await self._hand_off(conn, job, ready, after)
+                    except Unended:
+                        self._unsent.append(ready.claim.id)
+                        assert recorded is not None
+                        await recorded  # raises what the commit met
+                        raise
+                    recorded = asyncio.ensure_future(self._record(commit, fill, queue, recorded))
+                    taken = True
+                finally:
+                    if not taken:
+                        queue.task_done()
+        finally:
+            if recorded is not None:
+                await asyncio.shield(recorded)
         queue.task_done()
 
+    @staticmethod
+    async def _record(
+        commit: GroupCommit,
+        fill: Callable[[Outcomes], None],
+        queue: asyncio.Queue[Ready | None],
+        previous: asyncio.Future[None] | None,
+    ) -> None:
+        """Commit one outcome (with whatever else is waiting), then mark its queue item done:
+        the claimer's `queue.join()` still means "every outcome is durable"."""
+        try:
+            await commit.add(fill)
+            if previous is not None:  # committed already (commits go in order): its error
+                await previous
+        finally:
+            queue.task_done()
+
     async def _hand_off(
-        self, conn: SmtpConnection, job: Job, ready: Ready
+        self, conn: SmtpConnection, job: Job, ready: Ready, after: asyncio.Future[None] | None
     ) -> Callable[[Outcomes], None]:
-        """Send one message; return how to record what happened."""
+        """Send one message, ended once `after` is; return how to record what happened."""
         claim, reason = ready.claim, ready.unbuildable
         if ready.wire is None:
             return lambda o: o.failed.append((claim.id, reason or ledger.UNBUILDABLE))
         try:
-            await conn.send(self.ctx.return_path(claim.id), claim.email, ready.wire)
+            await conn.send(self.ctx.return_path(claim.id), claim.email, ready.wire, after=after)
         except SmtpFailure as failure:
             return await self._failed(job, claim, failure)
         self._relay_streak = 0
@@ -445,7 +485,7 @@ class SendWorker:
 
 
 async def _until_senders_finish(
-    tasks: list[asyncio.Task[None]], senders: list[asyncio.Task[None]]
+    tasks: list[asyncio.Future[None]], senders: list[asyncio.Task[None]]
 ) -> None:
     """Wait for every sender to drain; the first task to fail (the database went away, the
     leases could not be renewed) fails the whole run."""

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 import socket
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -15,7 +16,7 @@ from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import SMTPProtocol
 
 from ..config import RelayUrl, Settings
-from .wire import Stuffed
+from .wire import END_OF_DATA, Stuffed
 
 log = logging.getLogger(__name__)
 QUIT_TIMEOUT = 5.0
@@ -130,15 +131,21 @@ def lean_supported(version: str = aiosmtplib.__version__) -> bool:
 
 
 async def _hand_over(
-    smtp: aiosmtplib.SMTP, envelope_from: str, recipient: str, mail: Stuffed
+    smtp: aiosmtplib.SMTP,
+    envelope_from: str,
+    recipient: str,
+    mail: Stuffed,
+    after: Awaitable[None] | None = None,
 ) -> None:
     """One mail transaction (MAIL, RCPT, DATA) through aiosmtplib's own protocol, with bytes
     stuffed beforehand: sendmail() would normalise and stuff the 20 KB again for every reader,
     more than half of its cost per message (docs/BENCHMARKS.md). The same replies
     raise the same exceptions as sendmail(), so `classify` sorts them alike; a refusal resets
-    the envelope with RSET, as sendmail() does. One reply per write: no pipelining."""
+    the envelope with RSET, as sendmail() does. One reply per write: no pipelining. With
+    `after`, the message goes over whole but for its end, which waits for `after`."""
     sender, rcpt = _command_address(envelope_from), _command_address(recipient)
     if not (sender.isascii() and rcpt.isascii()):
+        await _done(after)
         await smtp.sendmail(envelope_from, [recipient], mail.message())  # SMTPUTF8 if offered
         return
     if smtp.is_ehlo_or_helo_needed:
@@ -152,7 +159,7 @@ async def _hand_over(
     patience = None if smtp.timeout is None else 2 * smtp.timeout
     async with asyncio.timeout_at(
         None if patience is None else asyncio.get_running_loop().time() + patience
-    ):
+    ) as timer:
         try:
             reply = await protocol.execute_command(b"MAIL", b"FROM:" + sender.encode(), *options)
             if reply.code != 250:
@@ -171,10 +178,54 @@ async def _hand_over(
             if reply.code != 354:
                 raise aiosmtplib.SMTPDataError(reply.code, reply.message)
             protocol._response_pending = True
-            protocol.write(mail.data)
+            if after is None:
+                protocol.write(mail.data)
+            else:
+                await _end_after(smtp, protocol, mail.data, after, timer)
             reply = await protocol.read_response()
     if reply.code != 250:
         raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+
+
+class Unended(Exception):
+    """A message was not ended, so not accepted: what its end waited for failed (its
+    __cause__), and the connection was dropped mid-DATA."""
+
+
+async def _end_after(
+    smtp: aiosmtplib.SMTP,
+    protocol: SMTPProtocol,
+    data: bytes,
+    after: Awaitable[None],
+    timer: asyncio.Timeout,
+) -> None:
+    """Write DATA but its final ".", and write that only once `after` is done: the relay
+    cannot accept the message before then. If `after` fails (or the wait is cancelled),
+    drop the connection instead: a session cut before the end of DATA delivers nothing
+    (RFC 5321 4.1.1.4)."""
+    end = len(data) - len(END_OF_DATA)
+    assert data[end:] == END_OF_DATA, "a Stuffed message ends with its final dot"
+    protocol.write(memoryview(data)[:end])  # type: ignore[arg-type]
+    deadline = timer.when()
+    timer.reschedule(None)  # our own wait is not the relay's silence
+    waited = asyncio.get_running_loop().time()
+    try:
+        await after
+    except Exception as exc:
+        smtp.close()
+        raise Unended(str(exc)) from exc
+    except BaseException:
+        smtp.close()
+        raise
+    if deadline is not None:
+        timer.reschedule(deadline + asyncio.get_running_loop().time() - waited)
+    protocol.write(END_OF_DATA)
+
+
+async def _done(after: Awaitable[None] | None) -> None:
+    """Wait for `after` where the message cannot be held at its end (sendmail())."""
+    if after is not None:
+        await after
 
 
 # An address that can go on MAIL/RCPT as it is: no space, control, bracket, quote or
@@ -259,9 +310,21 @@ class SmtpConnection:
         self._count = 0
         return smtp
 
-    async def send(self, envelope_from: str, recipient: str, data: bytes | Stuffed) -> None:
+    async def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        data: bytes | Stuffed,
+        *,
+        after: Awaitable[None] | None = None,
+    ) -> None:
         """Hand one message to the relay, or raise SmtpFailure. A message already `Stuffed`
-        goes over as it is (through sendmail() on an aiosmtplib release not tested here)."""
+        goes over as it is (through sendmail() on an aiosmtplib release not tested here).
+
+        With `after` (the previous message's outcome being recorded), this message is sent
+        while that goes on, but not ended, and so not accepted, until it is done: the two
+        overlap, and still no more than one accepted message per connection is unrecorded at
+        any instant. If `after` fails, this raises Unended and the message is not sent."""
         try:
             if self._smtp is None or not self._smtp.is_connected:
                 self._smtp = await self._connect()
@@ -270,11 +333,16 @@ class SmtpConnection:
                 self._smtp = await self._connect()
             self._count += 1
             if not isinstance(data, Stuffed):
+                await _done(after)
                 await self._smtp.sendmail(envelope_from, [recipient], data)
             elif self.lean:
-                await _hand_over(self._smtp, envelope_from, recipient, data)
+                await _hand_over(self._smtp, envelope_from, recipient, data, after)
             else:
+                await _done(after)
                 await self._smtp.sendmail(envelope_from, [recipient], data.message())
+        except Unended:
+            self._smtp = None  # dropped mid-DATA
+            raise
         except Exception as exc:
             failure = classify(exc)
             if failure.connection_lost:

@@ -17,7 +17,7 @@ from typing import Any, NotRequired, TypedDict, Unpack
 
 from .dkim import DkimSigner, canonical_headers, canonical_lines
 from .message import date_value, mailbox, one_line
-from .wire import Stuffed, stuff_lines
+from .wire import END_OF_DATA, Stuffed, stuff_lines
 
 # The reader's values, each with the one-letter field name used in the per-line format strings.
 PERSONAL_FIELDS = {
@@ -175,7 +175,7 @@ class PreparedMail:
         from pieces stuffed once per column: the send path hands it over without a rescan."""
         built = self._build(**reader)
         size = sum(map(len, built.pieces()))
-        return Stuffed(b"".join(built.pieces(stuffed=True)) + b".\r\n", size)
+        return Stuffed(b"".join(built.pieces(stuffed=True)) + END_OF_DATA, size)
 
     def _build(
         self,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiosmtplib.protocol import normalize_message_line_endings
 
 _LEADING_PERIOD = re.compile(rb"(?m)^\.")
+END_OF_DATA = b".\r\n"  # after the message's own last CRLF
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,7 @@ class Stuffed:
     def of(cls, message: bytes) -> Stuffed:
         """The general (slow) way, byte for byte what aiosmtplib's sendmail() writes."""
         normalized = normalize_message_line_endings(message)
-        return cls(_LEADING_PERIOD.sub(b"..", normalized) + b".\r\n", len(normalized))
+        return cls(_LEADING_PERIOD.sub(b"..", normalized) + END_OF_DATA, len(normalized))
 
     def message(self) -> bytes:
         """The message again, for a hand-off through sendmail(), which stuffs it itself."""
