@@ -12,7 +12,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, exists, func, update
+from sqlalchemy import ColumnElement, Integer, Table, and_, any_, bindparam, exists, func, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from ..db import insert_new
@@ -234,18 +236,25 @@ _subscribers: Table = Subscriber.__table__  # type: ignore[attr-defined]
 _bounces: Table = Bounce.__table__  # type: ignore[attr-defined]
 _suppressions: Table = Suppression.__table__  # type: ignore[attr-defined]
 _OWNED = owned_by(_deliveries.c, bindparam("worker"))
+_SENT: dict[str, Any] = {  # what a sent mark writes
+    "status": MailStatus.sent.value,
+    "sent_at": bindparam("now"),
+    "lease_until": None,
+    "last_error": None,
+    "relay": bindparam("relay"),
+}
 # One row per parameter set (executemany): a statement compiled once, where an expanding
 # IN list is rendered anew for every group commit.
 _MARK_SENT = (
+    update(_deliveries).where(_deliveries.c.id == bindparam("row_id"), _OWNED).values(_SENT)
+)
+# A group all sent through one relay, the common case, as one statement: on PostgreSQL it
+# runs in autocommit, its own transaction, in one round trip instead of an executemany and a
+# COMMIT (`record_sent`).
+_MARK_ALL_SENT = (
     update(_deliveries)
-    .where(_deliveries.c.id == bindparam("row_id"), _OWNED)
-    .values(
-        status=MailStatus.sent.value,
-        sent_at=bindparam("now"),
-        lease_until=None,
-        last_error=None,
-        relay=bindparam("relay"),
-    )
+    .where(_deliveries.c.id == any_(bindparam("ids", type_=ARRAY(Integer))), _OWNED)
+    .values(_SENT)
 )
 _MARK_RETRY = (
     update(_deliveries)
@@ -310,6 +319,20 @@ def record(session: Session, outcomes: Outcomes, *, worker: str, now: dt.datetim
         )
     if outcomes.bounced:
         _record_refusals(session, outcomes.bounced, worker=worker, now=now)
+
+
+def sent_through_one_relay(outcomes: Outcomes) -> bool:
+    """Whether `outcomes` are all sent marks, through one relay: `record_sent` can write them."""
+    sent = outcomes.sent
+    return len(outcomes) == len(sent) > 0 and all(relay == sent[0][1] for _id, relay in sent)
+
+
+def record_sent(conn: Connection, outcomes: Outcomes, *, worker: str, now: dt.datetime) -> None:
+    """`record` for a group that `sent_through_one_relay`, as one statement (PostgreSQL): on
+    a connection in autocommit, durable when it returns."""
+    ids = [row_id for row_id, _relay in outcomes.sent]
+    relay = outcomes.sent[0][1]
+    conn.execute(_MARK_ALL_SENT, {"ids": ids, "now": now, "worker": worker, "relay": relay})
 
 
 def _record_refusals(

@@ -23,7 +23,7 @@ import math
 import threading
 from collections.abc import Callable
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from ..db import in_thread, transaction
@@ -76,6 +76,10 @@ class GroupCommit:
         self._done: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()
         self._session: Session | None = None
+        # PostgreSQL: a group all sent through one relay is one autocommit statement, on a
+        # connection of its own (ledger.record_sent).
+        self._one_statement = engine.dialect.name == "postgresql"
+        self._autocommit: Connection | None = None
         self._using = threading.Lock()  # a cancelled run's write may still be in its thread
         # Fails with the first commit that does: the run stops on it even when no connection
         # is waiting on that commit any more (they overlap it with their next message).
@@ -106,6 +110,9 @@ class GroupCommit:
             self._write_now(batch)
 
     def _write_now(self, batch: Outcomes) -> None:
+        if self._one_statement and ledger.sent_through_one_relay(batch):
+            self._write_sent(batch)
+            return
         if self._session is None:
             self._session = Session(bind=self.engine.connect(), expire_on_commit=False)
         session = self._session
@@ -120,12 +127,28 @@ class GroupCommit:
                 session.bind.close()  # type: ignore[union-attr]
             raise
 
+    def _write_sent(self, batch: Outcomes) -> None:
+        if self._autocommit is None:
+            connection = self.engine.connect()
+            self._autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            ledger.record_sent(self._autocommit, batch, worker=self.worker, now=self.utcnow())
+        except BaseException:
+            autocommit, self._autocommit = self._autocommit, None  # never reused after an error
+            with contextlib.suppress(Exception):
+                autocommit.close()
+            raise
+
     async def close(self) -> None:
-        """Give the held connection back (after the last `add`)."""
+        """Give the held connections back (after the last `add`)."""
         await asyncio.to_thread(self._close)
 
     def _close(self) -> None:
         with self._using:
+            autocommit, self._autocommit = self._autocommit, None
+            if autocommit is not None:
+                with contextlib.suppress(Exception):  # the database may be gone
+                    autocommit.close()
             session, self._session = self._session, None
             if session is not None:
                 with contextlib.suppress(Exception):  # the database may be gone

@@ -132,6 +132,11 @@ def test_a_worker_that_lost_its_rows_cannot_overwrite_them(
     with transaction(engine) as session:
         ledger.record(session, late, worker="stale", now=now)
         ledger.release(session, worker="stale", ids=[first, second, third], now=now)
+    all_sent = ledger.Outcomes(sent=[(i, "relay.example:25") for i in (first, second, third)])
+    postgres = engine.dialect.name == "postgresql"
+    if postgres:  # the one-statement form a group all sent through one relay takes there
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            ledger.record_sent(conn, all_sent, worker="stale", now=now)
     with Session(engine) as session:
         rows = list(session.exec(select(Delivery).order_by(Delivery.id)))
         readers = list(session.exec(select(Subscriber)))
@@ -141,9 +146,12 @@ def test_a_worker_that_lost_its_rows_cannot_overwrite_them(
         assert list(session.exec(select(Suppression))) == []
         assert list(session.exec(select(Bounce))) == []
 
-    with transaction(engine) as session:
-        everyone = ledger.Outcomes(sent=[(i, "relay.example:25") for i in (first, second, third)])
-        ledger.record(session, everyone, worker="owner", now=now)
+    if postgres:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            ledger.record_sent(conn, all_sent, worker="owner", now=now)
+    else:
+        with transaction(engine) as session:
+            ledger.record(session, all_sent, worker="owner", now=now)
     with Session(engine) as session:
         assert {r.status for r in session.exec(select(Delivery))} == {"sent"}
 
