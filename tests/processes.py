@@ -45,8 +45,11 @@ def environment(
     return env
 
 
-def start(*args: str, env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start `broadside ARGS` (stderr into `log` when given, so a long run cannot block)."""
+def start(
+    *args: str, env: dict[str, str], log: Path | None = None, own_group: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start `broadside ARGS` (stderr into `log` when given, so a long run cannot block);
+    with `own_group`, in a process group of its own, as a service manager starts it."""
     errors = log.open("ab") if log is not None else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "service.cli", *args],
@@ -54,6 +57,7 @@ def start(*args: str, env: dict[str, str], log: Path | None = None) -> subproces
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=errors,
+        start_new_session=own_group,
     )
 
 

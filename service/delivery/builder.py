@@ -98,8 +98,11 @@ def _read(pipe: IO[bytes]) -> Any:
 def main() -> None:
     """Read the kit and the mail, then each chunk of readers; answer each chunk with its
     built copies, in order. Ends when the worker closes the pipe, or dies."""
-    # Ctrl-C in a terminal reaches the whole process group: the worker decides when to stop.
+    # Ctrl-C in a terminal reaches the whole process group, and a service manager's SIGTERM
+    # the whole cgroup: the worker decides when to stop, and closes the pipe (or dies, which
+    # closes it too).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print cannot break a frame
     requests = sys.stdin.buffer

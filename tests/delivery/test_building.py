@@ -166,6 +166,29 @@ def test_a_worker_killed_mid_send_takes_its_builder_process_with_it(
     assert not _alive(builder), "the builder process outlived its killed worker"
 
 
+@pytest.mark.slow
+def test_a_sigterm_to_the_whole_group_stops_the_send_gracefully_and_its_builder_with_it(
+    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    # systemd and docker stop a service by signalling every process of it, the builder too.
+    processes.add_readers(engine, building.PROCESS_MIN_ROWS + 100)
+    smtp_server.handler.data_delay = 0.02
+    env = processes.environment(database_url, tmp_path / "var", smtp_server.url)
+    log = tmp_path / "log"
+    send = processes.start("send", "--date", SEED_DAY.isoformat(), env=env, log=log, own_group=True)
+    try:
+        eventually(lambda: len(smtp_server.received) >= 50, timeout=60)
+        [builder] = _builders_of(send.pid)
+        os.killpg(send.pid, signal.SIGTERM)
+        assert send.wait(timeout=15) == 1  # stopped before the end: "run again to finish"
+    finally:
+        if send.poll() is None:
+            send.kill()
+    assert "builder process died" not in log.read_text()
+    assert not _alive(builder), "the builder outlived its worker's graceful stop"
+    assert processes.unrecorded(engine, smtp_server) == 0  # nothing accepted but unrecorded
+
+
 def _builders_of(pid: int) -> list[int]:
     """The builder processes of `pid`."""
     found = []
