@@ -150,16 +150,9 @@ def test_a_builder_process_loads_neither_the_settings_nor_the_database_nor_the_w
 def test_a_worker_killed_mid_send_takes_its_builder_process_with_it(
     engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
 ) -> None:
-    processes.add_readers(engine, building.PROCESS_MIN_ROWS + 100)
-    smtp_server.handler.data_delay = 0.05
-    env = processes.environment(database_url, tmp_path / "var", smtp_server.url)
-    send = processes.start("send", "--date", SEED_DAY.isoformat(), env=env, log=tmp_path / "log")
-    try:
-        eventually(lambda: len(smtp_server.received) >= 20, timeout=60)
-        [builder] = _builders_of(send.pid)
-    finally:
-        send.kill()
-        send.wait()
+    send, builder = _a_large_send_under_way(engine, database_url, tmp_path, smtp_server)
+    send.kill()
+    send.wait()
     deadline = time.monotonic() + 10
     while _alive(builder) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -171,22 +164,45 @@ def test_a_sigterm_to_the_whole_group_stops_the_send_gracefully_and_its_builder_
     engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
 ) -> None:
     # systemd and docker stop a service by signalling every process of it, the builder too.
-    processes.add_readers(engine, building.PROCESS_MIN_ROWS + 100)
-    smtp_server.handler.data_delay = 0.02
-    env = processes.environment(database_url, tmp_path / "var", smtp_server.url)
-    log = tmp_path / "log"
-    send = processes.start("send", "--date", SEED_DAY.isoformat(), env=env, log=log, own_group=True)
+    send, builder = _a_large_send_under_way(
+        engine, database_url, tmp_path, smtp_server, own_group=True
+    )
     try:
-        eventually(lambda: len(smtp_server.received) >= 50, timeout=60)
-        [builder] = _builders_of(send.pid)
         os.killpg(send.pid, signal.SIGTERM)
         assert send.wait(timeout=15) == 1  # stopped before the end: "run again to finish"
     finally:
         if send.poll() is None:
             send.kill()
-    assert "builder process died" not in log.read_text()
+    assert "builder process died" not in (tmp_path / "log").read_text()
     assert not _alive(builder), "the builder outlived its worker's graceful stop"
     assert processes.unrecorded(engine, smtp_server) == 0  # nothing accepted but unrecorded
+
+
+def _a_large_send_under_way(
+    engine: Engine,
+    database_url: str,
+    tmp_path: Path,
+    smtp_server: SmtpTestServer,
+    *,
+    own_group: bool = False,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A `broadside send` large enough for a builder process, 20 messages in (stderr in
+    tmp_path/log), and its builder's pid."""
+    processes.add_readers(engine, building.PROCESS_MIN_ROWS + 100)
+    smtp_server.handler.data_delay = 0.05
+    env = processes.environment(database_url, tmp_path / "var", smtp_server.url)
+    log = tmp_path / "log"
+    send = processes.start(
+        "send", "--date", SEED_DAY.isoformat(), env=env, log=log, own_group=own_group
+    )
+    try:
+        eventually(lambda: len(smtp_server.received) >= 20, timeout=60)
+        [builder] = _builders_of(send.pid)
+    except BaseException:
+        send.kill()
+        send.wait()
+        raise
+    return send, builder
 
 
 def _builders_of(pid: int) -> list[int]:
