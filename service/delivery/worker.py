@@ -380,9 +380,7 @@ class SendWorker:
                         self._unsent.append(ready.claim.id)
                         continue
                     try:
-                        # Shielded: a sender cancelled mid-wait leaves the commit to finish.
-                        after = None if recorded is None else asyncio.shield(recorded)
-                        fill = await self._hand_off(conn, job, ready, after)
+                        fill = await self._hand_off(conn, job, ready, recorded)
                     except Unended:
                         self._unsent.append(ready.claim.id)
                         assert recorded is not None
@@ -394,7 +392,7 @@ class SendWorker:
                     if not taken:
                         queue.task_done()
         finally:
-            if recorded is not None:
+            if recorded is not None:  # shielded: a sender cancelled now leaves it to finish
                 await asyncio.shield(recorded)
         queue.task_done()
 

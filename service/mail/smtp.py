@@ -7,7 +7,6 @@ import contextlib
 import logging
 import re
 import socket
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -135,7 +134,7 @@ async def _hand_over(
     envelope_from: str,
     recipient: str,
     mail: Stuffed,
-    after: Awaitable[None] | None = None,
+    after: asyncio.Future[None] | None = None,
 ) -> None:
     """One mail transaction (MAIL, RCPT, DATA) through aiosmtplib's own protocol, with bytes
     stuffed beforehand: sendmail() would normalise and stuff the 20 KB again for every reader,
@@ -196,7 +195,7 @@ async def _end_after(
     smtp: aiosmtplib.SMTP,
     protocol: SMTPProtocol,
     data: bytes,
-    after: Awaitable[None],
+    after: asyncio.Future[None],
     timer: asyncio.Timeout,
 ) -> None:
     """Write DATA but its final ".", and write that only once `after` is done: the relay
@@ -210,7 +209,7 @@ async def _end_after(
     timer.reschedule(None)  # our own wait is not the relay's silence
     waited = asyncio.get_running_loop().time()
     try:
-        await after
+        await asyncio.shield(after)  # ours is only the wait: cancelling it leaves `after` be
     except Exception as exc:
         smtp.close()
         raise Unended(str(exc)) from exc
@@ -222,10 +221,10 @@ async def _end_after(
     protocol.write(END_OF_DATA)
 
 
-async def _done(after: Awaitable[None] | None) -> None:
+async def _done(after: asyncio.Future[None] | None) -> None:
     """Wait for `after` where the message cannot be held at its end (sendmail())."""
     if after is not None:
-        await after
+        await asyncio.shield(after)
 
 
 # An address that can go on MAIL/RCPT as it is: no space, control, bracket, quote or
@@ -316,7 +315,7 @@ class SmtpConnection:
         recipient: str,
         data: bytes | Stuffed,
         *,
-        after: Awaitable[None] | None = None,
+        after: asyncio.Future[None] | None = None,
     ) -> None:
         """Hand one message to the relay, or raise SmtpFailure. A message already `Stuffed`
         goes over as it is (through sendmail() on an aiosmtplib release not tested here).
