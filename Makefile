@@ -53,10 +53,10 @@ SLOW_TEST_WORKERS ?= 2
 test: $(DEV)
 	$(BIN)/ruff check service tests bench migrations
 	$(BIN)/ruff format --check service tests bench migrations
-	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal --durations=10
 
 test-slow: $(DEV)
-	$(BIN)/python -m pytest -m slow -n $(SLOW_TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -m slow -n $(SLOW_TEST_WORKERS) --dist worksteal --durations=10
 
 test-all: test test-slow
 

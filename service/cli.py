@@ -88,7 +88,7 @@ def courier_for(settings: Settings, engine: Engine) -> Iterator[Courier]:
     """What a send or a preview from the command line needs (the relay, or the capture server)."""
     from .context import build_context
     from .delivery.courier import Courier
-    from .runtime import smtp_target
+    from .mail.capture import smtp_target
 
     with smtp_target(settings) as target:
         yield Courier(engine, build_context(settings), target)

@@ -14,31 +14,15 @@ from sqlalchemy.engine import Engine
 
 from .bounces.imap import poll_forever
 from .bounces.receiver import BounceReceiver
-from .config import SHUTDOWN_GRACE, Settings
+from .config import SHUTDOWN_GRACE
 from .context import AppContext
 from .delivery.courier import Courier
 from .delivery.daily import Dispatcher
-from .mail.capture import CaptureServer
+from .mail.capture import smtp_target
 from .mail.outbox import OutboxSender
-from .mail.smtp import SmtpTarget, relay_target
+from .mail.smtp import SmtpTarget
 from .metrics import served_on_port
 from .scheduler import start_scheduler
-
-
-@contextlib.contextmanager
-def smtp_target(settings: Settings) -> Iterator[SmtpTarget]:
-    """The configured relay; without one, the capture server (started, or shared with the
-    process that already runs it on CAPTURE_PORT)."""
-    relay = relay_target(settings)
-    if relay is not None:
-        yield relay
-        return
-    capture = CaptureServer(settings.outbox_dir, settings.capture_port)
-    capture.start()
-    try:
-        yield SmtpTarget.local(capture.port, settings.smtp_timeout)
-    finally:
-        capture.stop()
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Each reader's copy of a send's mail, from the mail prepared once and a kit of what the
 copies share; and the builder process that makes them beside the worker (`python -m
-service.delivery.builder`). The process imports this module alone: the splice, the token
-signer and the DKIM signer, not the settings, the database or the web stack, so that it
-costs a send tens of megabytes less than a copy of the worker would."""
+service.delivery.builder`). The process imports this module alone, and what unpickling the
+kit and the mail brings (the splice, the token signer and the DKIM signer): not the settings,
+the database, the SMTP client or the web stack, so that it costs a send tens of megabytes
+less than a copy of the worker would."""
 
 from __future__ import annotations
 
@@ -11,20 +12,22 @@ import pickle
 import signal
 import struct
 import sys
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
-from ..mail.dkim import DkimSigner
-from ..mail.splice import PreparedMail, ReaderValues
-from ..mail.wire import Stuffed
-from ..tokens import Links
+if TYPE_CHECKING:  # only named here: the objects arrive pickled, and bring their modules
+    from ..mail.dkim import DkimSigner
+    from ..mail.splice import PreparedMail, ReaderValues
+    from ..mail.wire import Stuffed
+    from ..tokens import Links
 
 # One reader to build for: subscriber id, address, name.
 Reader = tuple[int, str, str]
 # One reader's built copy, or why it cannot be built (an address or a name we cannot put in
 # a header): exactly one of the two is None.
-Built = tuple[Stuffed | None, str | None]
+Built: TypeAlias = "tuple[Stuffed | None, str | None]"
 
 _LENGTH = struct.Struct(">I")  # each frame on the pipes: its length, then a pickle
 
@@ -103,6 +106,7 @@ def main() -> None:
     # closes it too).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _sign_without_lookups()
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print cannot break a frame
     requests = sys.stdin.buffer
@@ -116,6 +120,19 @@ def main() -> None:
             replies.flush()
     except BrokenPipeError:  # the worker was killed: nobody is left to build for
         os._exit(0)  # without flushing again into the broken pipe on the way out
+
+
+def _sign_without_lookups() -> None:
+    """dkimpy imports its DNS plug-in, and with it dnspython and ssl (~5 MB), to look up keys
+    when it verifies; a builder only signs. A plug-in in the module cache before dkimpy's
+    first import (the kit's unpickling) is the one it takes, and it refuses every lookup."""
+
+    def get_txt(name: bytes, timeout: float = 5) -> bytes | None:
+        raise RuntimeError(f"a builder process signs; it does not look up {name!r} in the DNS")
+
+    plugin = types.ModuleType("dkim.dnsplug", "DKIM key lookups: none in a builder process")
+    plugin.get_txt = get_txt  # type: ignore[attr-defined]
+    sys.modules.setdefault("dkim.dnsplug", plugin)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 """The embedded capture server: a real SMTP server that keeps mail as .eml files instead
-of delivering it, so a newcomer sees every mail at /dev/outbox with no mail server."""
+of delivering it, so a newcomer sees every mail at /dev/outbox with no mail server; and
+smtp_target, which picks it or the configured relay for a process."""
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import logging
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -16,6 +19,9 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
+
+from ..config import Settings
+from .smtp import SmtpTarget, relay_target
 
 log = logging.getLogger(__name__)
 NAME_CHARS = frozenset("0123456789abcdef-.eml")
@@ -150,3 +156,19 @@ def listing(folder: Path, limit: int = 200) -> list[CapturedMail]:
         return []
     names = sorted((p.name for p in folder.glob("*.eml")), reverse=True)[:limit]
     return [mail for name in names if (mail := read(folder, name)) is not None]
+
+
+@contextlib.contextmanager
+def smtp_target(settings: Settings) -> Iterator[SmtpTarget]:
+    """The configured relay; without one, the capture server (started, or shared with the
+    process that already runs it on CAPTURE_PORT)."""
+    relay = relay_target(settings)
+    if relay is not None:
+        yield relay
+        return
+    capture = CaptureServer(settings.outbox_dir, settings.capture_port)
+    capture.start()
+    try:
+        yield SmtpTarget.local(capture.port, settings.smtp_timeout)
+    finally:
+        capture.stop()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from aiosmtplib.protocol import normalize_message_line_endings
-
 _LEADING_PERIOD = re.compile(rb"(?m)^\.")
 END_OF_DATA = b".\r\n"  # after the message's own last CRLF
 
@@ -25,6 +23,10 @@ class Stuffed:
     @classmethod
     def of(cls, message: bytes) -> Stuffed:
         """The general (slow) way, byte for byte what aiosmtplib's sendmail() writes."""
+        # Imported here, not above: the client library (asyncio, ssl, email) is ~10 MB that
+        # a builder process, which only ever splices, would carry for nothing.
+        from aiosmtplib.protocol import normalize_message_line_endings
+
         normalized = normalize_message_line_endings(message)
         return cls(_LEADING_PERIOD.sub(b"..", normalized) + END_OF_DATA, len(normalized))
 
