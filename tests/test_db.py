@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
-from service.db import transaction
+from service.db import SQLITE_CACHE_KIB, transaction
 from service.models import Subscriber
 
 
@@ -27,13 +27,15 @@ def test_email_is_unique(engine: Engine) -> None:
         session.add(Subscriber(email="reader@example.com"))
 
 
-def test_sqlite_runs_in_wal_with_foreign_keys(engine: Engine) -> None:
+def test_sqlite_runs_in_wal_with_foreign_keys_and_a_small_page_cache(engine: Engine) -> None:
     if engine.dialect.name != "sqlite":
         pytest.skip("SQLite pragmas")
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 1000
+        # Negative: KiB, not pages. Bounded per connection, so a long send's memory stays flat.
+        assert conn.execute(text("PRAGMA cache_size")).scalar() == -SQLITE_CACHE_KIB
 
 
 def test_many_threads_writing_to_sqlite_at_once_all_succeed(database_url: str) -> None:
