@@ -17,9 +17,9 @@ from sqlmodel import Session, create_engine
 # How long a SQLite writer waits for another writer's lock before "database is locked".
 SQLITE_BUSY_TIMEOUT = 10.0
 # Each SQLite connection's own page cache, in KiB (SQLite's default is 2,000). A worker keeps
-# about seven connections in its pool, and over a large send each filled its 2 MB: 15 MB more
-# at 100,000 readers than at 10,000 (docs/BENCHMARKS.md). The operating system caches the
-# file anyway; at 512 KiB the send path's rate moved less than its run-to-run spread.
+# about seven connections in its pool, and over a large send each filled its 2 MB: the worker
+# grew by 14 MB during a 100,000-reader send (docs/BENCHMARKS.md). The operating system caches
+# the file anyway; at 512 KiB the send path's rate moved less than its run-to-run spread.
 SQLITE_CACHE_KIB = 512
 
 
