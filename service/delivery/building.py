@@ -1,7 +1,8 @@
 """Build each reader's copy of a send's mail (the splice and the DKIM signature) off the event
-loop: in builder processes for a large send, so that the build has a core of its own beside the
-SMTP work and the ledger writes instead of sharing one interpreter's lock with them; in two
-threads of the send's own for a small one, which a process would cost a second to start."""
+loop: in two threads of the send's own, which sign beside the SMTP work since OpenSSL lets go of
+the interpreter's lock while it signs; or, when DELIVERY_BUILD_PROCESSES asks for them, in
+builder processes for a large send, which take the build's Python work off that lock too, for
+~33 MB each and a second to start."""
 
 from __future__ import annotations
 
@@ -156,7 +157,12 @@ class _Process:
             limit=REPLY_BUFFER,
         )
         assert proc.stdin is not None
-        proc.stdin.write(builder.frame((kit, mail)))
+        try:
+            proc.stdin.write(builder.frame((kit, mail)))
+        except BaseException:  # the kit or the mail would not pickle: no builder left behind
+            proc.kill()
+            await proc.wait()
+            raise
         return cls(proc)
 
     @property
@@ -276,9 +282,10 @@ class Builders:
 
 
 async def builders_for(job: Job, ctx: AppContext, *, due: int) -> Builders:
-    """Threads for a small run or a digest send (whose mails are looked up in the database as
-    its rows come); DELIVERY_BUILD_PROCESSES builder processes for a column with `due` rows
-    of PROCESS_MIN_ROWS or more."""
+    """DELIVERY_BUILD_PROCESSES builder processes for a column with `due` rows of
+    PROCESS_MIN_ROWS or more; otherwise threads: with none configured (the default), for a
+    small run, and for a digest send (whose mails are looked up in the database as its rows
+    come)."""
     kit = kit_for(job, ctx)
     count = ctx.settings.delivery_build_processes
     if not count or job.digests is not None or due < PROCESS_MIN_ROWS:
@@ -290,6 +297,8 @@ async def builders_for(job: Job, ctx: AppContext, *, due: int) -> Builders:
             processes.append(await _Process.start(kit, job.prepared))
     except OSError as exc:  # no process to be had (a process or file limit): threads, then
         log.warning("send %s: no builder process (%s); building in threads", job.send_id, exc)
+    except Exception as exc:  # the kit would not pickle (a bug): threads need no pickling
+        log.error("send %s: no builder process (%r); building in threads", job.send_id, exc)
     log.info(
         "send %s: %d rows due, built in %d child process(es)", job.send_id, due, len(processes)
     )

@@ -15,13 +15,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP as SMTPServer
-from aiosmtpd.smtp import Envelope, Session
+from typing import TYPE_CHECKING
 
 from ..config import Settings
 from .smtp import SmtpTarget, relay_target
+
+if TYPE_CHECKING:  # aiosmtpd is imported where a capture server starts: a send to a relay
+    from aiosmtpd.controller import Controller  # never loads it
+    from aiosmtpd.smtp import SMTP as SMTPServer
+    from aiosmtpd.smtp import Envelope, Session
 
 log = logging.getLogger(__name__)
 NAME_CHARS = frozenset("0123456789abcdef-.eml")
@@ -89,6 +91,8 @@ class CaptureServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port(self.host)
         can_listen(self.host, self.port)
+        from aiosmtpd.controller import Controller
+
         controller = Controller(
             _SaveToFolder(self.folder),
             hostname=self.host,

@@ -1,6 +1,7 @@
-"""A large send builds its messages in a child process: every reader still gets exactly one
-mail, signed, with their own links; a builder that dies mid-send leaves the rest to threads;
-a worker killed mid-send takes its builders with it."""
+"""A large send builds its messages in the worker's threads, or, with DELIVERY_BUILD_PROCESSES,
+in a child process: every reader still gets exactly one mail, signed, with their own links; a
+builder that dies mid-send leaves the rest to threads; a worker killed mid-send takes its
+builders with it."""
 
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def signed(
         dkim_domain=DOMAIN,
         dkim_selector="s1",
         dkim_private_key=str(tmp_path / "rsa.pem"),
+        delivery_build_processes=1,
     )
     record = signing.public_record(key).encode()
 
@@ -88,6 +90,29 @@ def test_a_large_send_is_built_in_a_child_and_each_reader_gets_one_signed_mail_o
         assert readers[int(reader) - 1] == mail.rcpt_tos[0]  # ids follow insertion order
 
 
+def test_by_default_a_large_send_is_built_and_signed_in_the_workers_threads(
+    engine: Engine,
+    smtp_server: SmtpTestServer,
+    signed: tuple[Settings, Callable[..., bytes | None]],
+    every_send_is_large: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings, dns = signed
+    settings = settings.model_copy(update={"delivery_build_processes": 0})
+    assert Settings.model_fields["delivery_build_processes"].default == 0
+
+    async def no_process(*_args: object) -> None:
+        raise AssertionError("a builder process was started")
+
+    monkeypatch.setattr(building._Process, "start", no_process)
+    readers = add_readers(engine, active=40)["active"]
+    send = start_seed_send(engine, settings)
+    assert asyncio.run(SendWorker(courier(engine, settings)).run(send.id or 0)).sent == 40
+    assert sorted(smtp_server.per_recipient()) == sorted(readers)
+    assert set(smtp_server.per_recipient().values()) == {1}
+    assert all(dkim.verify(mail.data, dnsfunc=dns) for mail in smtp_server.received)
+
+
 def test_a_builder_process_that_dies_mid_send_leaves_the_rest_to_threads(
     engine: Engine,
     settings: Settings,
@@ -95,6 +120,7 @@ def test_a_builder_process_that_dies_mid_send_leaves_the_rest_to_threads(
     every_send_is_large: None,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    settings = settings.model_copy(update={"delivery_build_processes": 1})
     readers = add_readers(engine, active=400)["active"]
     send = start_seed_send(engine, settings)
     smtp_server.handler.data_delay = 0.05  # slow enough to kill the builder mid-send
@@ -113,6 +139,37 @@ def test_a_builder_process_that_dies_mid_send_leaves_the_rest_to_threads(
     assert "a builder process died" in caplog.text
     assert sorted(smtp_server.per_recipient()) == sorted(readers)
     assert set(smtp_server.per_recipient().values()) == {1}
+
+
+def test_a_kit_that_will_not_pickle_leaves_no_builder_behind_and_the_send_to_threads(
+    engine: Engine,
+    settings: Settings,
+    smtp_server: SmtpTestServer,
+    every_send_is_large: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings.model_copy(update={"delivery_build_processes": 1})
+    frame = building.builder.frame
+
+    def refuse_the_kit(value: object) -> bytes:
+        if isinstance(value, tuple) and isinstance(value[0], building.Kit):
+            raise TypeError("cannot pickle the kit")
+        return frame(value)
+
+    monkeypatch.setattr(building.builder, "frame", refuse_the_kit)
+    readers = add_readers(engine, active=20)["active"]
+    send = start_seed_send(engine, settings)
+
+    async def send_then_look_for_builders() -> tuple[int, list[int]]:
+        sent = (await SendWorker(courier(engine, settings)).run(send.id or 0)).sent
+        return sent, _builders_of(os.getpid())
+
+    with caplog.at_level(logging.ERROR, logger=building.__name__):
+        sent, left = asyncio.run(send_then_look_for_builders())
+    assert (sent, left) == (20, [])
+    assert "cannot pickle the kit" in caplog.text
+    assert sorted(smtp_server.per_recipient()) == sorted(readers)
 
 
 def test_a_builder_process_loads_neither_the_settings_nor_the_database_nor_the_web(
@@ -140,6 +197,22 @@ def test_a_builder_process_loads_neither_the_settings_nor_the_database_nor_the_w
         "b._sign_without_lookups();"  # as main() does first
         f"kit, mail = b._read(open({str(sent)!r}, 'rb'));"
         "assert b.build(kit, mail, [(1, 'ada@example.com', 'Ada')])[0][0] is not None;"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stderr
+
+
+def test_a_send_to_a_relay_loads_neither_the_capture_server_nor_the_long_running_runtime() -> None:
+    # What `broadside send` imports is what a large send costs in memory (docs/BENCHMARKS.md):
+    # the modules its command loads, and the capture server's only when it starts one.
+    heavy = ["aiosmtpd", "apscheduler", "prometheus_client", "service.runtime", "service.bounces"]
+    heavy += ["service.web", "fastapi", "uvicorn"]
+    probe = (
+        "import sys, service.cli, service.console, service.context, service.mail.capture;"
+        "import service.delivery.daily, service.delivery.worker, service.delivery.courier;"
         f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
     )
     loaded = subprocess.run(
@@ -192,7 +265,9 @@ def _a_large_send_under_way(
     tmp_path/log), and its builder's pid."""
     processes.add_readers(engine, building.PROCESS_MIN_ROWS + 100)
     smtp_server.handler.data_delay = 0.05
-    env = processes.environment(database_url, tmp_path / "var", smtp_server.url)
+    env = processes.environment(
+        database_url, tmp_path / "var", smtp_server.url, delivery_build_processes=1
+    )
     log = tmp_path / "log"
     send = processes.start(
         "send", "--date", SEED_DAY.isoformat(), env=env, log=log, own_group=own_group
