@@ -48,8 +48,11 @@ _DIALECT = {
     },
     "sqlite": {
         # Whole seconds, then the microseconds SQLAlchemy stores (YYYY-MM-DD HH:MM:SS.ffffff):
-        # julianday()'s doubles are off by tens of microseconds this far from its epoch.
-        "elapsed": "((strftime('%s', :now) - strftime('%s', rate_buckets.updated_at))"
+        # julianday()'s doubles are off by tens of microseconds this far from its epoch. The
+        # seconds are read without the fraction, which strftime rounds to the millisecond:
+        # "…:01.9997" would read as second 02, and the elapsed time gain a whole second.
+        "elapsed": "((strftime('%s', substr(:now, 1, 19))"
+        " - strftime('%s', substr(rate_buckets.updated_at, 1, 19)))"
         " + (CAST(substr(:now, 21, 6) AS INTEGER)"
         " - CAST(substr(rate_buckets.updated_at, 21, 6) AS INTEGER)) / 1000000.0)",
         "least": "MIN",

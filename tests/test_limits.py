@@ -56,6 +56,23 @@ def test_a_clock_behind_the_bucket_refills_nothing(engine: Engine, clock: Clock)
     assert grab(1) == 1
 
 
+@pytest.mark.parametrize("start_us, end_us", [(500_000, 999_700), (999_700, 999_900)])
+def test_a_take_in_the_last_half_millisecond_of_a_second_refills_what_elapsed(
+    engine: Engine, start_us: int, end_us: int
+) -> None:
+    # SQLite's strftime rounds to the millisecond: read whole, "…:01.9997" was second 02, and a
+    # bucket refilled a second too much (an extra batch of DELIVERY_RATE across workers).
+    second = datetime(2026, 11, 27, 15, 40, 1)
+
+    def grab(micro: int) -> int:
+        at = second.replace(microsecond=micro)
+        with transaction(engine) as session:
+            return take(session, "k", capacity=2, per_second=1, want=2, least=1, now=at).granted
+
+    assert grab(start_us) == 2  # a new bucket starts full
+    assert grab(end_us) == 0  # under half a second later: nothing refilled
+
+
 def test_parallel_takers_never_overspend_a_bucket(engine: Engine, clock: Clock) -> None:
     threads = 16
     start = threading.Barrier(threads)
