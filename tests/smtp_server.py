@@ -47,7 +47,23 @@ class Recorder:
         # Called with the session and the envelope once a message's end has arrived, before
         # it is accepted: what the client must have done by then (tests/delivery).
         self.on_end: Callable[[Session, Envelope], None] | None = None
+        # Offer PIPELINING (RFC 2920) as real relays do; aiosmtpd reads a pipelined group a
+        # command at a time and answers each as it goes, in segments of their own.
+        self.pipelining = True
         self._data_count = 0
+
+    async def handle_EHLO(
+        self,
+        server: SMTPServer,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself without this hook
+        if not self.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_RCPT(
         self,
@@ -182,3 +198,4 @@ class SmtpTestServer:
             self.handler.rcpt_reply_all = None
             self.handler.data_reply = None
             self.handler.data_delay = 0.0
+            self.handler.pipelining = True

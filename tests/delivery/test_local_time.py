@@ -25,6 +25,7 @@ from tests.smtp_server import SmtpTestServer
 
 DAY = dt.date(2026, 11, 27)
 TEXT = "---\ntitle: {title}\n---\n\nA short column.\n"
+BEFORE_DAY = dt.datetime.combine(DAY - dt.timedelta(days=1), dt.time(0, 0))  # naive UTC
 ZONES = ("Pacific/Kiritimati", "Europe/Berlin", "America/Los_Angeles", "Pacific/Pago_Pago")
 
 
@@ -246,7 +247,9 @@ def test_the_snapshot_is_one_statement_however_many_zones_and_readers(
         with transaction(engine) as session:
             column = store.column_for(session, DAY)
         assert column is not None
-        send, created = start_send(engine, settings, column)
+        # The day before, so that every zone's 06:00 is still ahead (a due moment already
+        # past is due at once, and they would all be "now").
+        send, created = start_send(engine, settings, column, now=BEFORE_DAY)
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert created and send.total == 60

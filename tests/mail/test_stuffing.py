@@ -115,9 +115,11 @@ def test_a_signed_copy_is_stuffed_after_signing_and_still_verifies(
 # On the wire: a real SMTP server sees the message as sent, whichever way it was handed over
 
 
-@pytest.fixture
-def server() -> SmtpTestServer:
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-reply-per-write"])
+def server(request: pytest.FixtureRequest) -> SmtpTestServer:
+    """aiosmtpd, offering PIPELINING (RFC 2920) or not: the hand-off takes either path."""
     server = SmtpTestServer()
+    server.handler.pipelining = request.param
     server.start()
     yield server
     server.stop()
@@ -259,3 +261,121 @@ def test_a_relay_that_stops_answering_times_out(
 
     failure = asyncio.run(run())
     assert (failure.fault, failure.connection_lost) == (Fault.transient, True)
+
+
+class ScriptedRelay:
+    """A relay written out by hand, for what aiosmtpd does not do: it offers PIPELINING,
+    reads whatever has arrived, and answers every complete command in it in one write (as
+    Postfix does), so several replies reach the client in one segment. RCPT gets `rcpt`,
+    DATA `data` (354 even after a refused RCPT, when a test says so). It records each
+    command with the number of the read it came in, and the messages it accepted."""
+
+    def __init__(self, rcpt: str = "250 2.1.5 OK", data: str = "354 go ahead") -> None:
+        self.rcpt, self.data = rcpt, data
+        self.commands: list[tuple[int, str]] = []
+        self.messages: list[bytes] = []
+        self.port = 0
+
+    async def __aenter__(self) -> ScriptedRelay:
+        self._server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 scripted ESMTP\r\n")
+        buffer, reads, body = b"", 0, None
+        while chunk := await reader.read(65536):
+            reads += 1
+            buffer += chunk
+            replies: list[bytes] = []
+            while True:
+                if body is not None:  # inside DATA: up to the end of the message
+                    end = buffer.find(b"\r\n.\r\n")
+                    if end < 0:
+                        break
+                    lines = (body + buffer[: end + 2]).split(b"\r\n")  # undo the stuffing
+                    self.messages.append(b"\r\n".join(x[1:] if x[:1] == b"." else x for x in lines))
+                    buffer, body = buffer[end + 5 :], None
+                    replies.append(b"250 2.0.0 queued")
+                    continue
+                line, crlf, rest = buffer.partition(b"\r\n")
+                if not crlf:
+                    break
+                buffer = rest
+                verb = line.decode().split(" ", 1)[0].split(":", 1)[0].upper()
+                self.commands.append((reads, verb))
+                if verb == "EHLO":
+                    replies.append(b"250-scripted\r\n250-PIPELINING\r\n250 SIZE 10000000")
+                elif verb == "RCPT":
+                    replies.append(self.rcpt.encode())
+                elif verb == "DATA":
+                    replies.append(self.data.encode())
+                    body = b"" if self.data.startswith("354") else None
+                elif verb == "QUIT":
+                    replies.append(b"221 bye")
+                else:  # MAIL, RSET, NOOP
+                    replies.append(b"250 2.0.0 OK")
+            if replies:
+                writer.write(b"".join(r + b"\r\n" for r in replies))
+        writer.close()
+
+
+def test_a_pipelining_relay_gets_the_envelope_in_one_write_and_its_replies_in_one_segment(
+    dotty: PreparedColumn,
+) -> None:
+    """MAIL, RCPT and DATA go in one write; the relay's three replies come back in one
+    segment, and the client reads every one of them from aiosmtplib's buffer."""
+    names = ["Ada", ".Grace"]
+
+    async def run() -> ScriptedRelay:
+        async with ScriptedRelay() as relay:
+            async with SmtpConnection(SmtpTarget.local(relay.port, timeout=5)) as conn:
+                for i, name in enumerate(names):
+                    await conn.send(
+                        "b@news.example.com",
+                        f"r{i}@example.org",
+                        dotty.stuffed(**reader(name=name)),
+                    )
+            return relay
+
+    relay = asyncio.run(run())
+    assert relay.messages == [dotty.message_bytes(**reader(name=n)) for n in names]
+    groups: dict[int, list[str]] = {}
+    for read, verb in relay.commands:
+        groups.setdefault(read, []).append(verb)
+    assert [g for g in groups.values() if "MAIL" in g] == [["MAIL", "RCPT", "DATA"]] * 2
+
+
+@pytest.mark.parametrize(
+    ("data", "dropped"), [("554 5.5.1 no valid recipients", False), ("354 go ahead", True)]
+)
+def test_a_refused_reader_in_a_pipelined_group_gets_no_message(
+    dotty: PreparedColumn, data: str, dropped: bool
+) -> None:
+    """RCPT refused in a pipelined group: the failure is the reader's. A relay that then
+    asks for the message anyway gets none: the connection is dropped mid-DATA, which
+    delivers nothing, and the next reader goes over a new one."""
+
+    async def run() -> tuple[list[SmtpFailure], ScriptedRelay, bool]:
+        failures: list[SmtpFailure] = []
+        async with ScriptedRelay(rcpt="550 5.1.1 no such user", data=data) as relay:
+            async with SmtpConnection(SmtpTarget.local(relay.port, timeout=5)) as conn:
+                try:
+                    await conn.send(
+                        "b@news.example.com", "gone@example.org", dotty.stuffed(**reader())
+                    )
+                except SmtpFailure as failure:
+                    failures.append(failure)
+                kept = conn._smtp is not None and conn._smtp.is_connected
+                relay.rcpt, relay.data = "250 2.1.5 OK", "354 go ahead"
+                await conn.send("b@news.example.com", "ada@example.org", dotty.stuffed(**reader()))
+            return failures, relay, kept
+
+    failures, relay, kept = asyncio.run(run())
+    assert [(f.fault, f.code, f.status) for f in failures] == [(Fault.recipient, 550, "5.1.1")]
+    assert kept is not dropped
+    assert relay.messages == [dotty.message_bytes(**reader())]
