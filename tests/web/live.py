@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +11,6 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.config import Settings
-from service.mail.capture import free_port
 from service.web import server
 from tests.helpers import eventually
 
@@ -19,10 +19,17 @@ STARTUP_TIMEOUT = 10.0  # seconds for uvicorn to run the lifespan and listen
 
 @contextmanager
 def serving(app: FastAPI, settings: Settings, port: int | None = None) -> Iterator[str]:
-    """Run `app` on 127.0.0.1 in a thread until the block ends; yields its base URL."""
-    port = port or free_port()
+    """Run `app` on 127.0.0.1 in a thread until the block ends; yields its base URL. The
+    socket is bound here, before uvicorn starts, so that no other test's server can take
+    the port in between (a free port looked up first and bound later sometimes was)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port or 0))
+    port = listener.getsockname()[1]
     running = uvicorn.Server(server.config(settings, app, "127.0.0.1", port))
-    thread = threading.Thread(target=running.run, name="uvicorn", daemon=True)
+    thread = threading.Thread(
+        target=running.run, kwargs={"sockets": [listener]}, name="uvicorn", daemon=True
+    )
     thread.start()
     # uvicorn returns from run() when the lifespan or the bind fails.
     ended = eventually(lambda: running.started or not thread.is_alive(), STARTUP_TIMEOUT, 0.02)
@@ -33,3 +40,4 @@ def serving(app: FastAPI, settings: Settings, port: int | None = None) -> Iterat
     finally:
         running.should_exit = True
         thread.join(STARTUP_TIMEOUT)
+        listener.close()
