@@ -162,6 +162,7 @@ def _sink() -> Iterator[str]:
 def _server_env(url: str, relay: str, var: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROADSIDE_")}
     env.update(
+        BROADSIDE_ENV="production",  # as operators run it (development re-reads templates)
         BROADSIDE_DATABASE_URL=url,
         BROADSIDE_SECRET_KEY=secrets.token_hex(32),
         BROADSIDE_VAR_DIR=str(var),
