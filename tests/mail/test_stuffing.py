@@ -270,8 +270,10 @@ class ScriptedRelay:
     DATA `data` (354 even after a refused RCPT, when a test says so). It records each
     command with the number of the read it came in, and the messages it accepted."""
 
-    def __init__(self, rcpt: str = "250 2.1.5 OK", data: str = "354 go ahead") -> None:
-        self.rcpt, self.data = rcpt, data
+    def __init__(
+        self, rcpt: str = "250 2.1.5 OK", data: str = "354 go ahead", mail: str = "250 2.1.0 OK"
+    ) -> None:
+        self.rcpt, self.data, self.mail = rcpt, data, mail
         self.commands: list[tuple[int, str]] = []
         self.messages: list[bytes] = []
         self.port = 0
@@ -310,6 +312,8 @@ class ScriptedRelay:
                 self.commands.append((reads, verb))
                 if verb == "EHLO":
                     replies.append(b"250-scripted\r\n250-PIPELINING\r\n250 SIZE 10000000")
+                elif verb == "MAIL":
+                    replies.append(self.mail.encode())
                 elif verb == "RCPT":
                     replies.append(self.rcpt.encode())
                 elif verb == "DATA":
@@ -317,7 +321,7 @@ class ScriptedRelay:
                     body = b"" if self.data.startswith("354") else None
                 elif verb == "QUIT":
                     replies.append(b"221 bye")
-                else:  # MAIL, RSET, NOOP
+                else:  # RSET, NOOP
                     replies.append(b"250 2.0.0 OK")
             if replies:
                 writer.write(b"".join(r + b"\r\n" for r in replies))
@@ -379,3 +383,30 @@ def test_a_refused_reader_in_a_pipelined_group_gets_no_message(
     assert [(f.fault, f.code, f.status) for f in failures] == [(Fault.recipient, 550, "5.1.1")]
     assert kept is not dropped
     assert relay.messages == [dotty.message_bytes(**reader())]
+
+
+@pytest.mark.parametrize(
+    ("reply", "fault"),
+    [("451 4.3.2 try again later", Fault.transient), ("553 5.7.1 sender not allowed", Fault.relay)],
+)
+def test_a_refused_sender_in_a_pipelined_group_is_the_relays_problem_not_the_readers(
+    dotty: PreparedColumn, reply: str, fault: Fault
+) -> None:
+    """MAIL refused in a pipelined group (the relay then refuses RCPT and DATA too): sorted
+    as sendmail() would sort it, never as the reader's fault, and the envelope is reset."""
+
+    async def run() -> tuple[SmtpFailure, ScriptedRelay]:
+        async with ScriptedRelay(
+            mail=reply, rcpt="503 5.5.1 need MAIL", data="503 5.5.1 need RCPT"
+        ) as relay:
+            async with SmtpConnection(SmtpTarget.local(relay.port, timeout=5)) as conn:
+                with pytest.raises(SmtpFailure) as caught:
+                    await conn.send(
+                        "b@news.example.com", "ada@example.org", dotty.stuffed(**reader())
+                    )
+            return caught.value, relay
+
+    failure, relay = asyncio.run(run())
+    assert (failure.fault, failure.code) == (fault, int(reply[:3]))
+    assert [verb for _, verb in relay.commands][:5] == ["EHLO", "MAIL", "RCPT", "DATA", "RSET"]
+    assert relay.messages == []
