@@ -21,7 +21,8 @@ from .wire import END_OF_DATA, Stuffed
 log = logging.getLogger(__name__)
 QUIT_TIMEOUT = 5.0
 # The aiosmtplib releases whose protocol internals `_hand_over` was tested against (its
-# command lock and one-reply-per-write reading); any other release goes through sendmail().
+# command lock, its reply parser and buffer, read for pipelined replies); any other release
+# goes through sendmail().
 LEAN_TESTED_VERSIONS = frozenset({"5.1.3"})
 
 
@@ -302,9 +303,10 @@ async def _done(after: asyncio.Future[None] | None) -> None:
         await asyncio.shield(after)
 
 
+# What aiosmtplib's execute_command() refuses in a command's argument: no command injection.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # An address that can go on MAIL/RCPT as it is: no space, control, bracket, quote or
 # separator. Anything else goes through aiosmtplib's own (slower) parsing and checks.
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _PLAIN_ADDRESS = re.compile(
     r"[^\s<>()\[\],;:\\\"\x00-\x1f\x7f@]+@[^\s<>()\[\],;:\\\"\x00-\x1f\x7f@]+"
 )
@@ -315,7 +317,7 @@ def _command_address(address: str) -> str:
     if _PLAIN_ADDRESS.fullmatch(address):
         return f"<{address}>"
     quoted = quote_address(address)
-    if CONTROL_RE.search(quoted):  # what execute_command() refuses: no command injection
+    if _CONTROL.search(quoted):
         raise ValueError("Command arg contains a prohibited control character")
     return quoted
 

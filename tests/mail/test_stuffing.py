@@ -211,6 +211,18 @@ def test_an_address_that_cannot_go_on_a_command_line_is_refused_before_anything_
     assert server.received == []
 
 
+@pytest.mark.parametrize("address", ['"a\x01b"@example.org', "a\x7fb@example.org"])
+def test_a_control_character_never_reaches_a_pipelined_command_line(
+    server: SmtpTestServer, dotty: PreparedColumn, address: str
+) -> None:
+    """What execute_command() refused before the envelope went in one write: an address whose
+    quoted form keeps a control character is the reader's, refused before anything is sent."""
+    with pytest.raises(SmtpFailure) as caught:
+        send_all(server, [(address, dotty.stuffed(**reader()))], lean=True)
+    assert caught.value.fault is Fault.recipient and "control character" in caught.value.reason
+    assert server.received == []
+
+
 def test_only_a_tested_aiosmtplib_release_is_driven_directly() -> None:
     assert smtp.lean_supported(aiosmtplib.__version__)
     assert not smtp.lean_supported("99.0.0")
