@@ -4,6 +4,7 @@ arrived, and reading the rows a test asserts on."""
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -125,3 +126,12 @@ def statements(engine: Engine) -> Iterator[list[tuple[str, object]]]:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+def free_port() -> int:
+    """A port nobody listens on now: for a server in another process, which binds it itself,
+    or for an address where nothing answers. A server in this process binds port 0 instead
+    (`BoundController`, `tests.web.live.listening`), which leaves no moment in between."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -18,10 +18,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from service.db import transaction
-from service.mail.capture import free_port
 from service.models import Delivery, MailStatus, Subscriber
 from tests.conftest import ROOT, SEED
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 from tests.smtp_server import SmtpTestServer
 
 

@@ -11,11 +11,10 @@ from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
-from service.mail.capture import free_port
+from service.mail.listener import BoundController
 from tests.helpers import eventually
 
 
@@ -120,11 +119,10 @@ class SmtpTestServer:
         self.handler = Recorder()
         self.port = 0
         self.credentials = credentials  # when set, AUTH is required (plain text, no TLS)
-        self._controller: Controller | None = None
+        self._controller: BoundController | None = None
 
     def start(self) -> None:
-        if not self.port:
-            self.port = free_port()
+        """Listen: on a free port the first time, on the same one after a stop."""
         auth: dict[str, object] = {}
         if self.credentials is not None:
             auth = {
@@ -132,11 +130,11 @@ class SmtpTestServer:
                 "auth_require_tls": False,
                 "authenticator": self._authenticate,
             }
-        controller = Controller(
+        controller = BoundController(
             self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10, **auth
         )
         controller.start()
-        self._controller = controller
+        self._controller, self.port = controller, controller.port
 
     def _authenticate(
         self,

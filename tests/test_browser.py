@@ -10,11 +10,10 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 from sqlalchemy.engine import Engine
 
-from service.mail.capture import free_port
 from service.web.app import create_app
 from tests.conftest import make_settings
 from tests.helpers import eventually, reader
-from tests.web.live import serving
+from tests.web.live import base_url_of, listening, serving
 
 pytestmark = pytest.mark.browser
 
@@ -68,11 +67,9 @@ def open_confirmation_mail(page: Page, base_url: str) -> None:
 def test_newcomer_subscribes_confirms_and_unsubscribes_in_a_browser(
     browser: Browser, database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    settings = make_settings(
-        database_url, tmp_path / "var", capture_port=free_port(), base_url=base_url
-    )
+    listener = listening()
+    base_url = base_url_of(listener)
+    settings = make_settings(database_url, tmp_path / "var", capture_port=0, base_url=base_url)
     app = create_app(settings, engine, scheduler=False)
     page = browser.new_page()
     page.set_default_timeout(5_000)
@@ -84,7 +81,7 @@ def test_newcomer_subscribes_confirms_and_unsubscribes_in_a_browser(
 
     page.on("console", on_console)
 
-    with serving(app, settings, port):
+    with serving(app, settings, listener):
         page.goto(f"{base_url}/")
         page.get_by_label("E-mail address").fill(READER)
         page.get_by_label("Name").fill("Nia")

@@ -18,7 +18,6 @@ from sqlmodel import Session, select
 from service.config import Settings
 from service.db import transaction
 from service.delivery import digests
-from service.mail.capture import free_port
 from service.models import Cadence, Send
 from service.web.app import create_app
 from tests.conftest import SEED, make_settings
@@ -28,7 +27,7 @@ from tests.delivery.test_digest_send import add_reader as add_weekly_reader
 from tests.helpers import eventually
 from tests.smtp_server import SmtpTestServer
 from tests.test_browser import browser  # noqa: F401  (the fixture: Debian's chromium)
-from tests.web.live import serving
+from tests.web.live import base_url_of, listening, serving
 
 pytestmark = pytest.mark.browser
 
@@ -49,14 +48,14 @@ def send_status(engine: Engine) -> str:
 
 
 def operator_settings(
-    database_url: str, tmp_path: Path, smtp_url: str, port: int, **more: object
+    database_url: str, tmp_path: Path, smtp_url: str, base_url: str, **more: object
 ) -> Settings:
-    """The dashboard's settings on `port`, with columns only from uploads or the test."""
+    """The dashboard's settings at `base_url`, with columns only from uploads or the test."""
     (tmp_path / "columns").mkdir()
     return make_settings(
         database_url,
         tmp_path / "var",
-        base_url=f"http://127.0.0.1:{port}",
+        base_url=base_url,
         smtp_url=smtp_url,
         admin_password=PASSWORD,
         columns_dir=tmp_path / "columns",
@@ -96,13 +95,13 @@ def test_an_operator_uploads_tests_sends_pauses_and_resumes_a_column_in_a_browse
     smtp_server: SmtpTestServer,
 ) -> None:
     add_readers(engine, active=READERS)
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
+    listener = listening()
+    base_url = base_url_of(listener)
     settings = operator_settings(  # the column comes from the upload, not from a folder
         database_url,
         tmp_path,
         smtp_server.url,
-        port,
+        base_url,
         delivery_rate=RATE,
         # Few rows claimed ahead, so that a pause takes effect within a second or so.
         delivery_batch_size=10,
@@ -111,7 +110,7 @@ def test_an_operator_uploads_tests_sends_pauses_and_resumes_a_column_in_a_browse
     app = create_app(settings, engine, scheduler=True)  # its heal delivers what is started
     page, problems = watched_page(browser)
 
-    with serving(app, settings, port):
+    with serving(app, settings, listener):
         page.goto(f"{base_url}/admin")
         expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
         page.get_by_label("Password").fill(PASSWORD)
@@ -179,15 +178,15 @@ def test_an_operator_previews_a_weeks_digest_and_mails_a_test_copy_in_a_browser(
 ) -> None:
     add_columns(engine, [MONDAY, MONDAY + dt.timedelta(days=3)])
     add_weekly_reader(engine, "weekly@example.com", Cadence.weekly)
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    settings = operator_settings(database_url, tmp_path, smtp_server.url, port)
+    listener = listening()
+    base_url = base_url_of(listener)
+    settings = operator_settings(database_url, tmp_path, smtp_server.url, base_url)
     with transaction(engine) as session:  # the week's digest send, as the scheduler starts it
         assert digests.start_week(session, settings, "2026-W48", dt.datetime(2026, 11, 23))
     app = create_app(settings, engine, scheduler=False)
     page, problems = watched_page(browser, failing=("/admin/digests/2026-W47",))  # a 404
 
-    with serving(app, settings, port):
+    with serving(app, settings, listener):
         page.goto(f"{base_url}/admin/digests/2026-W48")  # admin-only: the sign-in first
         expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
         page.get_by_label("Password").fill(PASSWORD)

@@ -11,13 +11,12 @@ from playwright.sync_api import Browser, ConsoleMessage, expect
 from sqlalchemy.engine import Engine
 
 from service.db import transaction
-from service.mail.capture import free_port
 from service.models import Subscriber, SubscriberStatus
 from service.web.app import create_app
 from tests.conftest import make_settings
 from tests.helpers import reader
 from tests.test_browser import browser  # noqa: F401  (the fixture: Debian's chromium)
-from tests.web.live import serving
+from tests.web.live import base_url_of, listening, serving
 
 pytestmark = pytest.mark.browser
 
@@ -42,11 +41,9 @@ def test_the_browser_fills_the_zone_and_a_new_zone_moves_the_next_delivery(
     engine: Engine,
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    settings = make_settings(
-        database_url, tmp_path / "var", capture_port=free_port(), base_url=base_url
-    )
+    listener = listening()
+    base_url = base_url_of(listener)
+    settings = make_settings(database_url, tmp_path / "var", capture_port=0, base_url=base_url)
     app = create_app(settings, engine, scheduler=False)
     context = browser.new_context(timezone_id=BROWSER_ZONE)
     page = context.new_page()
@@ -59,7 +56,7 @@ def test_the_browser_fills_the_zone_and_a_new_zone_moves_the_next_delivery(
 
     page.on("console", on_console)
 
-    with serving(app, settings, port):
+    with serving(app, settings, listener):
         page.goto(f"{base_url}/")
         expect(page.locator('input[name="timezone"]')).to_have_value(BROWSER_ZONE)
         page.get_by_label("E-mail address").fill(READER)

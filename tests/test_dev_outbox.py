@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import smtplib
+import socket
+import time
 from email.message import EmailMessage
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from service.mail import capture
-from service.mail.capture import free_port
 from service.mail.smtp import relay_target
 from service.web.app import create_app
 from tests.conftest import make_settings
@@ -41,7 +44,7 @@ def iframes(page: str) -> list[dict[str, str]]:
 def test_capture_mode_keeps_mail_and_shows_it(
     database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    settings = make_settings(database_url, tmp_path / "var", capture_port=free_port())
+    settings = make_settings(database_url, tmp_path / "var", capture_port=0)
     assert relay_target(settings) is None
     with TestClient(create_app(settings, engine, scheduler=False)) as client:
         assert client.get("/dev/outbox").status_code == 200
@@ -73,7 +76,7 @@ def test_no_dev_outbox_when_a_relay_is_configured(app_client: TestClient) -> Non
 def test_the_viewer_shows_a_mail_without_letting_its_html_run_script(
     database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    settings = make_settings(database_url, tmp_path / "var", capture_port=free_port())
+    settings = make_settings(database_url, tmp_path / "var", capture_port=0)
     mail = EmailMessage()
     mail["Subject"] = "Hostile"
     mail.set_content("plain part")
@@ -110,3 +113,28 @@ def test_no_dev_outbox_in_production(
 
     assert client.get("/dev/outbox").status_code == 404
     assert client.get("/dev/outbox/00000000000000000000-000000000000.eml").status_code == 404
+
+
+def test_the_capture_server_on_port_0_listens_at_once_on_a_port_of_its_own(
+    tmp_path: Path,
+) -> None:
+    server = capture.CaptureServer(tmp_path / "outbox", port=0)
+    server.start()
+    try:
+        assert server.port > 0
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=5) as client:
+            client.sendmail("a@example.org", ["b@example.org"], b"Subject: hi\r\n\r\nhello\r\n")
+        [mail] = capture.listing(tmp_path / "outbox")
+        assert mail.subject == "hi"
+        assert "b@example.org" in mail.message["Delivered-To"]
+    finally:
+        server.stop()
+
+
+def test_a_capture_port_held_by_something_else_is_an_error_at_once(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # listens, but answers no SMTP
+        server = capture.CaptureServer(tmp_path / "outbox", port=taken.getsockname()[1])
+        started = time.monotonic()
+        with pytest.raises(OSError, match="in use"):
+            server.start()
+        assert time.monotonic() - started < 2  # not aiosmtpd's ready_timeout of 10 s

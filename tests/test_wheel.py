@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.mail.capture import free_port
-from tests.helpers import eventually, links
+from tests.helpers import eventually, free_port, links
 from tests.processes import environment
 from tests.smtp_server import SmtpTestServer
 

@@ -8,7 +8,6 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 from sqlalchemy.engine import Engine
@@ -18,7 +17,7 @@ from sqlmodel import Session as SqlSession
 from ..config import Settings
 from ..context import AppContext
 from ..db import transaction
-from ..mail.capture import can_listen
+from ..mail.listener import BoundController
 from ..models import Bounce, BounceKind
 from ..tokens import UNSUBSCRIBE_LOCAL
 from .record import Whom, attribute, record_bounce, subscriber_by_mail_token
@@ -146,26 +145,28 @@ class BounceReceiver:
     def __init__(self, engine: Engine, ctx: AppContext, *, port: int | None = None) -> None:
         settings = ctx.settings
         self.host = settings.bounce_smtp_host
+        # 0: a free port, read from `port` once started (the tests' receivers)
         self.port = port if port is not None else settings.bounce_smtp_port or DEFAULT_PORT
-        self._controller = Controller(
-            _Handler(engine, ctx),
+        self._handler = _Handler(engine, ctx)
+        self._server_hostname = settings.bounce_domain or settings.mail_domain
+        self._controller: BoundController | None = None
+
+    def start(self) -> None:
+        """Listen; OSError at once when the port is taken."""
+        controller = BoundController(
+            self._handler,
             hostname=self.host,
             port=self.port,
-            server_hostname=settings.bounce_domain or settings.mail_domain,
+            server_hostname=self._server_hostname,
             data_size_limit=MAX_REPORT_BYTES,
             ready_timeout=10,
         )
-        self.running = False
-
-    def start(self) -> None:
-        """Listen; OSError when the port is taken."""
-        can_listen(self.host, self.port)
-        self._controller.start()
-        self.running = True
+        controller.start()
+        self._controller, self.port = controller, controller.port
         log.info("bounce receiver listening on %s:%s", self.host, self.port)
 
     def stop(self) -> None:
         """Stop listening."""
-        if self.running:
+        if self._controller is not None:
             self._controller.stop()
-            self.running = False
+            self._controller = None

@@ -21,9 +21,10 @@ from ..config import Settings
 from .smtp import SmtpTarget, relay_target
 
 if TYPE_CHECKING:  # aiosmtpd is imported where a capture server starts: a send to a relay
-    from aiosmtpd.controller import Controller  # never loads it
-    from aiosmtpd.smtp import SMTP as SMTPServer
+    from aiosmtpd.smtp import SMTP as SMTPServer  # never loads it
     from aiosmtpd.smtp import Envelope, Session
+
+    from .listener import BoundController
 
 log = logging.getLogger(__name__)
 NAME_CHARS = frozenset("0123456789abcdef-.eml")
@@ -51,21 +52,6 @@ def save(folder: Path, data: bytes) -> Path:
     return tmp.replace(folder / name)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on now (aiosmtpd's Controller cannot bind port 0 itself)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def can_listen(host: str, port: int) -> None:
-    """OSError (EADDRINUSE, naming why) when nobody may listen on host:port now. aiosmtpd's
-    Controller only reports a port it could not bind after its whole ready_timeout (10 s):
-    asked first, a taken port is a one-line error at once."""
-    with socket.create_server((host, port)):
-        pass
-
-
 def _answers_smtp(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1) as sock:
@@ -79,7 +65,7 @@ class CaptureServer:
 
     def __init__(self, folder: Path, port: int, host: str = "127.0.0.1") -> None:
         self.folder, self.host, self.port = folder, host, port
-        self._controller: Controller | None = None
+        self._controller: BoundController | None = None
 
     def start(self) -> None:
         """Listen on the port, or share the capture server already there."""
@@ -89,11 +75,9 @@ class CaptureServer:
             )
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port(self.host)
-        can_listen(self.host, self.port)
-        from aiosmtpd.controller import Controller
+        from .listener import BoundController
 
-        controller = Controller(
+        controller = BoundController(  # port 0: a free one, ours from the start
             _SaveToFolder(self.folder),
             hostname=self.host,
             port=self.port,
@@ -102,6 +86,7 @@ class CaptureServer:
         )
         controller.start()
         self._controller = controller
+        self.port = controller.port
         log.warning(
             "mail is being CAPTURED, not delivered: set BROADSIDE_SMTP_URL to deliver; "
             "read it at /dev/outbox (files in %s)",

@@ -15,9 +15,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from service.mail.capture import free_port
 from tests.certificates import self_signed
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 
 DOVECOT = shutil.which("dovecot") or (
     "/usr/sbin/dovecot" if Path("/usr/sbin/dovecot").exists() else None

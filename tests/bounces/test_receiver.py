@@ -27,7 +27,6 @@ from service.config import Settings
 from service.context import AppContext, Requester, build_context
 from service.db import transaction
 from service.mail import outbox
-from service.mail.capture import free_port
 from service.mail.outbox import OutboxSender
 from service.mail.smtp import relay_target
 from service.models import (
@@ -45,7 +44,7 @@ from service.tokens import Purpose
 from tests import processes
 from tests.conftest import make_settings
 from tests.daily import add_readers, run_job, start_seed_send
-from tests.helpers import eventually, reader
+from tests.helpers import eventually, free_port, reader
 from tests.smtp_server import Received, SmtpTestServer
 
 BOUNCE_DOMAIN = "bounces.news.example.com"
@@ -65,7 +64,7 @@ def ctx(settings: Settings) -> AppContext:
 
 @pytest.fixture
 def receiver(engine: Engine, ctx: AppContext) -> Iterator[int]:
-    running = BounceReceiver(engine, ctx, port=free_port())
+    running = BounceReceiver(engine, ctx, port=0)
     running.start()
     yield running.port
     running.stop()

@@ -12,14 +12,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from service.delivery.daily import Dispatcher
-from service.mail.capture import free_port
 from service.mail.smtp import relay_target
 from service.models import ColumnRecord, Send
 from service.scheduler import daily_job, daily_trigger
 from tests import processes
 from tests.conftest import make_settings
 from tests.daily import add_readers, courier
-from tests.helpers import eventually, sends_done
+from tests.helpers import eventually, free_port, sends_done
 from tests.smtp_server import SmtpTestServer
 
 

@@ -17,14 +17,28 @@ from tests.helpers import eventually
 STARTUP_TIMEOUT = 10.0  # seconds for uvicorn to run the lifespan and listen
 
 
-@contextmanager
-def serving(app: FastAPI, settings: Settings, port: int | None = None) -> Iterator[str]:
-    """Run `app` on 127.0.0.1 in a thread until the block ends; yields its base URL. The
-    socket is bound here, before uvicorn starts, so that no other test's server can take
-    the port in between (a free port looked up first and bound later sometimes was)."""
+def listening() -> socket.socket:
+    """A socket bound to a free port on 127.0.0.1, for `serving`. A test whose settings must
+    name the base URL before the app is made reads the port from it: looked up first and
+    bound later, the port was sometimes taken by another test's server in between."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port or 0))
+    listener.bind(("127.0.0.1", 0))
+    return listener
+
+
+def base_url_of(listener: socket.socket) -> str:
+    """The base URL of a server on `listener`."""
+    return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@contextmanager
+def serving(
+    app: FastAPI, settings: Settings, listener: socket.socket | None = None
+) -> Iterator[str]:
+    """Run `app` on 127.0.0.1 in a thread until the block ends, on `listener` or on a socket
+    of its own (`listening`); yields its base URL."""
+    listener = listener or listening()
     port = listener.getsockname()[1]
     running = uvicorn.Server(server.config(settings, app, "127.0.0.1", port))
     thread = threading.Thread(
@@ -36,7 +50,7 @@ def serving(app: FastAPI, settings: Settings, port: int | None = None) -> Iterat
     assert ended, "uvicorn did not start listening in time"
     assert running.started, "uvicorn stopped during start-up; see the log above"
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield base_url_of(listener)
     finally:
         running.should_exit = True
         thread.join(STARTUP_TIMEOUT)

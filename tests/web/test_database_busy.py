@@ -17,9 +17,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from service.db import make_engine
-from service.mail.capture import free_port
 from service.web.app import create_app
 from tests.conftest import TABLES, make_settings
+from tests.helpers import free_port
 
 WRITERS = 16
 

@@ -15,11 +15,10 @@ from sqlalchemy.engine import Engine
 
 from service.config import Settings
 from service.db import make_engine
-from service.mail.capture import free_port
 from service.metrics import registry
 from service.migrate import upgrade
 from tests.daily import add_readers, run_job
-from tests.helpers import eventually, links, outbox_idle, path_of
+from tests.helpers import eventually, free_port, links, outbox_idle, path_of
 from tests.processes import environment, serve_processes
 from tests.smtp_server import SmtpTestServer
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from service.db import make_engine
-from service.mail.capture import free_port
 from service.migrate import upgrade
 from service.readiness import RELAY_CHECK_INTERVAL
 from service.web.app import create_app
 from tests.conftest import make_settings
+from tests.helpers import free_port
 from tests.smtp_server import SmtpTestServer
 
 

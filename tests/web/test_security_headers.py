@@ -16,7 +16,6 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from service.mail.capture import free_port
 from service.web.app import create_app
 from tests.conftest import make_settings
 
@@ -28,7 +27,7 @@ INLINE_SCRIPT_RE = re.compile(r"<script>(.*?)</script>", re.S)
 def app(database_url: str, engine: Engine, tmp_path: Path) -> FastAPI:
     """Development with the capture server, so that /dev/outbox is among the routes; plus
     one route that fails, for the 500 page."""
-    settings = make_settings(database_url, tmp_path / "var", capture_port=free_port())
+    settings = make_settings(database_url, tmp_path / "var", capture_port=0)
     app = create_app(settings, engine, scheduler=False)
 
     @app.get("/fails")
