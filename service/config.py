@@ -325,8 +325,9 @@ class Settings(BaseSettings):
     delivery_max_per_connection: int = Field(1000, ge=1)
     delivery_batch_size: int = Field(200, ge=1, le=5000)
     # Child processes that build and sign a large send's messages beside the SMTP work, each
-    # ~33 MB; 0: two threads of the worker's own, which do as well on two cores, since OpenSSL
-    # lets go of the GIL while it signs (docs/BENCHMARKS.md, 2026-11-27, on a 2-core machine).
+    # ~33 MB; 0: two threads of the worker's own, since OpenSSL lets go of the GIL while it
+    # signs. On two cores they did as well where RSA is fast; where it is slow, 2 processes sent
+    # ~25 % faster on SQLite (docs/BENCHMARKS.md, 2026-11-27).
     delivery_build_processes: int = Field(0, ge=0, le=16)
     delivery_lease_seconds: float = Field(60.0, gt=0)
     retry_initial_seconds: float = Field(30.0, gt=0)
