@@ -17,7 +17,7 @@ class BoundController(Controller):
     and binding it later leaves a moment for another process to take it."""
 
     def __init__(self, handler: Any, *, hostname: str, port: int, **kwargs: Any) -> None:
-        self.listener = socket.create_server((hostname, port))  # SO_REUSEADDR on POSIX
+        self.listener = listen(hostname, port)
         super().__init__(handler, hostname=hostname, port=self.listener.getsockname()[1], **kwargs)
 
     def _create_server(self) -> Any:
@@ -40,3 +40,16 @@ class BoundController(Controller):
             super().stop(no_assert=no_assert)
         finally:
             self.listener.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port, with SO_REUSEADDR (a restart on the same port is
+    not refused while old connections linger). Any address or name the host resolves, IPv4
+    or IPv6; "" or "::" is every address, both families where the system allows it."""
+    if host in ("", "::") and socket.has_dualstack_ipv6():
+        return socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
+    found = socket.getaddrinfo(
+        host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, _type, _proto, _name, address = found[0]
+    return socket.create_server(address, family=family)
