@@ -338,6 +338,34 @@ def test_a_tiny_run_measures_all_three_paths_and_prints_the_goals(
     assert goals.RESULTS_HEADER.splitlines()[0] in printed
 
 
+def test_compare_0_skips_the_modes_comparison(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    tiny = ["--readers", "300", "--messages", "300", "--no-scale-out", "--no-web"]
+
+    send.main(["--backend", "sqlite", *tiny, "--compare", "0", "--json", str(out)])
+
+    written = json.loads(out.read_text())
+    (m,) = written["sizes"]
+    assert m["fixed"] is None and m["again"] is None and written["comparisons"] == []
+    assert m["send_path"]["ledger"]["sent"] == 300
+    assert "not measured (--compare N)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("compare", ["1", "999", "-5"])
+def test_a_comparison_too_small_to_say_anything_is_refused_in_one_line(
+    compare: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        send.parse_args(["--compare", compare])
+
+    assert stopped.value.code == 2
+    assert "--compare must be 0 (no comparison) or at least 1,000 readers" in (
+        capsys.readouterr().err
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not PG_URL, reason="needs BROADSIDE_TEST_DATABASE_URL (PostgreSQL)")
 def test_three_workers_behind_a_slow_relay_deliver_one_send_each_reader_once(
