@@ -11,6 +11,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.config import Settings
+from service.mail.listener import listen
 from service.web import server
 from tests.helpers import eventually
 
@@ -21,10 +22,7 @@ def listening() -> socket.socket:
     """A socket bound to a free port on 127.0.0.1, for `serving`. A test whose settings must
     name the base URL before the app is made reads the port from it: looked up first and
     bound later, the port was sometimes taken by another test's server in between."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    return listener
+    return listen("127.0.0.1", 0)
 
 
 def base_url_of(listener: socket.socket) -> str:
