@@ -42,27 +42,24 @@ def size(
     snapshot_s: float = 4.0,
     zones: int = 400,
     fixed_rate: float | None = None,
+    ceiling: float | None = 700,
 ) -> dict[str, Any]:
-    """One measurement as measure_size reports it, with made-up figures (and with
-    `fixed_rate`, a send in fixed mode against a ceiling of 700 msg/s too)."""
+    """One measurement as measure_size reports it, with made-up figures (with `fixed_rate`,
+    a send in fixed mode too; with no `ceiling`, a comparison of the modes alone)."""
     fixed = None
     if fixed_rate is not None:
-        fixed = {
-            "ceiling": figures(700),
-            "send_path": figures(fixed_rate),
-            "send_vs_ceiling": round(fixed_rate / 700, 3),
-        }
+        fixed = {"snapshot": {"timing": "fixed"}, "send_path": figures(fixed_rate)}
     return {
         "backend": backend,
         "readers": readers,
         "sink": "smtp-sink",
         "import": {"rows_per_s": 25_000.0, "peak_rss_mb": 80.0},
         "snapshot": {"seconds": snapshot_s, "zones": zones, "fixed": {"seconds": 3.0}},
-        "limit": figures(3_000),
-        "ceiling": figures(700),
+        "limit": figures(3_000) if ceiling else None,
+        "ceiling": figures(ceiling) if ceiling else None,
         "send_path": figures(send_rate, rss=rss),
-        "send_vs_limit": round(send_rate / 3_000, 3),
-        "send_vs_ceiling": round(send_rate / 700, 3),
+        "send_vs_limit": round(send_rate / 3_000, 3) if ceiling else None,
+        "send_vs_ceiling": round(send_rate / ceiling, 3) if ceiling else None,
         "fixed": fixed,
     }
 
@@ -120,9 +117,9 @@ def test_a_million_run_judges_memory_against_the_ten_thousand_figure() -> None:
 
 def test_the_local_send_path_is_judged_against_fixed_mode_on_the_same_readers() -> None:
     sizes = [size("sqlite", 100_000, send_rate=750), size("postgresql", 100_000, send_rate=600)]
-    comparisons = [
-        size("sqlite", 20_000, send_rate=680, fixed_rate=700),  # -2.9 %
-        size("postgresql", 20_000, send_rate=600, fixed_rate=650),  # -7.7 %
+    comparisons = [  # at 15,000 on databases of their own, without a limit or a ceiling
+        size("sqlite", 15_000, send_rate=680, fixed_rate=700, ceiling=None),  # -2.9 %
+        size("postgresql", 15_000, send_rate=600, fixed_rate=650, ceiling=None),  # -7.7 %
     ]
 
     found = goals.verdicts(report(sizes, comparisons=comparisons))
@@ -131,25 +128,38 @@ def test_the_local_send_path_is_judged_against_fixed_mode_on_the_same_readers() 
     assert status[("G7", "sqlite")] == goals.MET
     assert status[("G7", "postgresql")] == goals.NOT_MET
     (g7,) = [v for v in found if v.goal.startswith("G7") and v.backend == "sqlite"]
-    assert g7.figure.startswith("0.971 (-2.9%)") and "at N=20,000" in g7.figure
+    assert g7.figure.startswith("0.971 (-2.9%): local 680 msg/s, fixed 700 msg/s at N=15,000")
+    # Shown as shares of the ceiling measured at 100,000 on the same database.
+    assert g7.figure.endswith("; 0.97 and 1.00 × the run's ceiling (700 msg/s)")
+    (g1,) = [v for v in found if v.goal.startswith("G1") and v.backend == "sqlite"]
+    assert "at N=100,000" in g1.figure  # the comparison's readers are not G1's
 
 
-def test_two_rounds_are_averaged_against_the_mean_of_their_ceilings() -> None:
-    # Four sends at nearly one rate; the ceilings measured before each moved by 12 %.
-    m = size("sqlite", 10_000, send_rate=1_260, fixed_rate=1_264)
-    m["ceiling"], m["fixed"]["ceiling"] = figures(1_851), figures(1_643)
-    m["again"] = {
-        "fixed": {"ceiling": figures(1_700), "send_path": figures(1_250)},
-        "local": {"ceiling": figures(1_800), "send_path": figures(1_250)},
-    }
+def test_two_rounds_are_averaged_and_the_ceiling_plays_no_part() -> None:
+    # Four sends at nearly one rate; the run's ceiling only scales how the shares read.
+    m = size("sqlite", 10_000, send_rate=1_260, fixed_rate=1_264, ceiling=1_800)
+    m["again"] = {"fixed": {"send_path": figures(1_250)}, "local": {"send_path": figures(1_250)}}
 
     found = goals.verdicts(report([m], backends=["sqlite"]))
+    slower = goals.verdicts(report([m | {"ceiling": figures(900)}], backends=["sqlite"]))
 
     (g7,) = [v for v in found if v.goal.startswith("G7")]
-    assert g7.status == goals.MET  # each send against its own ceiling: 0.68 against 0.77
-    assert g7.figure.startswith("0.998 (-0.2%): local 0.72 × ceiling (1,255 msg/s)")
+    assert g7.status == goals.MET
+    assert g7.figure.startswith("0.998 (-0.2%): local 1,255 msg/s, fixed 1,257 msg/s")
     assert "means of 2 sends each (local, fixed, fixed, local)" in g7.figure
-    assert "4 ceilings (1,748 msg/s)" in g7.figure
+    assert "0.70 and 0.70 × the run's ceiling (1,800 msg/s)" in g7.figure
+    (g7_slower,) = [v for v in slower if v.goal.startswith("G7")]
+    assert g7_slower.figure.startswith("0.998 (-0.2%)") and g7_slower.status == goals.MET
+
+
+def test_without_a_ceiling_in_the_run_the_modes_are_still_compared() -> None:
+    m = size("sqlite", 15_000, send_rate=640, fixed_rate=600, ceiling=None)  # +6.7 %
+    found = goals.verdicts(report([], comparisons=[m], backends=["sqlite"]))
+
+    (g7,) = [v for v in found if v.goal.startswith("G7")]
+
+    assert g7.status == goals.NOT_MET
+    assert g7.figure == "1.067 (+6.7%): local 640 msg/s, fixed 600 msg/s at N=15,000"
 
 
 def test_a_faster_local_send_path_is_as_far_from_fixed_as_a_slower_one() -> None:
@@ -330,6 +340,7 @@ def test_a_tiny_run_measures_all_three_paths_and_prints_the_goals(
     assert m["again"]["fixed"]["send_path"]["ledger"]["sent"] == 300  # then fixed and local
     assert m["again"]["local"]["snapshot"]["timing"] == "local"
     assert m["again"]["local"]["send_path"]["ledger"]["sent"] == 300
+    assert "ceiling" not in m["fixed"] and "ceiling" not in m["again"]["local"]  # G7 needs none
     assert m["ceiling"]["msgs_per_s"] > 0 and m["import"]["rows_per_s"] > 0
     assert m["snapshot"]["zones"] == 300 and m["snapshot"]["fixed"]["timing"] == "fixed"
     assert written["comparisons"] == []  # N ≤ --compare: compared in place
@@ -351,6 +362,24 @@ def test_compare_0_skips_the_modes_comparison(
     assert m["fixed"] is None and m["again"] is None and written["comparisons"] == []
     assert m["send_path"]["ledger"]["sent"] == 300
     assert "not measured (--compare N)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_comparison_beside_larger_sizes_sends_the_modes_alone(tmp_path: Path) -> None:
+    plan = Plan(server_url=None, sink=AIOSMTPD, k=4, messages=200, dkim_key=None, workdir=tmp_path)
+
+    sizes, comparisons = send.measure_sizes(plan, ["sqlite"], [600], compare=300)
+
+    (m,) = sizes  # 600 readers: the limit's, the ceiling's and G1's figures, no comparison
+    assert m["ceiling"]["msgs_per_s"] > 0 and m["fixed"] is None
+    (c,) = comparisons  # 300 readers on a database of their own: four sends, nothing else
+    assert c["readers"] == 300 and c["limit"] is None and c["ceiling"] is None
+    sends = [c, c["fixed"], c["again"]["fixed"], c["again"]["local"]]
+    assert [each["send_path"]["ledger"]["sent"] for each in sends] == [300] * 4
+    assert [each["snapshot"]["timing"] for each in sends] == ["local", "fixed", "fixed", "local"]
+    found = goals.verdicts(report(sizes, comparisons=comparisons, backends=["sqlite"]))
+    (g7,) = [v for v in found if v.goal.startswith("G7")]
+    assert "at N=300" in g7.figure and "× the run's ceiling" in g7.figure
 
 
 @pytest.mark.parametrize("compare", ["1", "999", "-5"])
