@@ -49,7 +49,7 @@ class Scenario:
 def scenarios(plan: Plan, quick: bool) -> list[Scenario]:
     """(a) two workers at the run's K against the run's sink; (b) three at K = 4 against a
     sink that answers each DATA after 50 ms. Sizes modest: the default run stays short."""
-    a, b = (3_000, 1_000) if quick else (20_000, 3_000)
+    a, b = (3_000, 1_000) if quick else (20_000, 4_000)
     return [
         Scenario("two_workers", a, many=2, k=plan.k, sink=plan.sink),
         Scenario("three_workers_slow_relay", b, many=3, k=4, sink=AIOSMTPD, data_delay=0.05),
