@@ -113,8 +113,16 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] 
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    host: Annotated[
+        str | None, typer.Option(help="interface to listen on [default: 127.0.0.1]")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on [default: 8000]")] = None,
+    fd: Annotated[
+        int | None,
+        typer.Option(
+            help="serve on this inherited listening socket instead (systemd socket activation: 3)"
+        ),
+    ] = None,
     scheduler: Annotated[bool, typer.Option(help="run the daily send in this process")] = True,
 ) -> None:
     """Run the web server with the outbox sender and (by default) the daily scheduler."""
@@ -123,11 +131,21 @@ def serve(
     from .web import server
     from .web.app import create_app
 
+    sockets = None
+    if fd is not None:
+        if host is not None or port is not None:
+            raise fail("--fd serves on a socket that is already bound: leave out --host and --port")
+        try:
+            sockets = [server.inherited_socket(fd)]
+        except ValueError as exc:
+            raise fail(f"--fd: {exc}") from None
+    host, port = host or "127.0.0.1", 8000 if port is None else port
     settings = settings_or_exit()
     application = create_app(settings, scheduler=scheduler)
-    announce(settings, f"Broadside on http://{host}:{port}  (public URL {settings.base_url})")
+    url = server.url_of(sockets[0]) if sockets else f"http://{host}:{port}"
+    announce(settings, f"Broadside on {url}  (public URL {settings.base_url})")
     running = uvicorn.Server(server.config(settings, application, host, port))
-    running.run()
+    running.run(sockets=sockets)
     if not running.started:  # the port is taken or the start-up failed; uvicorn said why
         raise typer.Exit(3)
 

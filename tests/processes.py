@@ -3,11 +3,12 @@ needs, and what the ledger and the SMTP server say about a send."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,10 +19,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from service.db import transaction
+from service.mail.listener import listen
 from service.models import Delivery, MailStatus, Subscriber
 from tests.conftest import ROOT, SEED
-from tests.helpers import eventually, free_port
+from tests.helpers import eventually
 from tests.smtp_server import SmtpTestServer
+from tests.web.live import base_url_of
 
 
 def environment(
@@ -45,10 +48,15 @@ def environment(
 
 
 def start(
-    *args: str, env: dict[str, str], log: Path | None = None, own_group: bool = False
+    *args: str,
+    env: dict[str, str],
+    log: Path | None = None,
+    own_group: bool = False,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """Start `broadside ARGS` (stderr into `log` when given, so a long run cannot block);
-    with `own_group`, in a process group of its own, as a service manager starts it."""
+    with `own_group`, in a process group of its own, as a service manager starts it; with
+    `pass_fds`, handing those descriptors down (a listening socket for `serve --fd`)."""
     errors = log.open("ab") if log is not None else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "service.cli", *args],
@@ -57,7 +65,26 @@ def start(
         stdout=subprocess.DEVNULL,
         stderr=errors,
         start_new_session=own_group,
+        pass_fds=pass_fds,
     )
+
+
+@contextmanager
+def serving(*args: str, env: dict[str, str], log: Path) -> Iterator[str]:
+    """`broadside serve --fd N ARGS` on a socket bound here first, so no other process can take
+    its port between choosing and binding it; yields its base URL once it answers."""
+    with listen("127.0.0.1", 0) as sock:
+        url = base_url_of(sock)
+        process = start(
+            "serve", "--fd", str(sock.fileno()), *args, env=env, log=log, pass_fds=[sock.fileno()]
+        )
+    try:  # our copy is closed: the server's is the one that accepts
+        assert eventually(lambda: _answers(url) or process.poll() is not None, 30.0, every=0.2)
+        assert process.poll() is None, log.read_text()
+        yield url
+    finally:
+        process.terminate()
+        process.wait(15)
 
 
 def run(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -136,21 +163,14 @@ def unrecorded(engine: Engine, server: SmtpTestServer) -> int:
 
 @contextmanager
 def serve_processes(count: int, env: dict[str, str], logs: Path) -> Iterator[list[str]]:
-    """`count` real `broadside serve` processes; yields their base URLs once all answer."""
-    ports = [free_port() for _ in range(count)]
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        for port in ports:
-            args = ("serve", "--no-scheduler", "--port", str(port))
-            processes.append(start(*args, env=env, log=logs / f"serve-{port}.log"))
-        urls = [f"http://127.0.0.1:{port}" for port in ports]
-        assert eventually(lambda: all(_answers(url) for url in urls), 30.0, every=0.2)
+    """`count` real `broadside serve --no-scheduler` processes; yields their base URLs once
+    all answer."""
+    with contextlib.ExitStack() as running:
+        urls = []
+        for i in range(count):
+            log = logs / f"serve-{i}.log"
+            urls.append(running.enter_context(serving("--no-scheduler", env=env, log=log)))
         yield urls
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(15)
 
 
 def _answers(url: str) -> bool:

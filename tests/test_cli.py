@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import re
+import socket
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 import typer
 from sqlalchemy import text
@@ -16,7 +20,9 @@ from sqlmodel import Session, select
 from service import cli
 from service.columns import sources
 from service.db import transaction
+from service.mail.listener import listen
 from service.models import Delivery, Send, Subscriber, SubscriberStatus
+from service.web import server
 from tests import processes
 from tests.conftest import SEED
 from tests.daily import add_readers
@@ -66,6 +72,58 @@ def test_production_without_secret_refuses_to_start(cli_env: dict[str, str]) -> 
         "BROADSIDE_ENV": "production"
     }
     assert_one_line_error(broadside("serve", env=env), "BROADSIDE_SECRET_KEY")
+
+
+def test_serve_answers_on_the_socket_it_was_handed(cli_env: dict[str, str], tmp_path: Path) -> None:
+    # A service manager (systemd's socket activation) binds the port and hands it down.
+    log = tmp_path / "serve.log"
+    with processes.serving("--no-scheduler", env=cli_env, log=log) as url:
+        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+
+    assert f"Broadside on {url}  (public URL" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--port", "8001"], "--fd serves on a socket that is already bound"),
+        (["--host", "0.0.0.0"], "leave out --host and --port"),
+        ([], "--fd: file descriptor 99 is not an open socket (Bad file descriptor)"),
+    ],
+)
+def test_serve_refuses_a_descriptor_it_cannot_serve_on(
+    cli_env: dict[str, str], extra: list[str], needle: str
+) -> None:
+    assert_one_line_error(broadside("serve", "--fd", "99", *extra, env=cli_env), needle)
+
+
+def test_only_a_listening_tcp_socket_is_taken_and_a_refused_one_is_left_open(
+    tmp_path: Path,
+) -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        socket.socket() as unbound,
+        socket.socket(socket.AF_UNIX) as local,
+        (tmp_path / "a-file").open("w") as file,
+    ):
+        local.bind(str(tmp_path / "sock"))
+        local.listen()
+        refused = {
+            udp.fileno(): "is not a listening TCP socket",
+            unbound.fileno(): "is not a listening TCP socket",
+            local.fileno(): "is not a listening TCP socket",
+            file.fileno(): "is not an open socket (Socket operation on non-socket)",
+        }
+        for fd, why in refused.items():
+            with pytest.raises(ValueError, match=re.escape(f"file descriptor {fd} {why}")):
+                server.inherited_socket(fd)
+        file.write("still open")  # nothing it refused was closed: none of them was its own
+        assert udp.getsockname() and unbound.fileno() == list(refused)[1]
+
+    with listen("127.0.0.1", 0) as sock:
+        taken = server.inherited_socket(os.dup(sock.fileno()))
+        with taken:
+            assert server.url_of(taken) == f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def test_unreachable_database_is_one_line(cli_env: dict[str, str]) -> None:

@@ -12,9 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import eventually, free_port, links
+from service.mail.listener import listen
+from tests.helpers import eventually, links
 from tests.processes import environment
 from tests.smtp_server import SmtpTestServer
+from tests.web.live import base_url_of
 
 ROOT = Path(__file__).resolve().parent.parent
 # What `pip install .` reads; the Dockerfile's build stage copies the same.
@@ -104,14 +106,16 @@ def test_installed_copy_migrates_serves_and_mails_from_any_directory(
     )
     assert upgrade.returncode == 0, upgrade.stderr
 
-    base = f"http://127.0.0.1:{free_port()}"
-    with (tmp_path / "serve.log").open("wb") as log:
+    # The socket is bound here and handed down (serve --fd), so its port cannot be taken.
+    with (tmp_path / "serve.log").open("wb") as log, listen("127.0.0.1", 0) as sock:
+        base = base_url_of(sock)
         server = subprocess.Popen(
-            broadside("serve", "--port", base.rsplit(":", 1)[1]),
+            broadside("serve", "--fd", str(sock.fileno())),
             env=env,
             cwd=elsewhere,
             stdout=subprocess.DEVNULL,
             stderr=log,
+            pass_fds=[sock.fileno()],
         )
     try:
         assert eventually(lambda: answers(f"{base}/healthz"), timeout=30, every=0.2)

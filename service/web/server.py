@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import uvicorn
 from fastapi import FastAPI
 
@@ -25,3 +27,23 @@ def config(settings: Settings, app: FastAPI, host: str, port: int) -> uvicorn.Co
         log_level=settings.log_level.lower(),
         log_config=uvicorn_log_config(settings.log_format),
     )
+
+
+def inherited_socket(fd: int) -> socket.socket:
+    """The listening TCP socket a service manager (systemd's socket activation: fd 3) or a
+    supervisor handed down as file descriptor `fd`. ValueError saying what `fd` is instead."""
+    try:
+        sock = socket.socket(fileno=fd)  # the family and type are read from the descriptor
+    except OSError as exc:  # EBADF: nothing open there; ENOTSOCK: a file or a pipe
+        raise ValueError(f"file descriptor {fd} is not an open socket ({exc.strerror})") from None
+    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not listening:
+        sock.detach()  # not ours to close
+        raise ValueError(f"file descriptor {fd} is not a listening TCP socket")
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """http://HOST:PORT of a listening socket, for the start-up line."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

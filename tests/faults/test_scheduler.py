@@ -18,7 +18,7 @@ from service.scheduler import daily_job, daily_trigger
 from tests import processes
 from tests.conftest import make_settings
 from tests.daily import add_readers, courier
-from tests.helpers import eventually, free_port, sends_done
+from tests.helpers import eventually, sends_done
 from tests.smtp_server import SmtpTestServer
 
 
@@ -35,15 +35,15 @@ def test_two_workers_and_a_server_firing_at_one_minute_make_one_send(
     started = [
         processes.start("worker", env=env, log=tmp_path / "worker-1.log"),
         processes.start("worker", env=env, log=tmp_path / "worker-2.log"),
-        processes.start("serve", "--port", str(free_port()), env=env, log=tmp_path / "serve.log"),
     ]
     try:
-        wait = (fire_at - dt.datetime.now(dt.UTC)).total_seconds() + 60
-        assert eventually(
-            lambda: len(smtp_server.received) >= len(readers), timeout=wait, every=0.5
-        )
-        # Anything extra would be a hand-off the ledger has not closed: wait until it has.
-        assert eventually(lambda: sends_done(engine), timeout=30, every=0.5)
+        with processes.serving(env=env, log=tmp_path / "serve.log"):
+            wait = (fire_at - dt.datetime.now(dt.UTC)).total_seconds() + 60
+            assert eventually(
+                lambda: len(smtp_server.received) >= len(readers), timeout=wait, every=0.5
+            )
+            # Anything extra would be a hand-off the ledger has not closed: wait until it has.
+            assert eventually(lambda: sends_done(engine), timeout=30, every=0.5)
     finally:
         for process in started:
             process.terminate()
