@@ -231,6 +231,13 @@ def _ceiling(report: dict[str, Any], backend: str) -> float | None:
     return _mean(rates) if rates else None
 
 
+def _other_load(sends: list[dict[str, Any]]) -> float | None:
+    """The mean share of the CPUs that others took during `sends` (other tenants' steal
+    included), or None when a send does not say."""
+    loads = [each["send_path"].get("other_cpu_pct") for each in sends]
+    return None if None in loads else _mean(loads)
+
+
 def g7_local_send(report: dict[str, Any], backend: str) -> Verdict:
     """G7: the send path's share of the sendmail() ceiling in local mode within 5 % of the
     fixed mode's, on the same readers: the ratio of the modes' mean rates (local_vs_fixed)."""
@@ -252,6 +259,10 @@ def g7_local_send(report: dict[str, Any], backend: str) -> Verdict:
             f"; {local_rate / ceiling:.2f} and {fixed_rate / ceiling:.2f} × the run's"
             f" ceiling ({ceiling:,.0f} msg/s)"
         )
+    # What the machine's other load did to each mode: an uneven share reads as a difference.
+    local_load, fixed_load = _other_load(local), _other_load(fixed)
+    if local_load is not None and fixed_load is not None:
+        figure += f"; other load {local_load:.0f} % (local) and {fixed_load:.0f} % (fixed)"
     return Verdict(goal, backend, figure, _status(abs(ratio - 1) <= LOCAL_TOLERANCE))
 
 

@@ -162,6 +162,22 @@ def test_without_a_ceiling_in_the_run_the_modes_are_still_compared() -> None:
     assert g7.figure == "1.067 (+6.7%): local 640 msg/s, fixed 600 msg/s at N=15,000"
 
 
+def test_the_other_load_during_each_mode_is_shown_beside_the_comparison() -> None:
+    # Another tenant took a fifth of the CPUs during the local sends: the reader must see it.
+    m = size("sqlite", 15_000, send_rate=560, fixed_rate=630)
+    m["send_path"]["other_cpu_pct"], m["fixed"]["send_path"]["other_cpu_pct"] = 19.0, 6.5
+    m["again"] = {
+        "fixed": {"send_path": figures(640) | {"other_cpu_pct": 7.5}},
+        "local": {"send_path": figures(550) | {"other_cpu_pct": 21.0}},
+    }
+
+    found = goals.verdicts(report([m], backends=["sqlite"]))
+
+    (g7,) = [v for v in found if v.goal.startswith("G7")]
+    assert g7.status == goals.NOT_MET
+    assert g7.figure.endswith("; other load 20 % (local) and 7 % (fixed)")
+
+
 def test_a_faster_local_send_path_is_as_far_from_fixed_as_a_slower_one() -> None:
     sizes = [size("sqlite", 2_000, send_rate=740, fixed_rate=700)]  # +5.7 %
 
