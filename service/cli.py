@@ -139,11 +139,11 @@ def serve(
             sockets = [server.inherited_socket(fd)]
         except ValueError as exc:
             raise fail(f"--fd: {exc}") from None
+        host, port = sockets[0].getsockname()[:2]  # for the start-up line
     host, port = host or "127.0.0.1", 8000 if port is None else port
     settings = settings_or_exit()
     application = create_app(settings, scheduler=scheduler)
-    url = server.url_of(sockets[0]) if sockets else f"http://{host}:{port}"
-    announce(settings, f"Broadside on {url}  (public URL {settings.base_url})")
+    announce(settings, f"Broadside on {server.url(host, port)}  (public URL {settings.base_url})")
     running = uvicorn.Server(server.config(settings, application, host, port))
     running.run(sockets=sockets)
     if not running.started:  # the port is taken or the start-up failed; uvicorn said why

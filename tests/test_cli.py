@@ -80,6 +80,7 @@ def test_serve_answers_on_the_socket_it_was_handed(cli_env: dict[str, str], tmp_
     with processes.serving("--no-scheduler", env=cli_env, log=log) as url:
         assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
 
+    # The start-up line names the socket's address, not --host and --port's defaults.
     assert f"Broadside on {url}  (public URL" in log.read_text()
 
 
@@ -120,10 +121,9 @@ def test_only_a_listening_tcp_socket_is_taken_and_a_refused_one_is_left_open(
         file.write("still open")  # nothing it refused was closed: none of them was its own
         assert udp.getsockname() and unbound.fileno() == list(refused)[1]
 
-    with listen("127.0.0.1", 0) as sock:
-        taken = server.inherited_socket(os.dup(sock.fileno()))
-        with taken:
-            assert server.url_of(taken) == f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with listen("127.0.0.1", 0) as sock, server.inherited_socket(os.dup(sock.fileno())) as taken:
+        assert taken.getsockname() == sock.getsockname()
+    assert server.url("::1", 8000) == "http://[::1]:8000"
 
 
 def test_unreachable_database_is_one_line(cli_env: dict[str, str]) -> None:

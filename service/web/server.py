@@ -43,7 +43,6 @@ def inherited_socket(fd: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
-    """http://HOST:PORT of a listening socket, for the start-up line."""
-    host, port = sock.getsockname()[:2]
+def url(host: str, port: int) -> str:
+    """http://HOST:PORT, an IPv6 address in brackets: for the start-up line."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
