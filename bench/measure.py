@@ -197,8 +197,9 @@ def measure_send_path(
     plan: Plan, p: product.Product, send_id: int, readers: int, postgres: bool, name: str = "send"
 ) -> dict[str, Any]:
     """`broadside send --date 2016-02-04`: delivers the send already started, in one process,
-    in `p`'s DELIVERY_TIMING. Checked through the ledger (N sent, none failed, done) and,
-    with aiosmtpd, the sink's count."""
+    in `p`'s DELIVERY_TIMING, on a settled disk (product.settle). Checked through the ledger
+    (N sent, none failed, done) and, with aiosmtpd, the sink's count."""
+    product.settle(p.database_url)
     with Sink(plan.sink, p.workdir) as sink:
         command = product.broadside("send", "--date", product.SEED_DAY.isoformat())
         result = measured(
@@ -291,6 +292,7 @@ def measure_size(
         message = product.column_mail(p)
         limit_figures = ceiling = None
         if baseline:
+            product.settle(url)  # the import's and the snapshots' writes, before the limit
             message_file = workdir / "column.eml"
             message_file.write_bytes(message)
             mail_from = p.settings().mail_from

@@ -216,6 +216,20 @@ def forget_send(url: str, send_id: int) -> None:
         engine.dispose()
 
 
+def settle(url: str) -> None:
+    """Before a measured send: PostgreSQL's dirty buffers written out (CHECKPOINT), then every
+    file's dirty pages flushed to disk (sync), so that the writes of the import, the snapshot or
+    the last ledger's deletion are not still going out while the send is timed."""
+    engine = make_engine(url)
+    try:
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("CHECKPOINT"))
+    finally:
+        engine.dispose()
+    os.sync()
+
+
 def vacuum(engine: Engine, table: str) -> None:
     """VACUUM ANALYZE one table on PostgreSQL (outside a transaction); nothing on SQLite."""
     if engine.dialect.name != "postgresql":

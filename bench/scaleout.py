@@ -118,6 +118,7 @@ def deliver_with(plan: Plan, scenario: Scenario, workers: int, csv: Path) -> dic
         )
         product.migrate(url)
         measure_import(p, csv, readers, postgres=True)
+        product.settle(url)
         with Sink(scenario.sink, p.workdir, scenario.data_delay) as sink:
             send_id, usages, window = run_workers(p, sink, workers, readers)
         if sink.counts and (problem := exactly_once_problem(sink.stats, readers)):
