@@ -120,6 +120,9 @@ def test_only_a_listening_tcp_socket_is_taken_and_a_refused_one_is_left_open(
                 server.inherited_socket(fd)
         file.write("still open")  # nothing it refused was closed: none of them was its own
         assert udp.getsockname() and unbound.fileno() == list(refused)[1]
+    for fd in (-1, 2**32):  # 2**32 would be 0, standard input, to the C call
+        with pytest.raises(ValueError, match=f"^{fd} is not a file descriptor$"):
+            server.inherited_socket(fd)
 
     with listen("127.0.0.1", 0) as sock, server.inherited_socket(os.dup(sock.fileno())) as taken:
         assert taken.getsockname() == sock.getsockname()

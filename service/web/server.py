@@ -32,6 +32,8 @@ def config(settings: Settings, app: FastAPI, host: str, port: int) -> uvicorn.Co
 def inherited_socket(fd: int) -> socket.socket:
     """The listening TCP socket a service manager (systemd's socket activation: fd 3) or a
     supervisor handed down as file descriptor `fd`. ValueError saying what `fd` is instead."""
+    if not 0 <= fd < 2**31:  # a C int: anything larger would wrap around to another one
+        raise ValueError(f"{fd} is not a file descriptor")
     try:
         sock = socket.socket(fileno=fd)  # the family and type are read from the descriptor
     except OSError as exc:  # EBADF: nothing open there; ENOTSOCK: a file or a pipe
