@@ -153,7 +153,7 @@ def test_a_take_racing_the_sweep_keeps_its_spent_bucket(engine: Engine, clock: C
     spend(engine, "raced", start)
     now = start + DAY + HOUR  # idle past its window: the sweep would delete it
     taken = threading.Event()
-    committed: list[float] = []
+    committing: list[float] = []
 
     def take_and_hold() -> None:
         with transaction(engine) as session:
@@ -161,7 +161,9 @@ def test_a_take_racing_the_sweep_keeps_its_spent_bucket(engine: Engine, clock: C
             assert take(session, "raced", capacity=3, per_second=per_second, want=3, now=now)
             taken.set()
             time.sleep(0.5)  # the sweep reaches the row while this take holds it
-        committed.append(time.monotonic())
+            # Taken before the COMMIT: the sweep wakes when the server has committed, which
+            # may be before this thread hears so and could stamp a moment after it.
+            committing.append(time.monotonic())
 
     taker = threading.Thread(target=take_and_hold)
     taker.start()
@@ -169,7 +171,7 @@ def test_a_take_racing_the_sweep_keeps_its_spent_bucket(engine: Engine, clock: C
     forgotten = forget(engine, now)  # as it read the table, the bucket was a day idle
     swept_at = time.monotonic()
     taker.join()
-    assert committed and swept_at >= committed[0], "the sweep waited for the take"
+    assert committing and swept_at >= committing[0], "the sweep waited for the take"
     assert forgotten == 0 and bucket_keys(engine) == {"raced"}
     assert spend(engine, "raced", now) == 0, "the take's spending holds: nothing left today"
 
