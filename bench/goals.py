@@ -187,10 +187,15 @@ def g6_web(report: dict[str, Any], backend: str) -> Verdict:
     return Verdict(goal, backend, figure, _status(ok))
 
 
+def _measured(report: dict[str, Any], backend: str) -> list[dict[str, Any]]:
+    """Every measurement of `backend` in the run: its sizes and its comparison, if any."""
+    measured = [*report["sizes"], *(report.get("comparisons") or [])]
+    return [m for m in measured if m["backend"] == backend]
+
+
 def _compared(report: dict[str, Any], backend: str) -> dict[str, Any] | None:
     """The largest measurement of `backend` whose readers were also sent in fixed mode."""
-    measured = [*report["sizes"], *(report.get("comparisons") or [])]
-    mine = [m for m in measured if m["backend"] == backend and m.get("fixed")]
+    mine = [m for m in _measured(report, backend) if m.get("fixed")]
     return max(mine, key=lambda m: m["readers"]) if mine else None
 
 
@@ -224,10 +229,7 @@ def local_vs_fixed(m: dict[str, Any]) -> float | None:
 
 def _ceiling(report: dict[str, Any], backend: str) -> float | None:
     """The mean of the sendmail() ceilings measured on `backend` in the run, or None."""
-    measured = [*report["sizes"], *(report.get("comparisons") or [])]
-    rates = [
-        m["ceiling"]["msgs_per_s"] for m in measured if m["backend"] == backend and m["ceiling"]
-    ]
+    rates = [m["ceiling"]["msgs_per_s"] for m in _measured(report, backend) if m["ceiling"]]
     return _mean(rates) if rates else None
 
 

@@ -217,9 +217,10 @@ def forget_send(url: str, send_id: int) -> None:
 
 
 def settle(url: str) -> None:
-    """Before a measured send: PostgreSQL's dirty buffers written out (CHECKPOINT), then every
-    file's dirty pages flushed to disk (sync), so that the writes of the import, the snapshot or
-    the last ledger's deletion are not still going out while the send is timed."""
+    """Before a measured send (and the limit and the ceiling): PostgreSQL's dirty buffers
+    written out (CHECKPOINT), then every file's dirty pages flushed to disk (sync), so that the
+    writes of the import, the snapshot or the last ledger's deletion are not still going out
+    while the command is timed."""
     engine = make_engine(url)
     try:
         if engine.dialect.name == "postgresql":

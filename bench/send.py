@@ -57,8 +57,9 @@ MESSAGES, QUICK_MESSAGES = 20_000, 2_000  # the limit's and the ceiling's
 WEB_SECONDS, QUICK_WEB_SECONDS, WEB_CONNECTIONS = 30, 5, 16
 DEFAULT_K = 16  # where the reference kit found the ceiling (shared/PERFORMANCE.md)
 # The largest N also sent in fixed mode (G7): a second send at 100,000 on both databases
-# would take the default run past its 15 minutes, so it compares at 15,000 instead (four
-# sends per database; at 20,000 the run took 18 minutes where RSA signs ~1,000 times a second).
+# would take the default run past its 15 minutes, so it compares at 15,000 instead: four
+# sends per database, which at 20,000 would keep the run at ~15.5 minutes where RSA signs
+# ~1,000 times a second (docs/BENCHMARKS.md).
 COMPARE_READERS = 15_000
 # Fewer readers than this send in well under a second: their rate says nothing about G7.
 MIN_COMPARE = 1_000
