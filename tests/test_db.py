@@ -1,16 +1,21 @@
-"""The schema: migrations match the models, and the database enforces what it should."""
+"""The schema: migrations match the models, and the database enforces what it should; writes
+of many requests committed together keep each request's outcome its own."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import SQLModel
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, SQLModel, col, select
 
-from service.db import SQLITE_CACHE_KIB, transaction
+from service.db import SQLITE_CACHE_KIB, GroupCommit, transaction
 from service.models import Subscriber
 
 
@@ -71,3 +76,90 @@ def test_many_threads_writing_to_sqlite_at_once_all_succeed(database_url: str) -
     with transaction(make_engine(database_url)) as session:
         count = session.execute(text("SELECT count(*) FROM subscribers")).scalar_one()
     assert count == 16 * 20
+
+
+def add_reader(session: Session, email: str, *, then_fail: bool = False) -> str:
+    session.add(Subscriber(email=email))
+    session.flush()
+    if then_fail:
+        raise ValueError(f"{email} changed its mind")
+    return email
+
+
+def emails(engine: Engine) -> set[str]:
+    """Which of the tests' three readers are in the database."""
+    wanted = ["a@example.com", "b@example.com", "c@example.com"]
+    with transaction(engine) as session:
+        return set(session.exec(select(Subscriber.email).where(col(Subscriber.email).in_(wanted))))
+
+
+@contextmanager
+def on_commit(engine: Engine, listener: Callable[[object], None]) -> Iterator[None]:
+    """`listener` called before each COMMIT on `engine` (the tests share one engine)."""
+    event.listen(engine, "commit", listener)
+    try:
+        yield
+    finally:
+        event.remove(engine, "commit", listener)
+
+
+def test_jobs_committed_together_each_get_their_own_outcome(engine: Engine) -> None:
+    writes = GroupCommit(engine)
+    commits = [0]
+
+    def counted(_conn: object) -> None:
+        commits[0] += 1
+
+    async def three_requests_at_once() -> list[str | BaseException]:
+        return await asyncio.gather(
+            writes.run(add_reader, "a@example.com"),
+            writes.run(add_reader, "b@example.com", then_fail=True),
+            writes.run(add_reader, "c@example.com"),
+            return_exceptions=True,
+        )
+
+    with on_commit(engine, counted):
+        first, second, third = asyncio.run(three_requests_at_once())
+    # SQLite: one transaction for the three; PostgreSQL commits concurrent ones by itself.
+    assert commits[0] == (1 if engine.dialect.name == "sqlite" else 2)
+    assert (first, third) == ("a@example.com", "c@example.com")
+    assert isinstance(second, ValueError)  # and only its own insert was undone
+    assert emails(engine) == {"a@example.com", "c@example.com"}
+
+
+def test_a_batch_that_cannot_commit_is_done_again_one_job_at_a_time(engine: Engine) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("only SQLite batches")
+    writes = GroupCommit(engine)
+    failed = []
+
+    def first_commit_fails(_conn: object) -> None:  # as a full disk would
+        if not failed:
+            failed.append(True)
+            raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    async def three_requests_at_once() -> list[str | BaseException]:
+        return await asyncio.gather(
+            writes.run(add_reader, "a@example.com"),
+            writes.run(add_reader, "b@example.com", then_fail=True),
+            writes.run(add_reader, "c@example.com"),
+            return_exceptions=True,
+        )
+
+    with on_commit(engine, first_commit_fails):
+        first, second, third = asyncio.run(three_requests_at_once())
+    assert failed == [True]
+    assert (first, third) == ("a@example.com", "c@example.com")
+    assert isinstance(second, ValueError)
+    assert emails(engine) == {"a@example.com", "c@example.com"}
+
+
+def test_a_lone_job_whose_commit_fails_hears_of_it_and_leaves_nothing(engine: Engine) -> None:
+    writes = GroupCommit(engine)
+
+    def commit_fails(_conn: object) -> None:
+        raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    with on_commit(engine, commit_fails), pytest.raises(OperationalError):
+        asyncio.run(writes.run(add_reader, "a@example.com"))
+    assert emails(engine) == set()

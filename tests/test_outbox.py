@@ -1,5 +1,7 @@
-"""The transactional outbox: leases renewed per mail so that a slow relay never lets a second
-process send the same mail, and a relay that refuses us only delays mail, never drops it."""
+"""The transactional outbox: leases renewed during a slow hand-over so that a slow relay never
+lets a second process send the same mail, a relay that refuses us only delays mail, never
+drops it, a burst of mail goes out at once rather than a claim per poll, and a recipient
+suppressed after the mail was queued gets nothing."""
 
 from __future__ import annotations
 
@@ -8,18 +10,19 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
+from service import subscriptions
 from service.config import Settings
 from service.context import build_context
 from service.db import transaction
 from service.mail import outbox
 from service.mail.smtp import relay_target
-from service.models import MailStatus
+from service.models import MailStatus, SuppressionReason
 from tests.conftest import Clock, make_settings
 from tests.helpers import outbox_rows
 from tests.smtp_server import SmtpTestServer
 
 
-def queue_mails(engine: Engine, settings: Settings, count: int) -> list[str]:
+def queue_mails(engine: Engine, settings: Settings, count: int, kind: str = "confirm") -> list[str]:
     addresses = [f"reader{i}@example.com" for i in range(count)]
     ctx = build_context(settings)
     with transaction(engine) as session:
@@ -27,7 +30,7 @@ def queue_mails(engine: Engine, settings: Settings, count: int) -> list[str]:
             outbox.queue(
                 session,
                 ctx,
-                kind="confirm",
+                kind=kind,
                 to=address,
                 template="confirm",
                 email=address,
@@ -99,3 +102,55 @@ def test_a_mailbox_that_does_not_exist_is_final(
     asyncio.run(outbox.OutboxSender(engine, settings, relay_target(settings)).deliver_due())
     [row] = outbox_rows(engine)
     assert row.status == MailStatus.failed and "5.1.1" in (row.last_error or "")
+
+
+def test_a_burst_of_mail_goes_out_without_waiting_a_poll_per_claim(
+    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    # A sign-up burst: three claims' worth, and a poll interval far longer than the test. The
+    # sender once took one claim per wake-up and waited for the next poll: 50 mails every 2 s.
+    settings = make_settings(
+        database_url, tmp_path / "var", smtp_url=smtp_server.url, outbox_poll_seconds=600.0
+    )
+    addresses = queue_mails(engine, settings, 2 * outbox.CLAIM_LIMIT + 7)
+    assert relay_target(settings) is not None
+    sender = outbox.OutboxSender(engine, settings, relay_target(settings))
+
+    async def woken_once() -> None:
+        running = asyncio.create_task(sender.run())
+        sender.notify()
+        try:
+            while len(smtp_server.received) < len(addresses):
+                await asyncio.sleep(0.05)
+                assert not running.done()
+        finally:
+            sender.stop()
+            await asyncio.wait_for(running, 30)
+
+    asyncio.run(asyncio.wait_for(woken_once(), 60))
+    assert sorted(smtp_server.per_recipient()) == sorted(addresses)
+    assert set(smtp_server.per_recipient().values()) == {1}
+    rows = outbox_rows(engine)
+    assert {row.status for row in rows} == {MailStatus.sent}
+    assert all(row.sent_at is not None and row.claimed_by is None for row in rows)
+
+
+def test_a_recipient_suppressed_after_queueing_gets_no_mail_but_a_confirmation_still_goes(
+    engine: Engine, database_url: str, tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    settings = make_settings(database_url, tmp_path / "var", smtp_url=smtp_server.url)
+    [left, stays] = queue_mails(engine, settings, 2, kind="notice")
+    queue_mails(engine, settings, 1, kind="confirm")  # to reader0@example.com again
+    ctx = build_context(settings)
+    with transaction(engine) as session:  # reader0 unsubscribed after the mails were queued
+        subscriptions.suppress(session, ctx, left.upper(), SuppressionReason.unsubscribed)
+    assert relay_target(settings) is not None
+    asyncio.run(outbox.OutboxSender(engine, settings, relay_target(settings)).deliver_due())
+
+    # `left` gets its confirmation only, `stays` its notice.
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == sorted([left, stays])
+    by_kind = {(row.kind, row.recipient): row for row in outbox_rows(engine)}
+    assert by_kind[("notice", left)].status == MailStatus.skipped
+    assert by_kind[("notice", left)].last_error == outbox.SUPPRESSED
+    assert by_kind[("notice", stays)].status == MailStatus.sent
+    assert by_kind[("confirm", left)].status == MailStatus.sent

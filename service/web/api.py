@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import feedback, subscriptions
 from ..readers import Cadence
-from .deps import ContextDep, RequesterDep, SessionDep
+from .deps import ContextDep, RequesterDep, SessionDep, WritesDep
 from .errors import EDGE_RESPONSES
 
 router = APIRouter(prefix="/api/v1", tags=["readers"], responses=EDGE_RESPONSES)
@@ -92,14 +92,14 @@ class SubscriberState(BaseModel):
         429: {"description": "rate limited"},
     },
 )
-def create_subscription(
-    body: SubscriptionIn, session: SessionDep, ctx: ContextDep, who: RequesterDep
+async def create_subscription(
+    request: Request, body: SubscriptionIn, writes: WritesDep, ctx: ContextDep, who: RequesterDep
 ) -> Accepted:
     """Start a double opt-in. The answer is the same whether or not the address is known.
     The time zone, cadence and weekday are kept for a new reader only; a known reader's
     choices change only on their preferences page."""
-    subscriptions.subscribe(
-        session,
+    await writes.run(
+        subscriptions.subscribe,
         ctx,
         email=body.email,
         name=body.name,
@@ -109,6 +109,7 @@ def create_subscription(
         cadence=body.cadence,
         digest_weekday=body.digest_weekday,
     )
+    request.app.state.outbox.notify()
     return Accepted(
         status="pending",
         message="If the address can receive mail, a confirmation link is on its way.",

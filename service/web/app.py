@@ -16,7 +16,7 @@ from starlette.types import ASGIApp
 from .. import __version__
 from ..config import Settings
 from ..context import build_context
-from ..db import make_engine, ping
+from ..db import GroupCommit, make_engine, ping
 from ..metrics import registry
 from ..readiness import ReadinessProbe
 from ..runtime import background
@@ -63,6 +63,7 @@ def create_app(
         description="Double opt-in subscriptions and the daily World View column by e-mail.",
     )
     app.state.engine = engine or make_engine(settings.database_url)
+    app.state.writes = GroupCommit(app.state.engine)
     app.state.ctx = build_context(settings)
     app.state.templates = make_templates(settings)
     app.state.metrics = registry(app.state.engine)

@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from ..config import Settings
 from ..context import AppContext, Requester
-from ..db import transaction
+from ..db import GroupCommit, transaction
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -28,6 +28,12 @@ async def get_engine(request: Request) -> Engine:
     """The app's engine, for a handler that runs its transaction off the event loop
     (db.in_thread) and answers after the commit."""
     return request.app.state.engine  # type: ignore[no-any-return]
+
+
+async def get_writes(request: Request) -> GroupCommit:
+    """The app's group commit, for a busy write that can share its transaction with others
+    (db.GroupCommit) and answers after the commit."""
+    return request.app.state.writes  # type: ignore[no-any-return]
 
 
 async def get_context(request: Request) -> AppContext:
@@ -52,6 +58,7 @@ async def get_requester(request: Request) -> Requester:
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+WritesDep = Annotated[GroupCommit, Depends(get_writes)]
 ContextDep = Annotated[AppContext, Depends(get_context)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RequesterDep = Annotated[Requester, Depends(get_requester)]

@@ -9,10 +9,9 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from .. import feedback, subscriptions
-from ..db import in_thread
 from ..errors import InvalidInput
 from ..tokens import Purpose
-from .deps import ContextDep, EngineDep, RequesterDep, SessionDep
+from .deps import ContextDep, RequesterDep, SessionDep, WritesDep
 from .templating import page
 
 router = APIRouter(include_in_schema=False)
@@ -29,7 +28,7 @@ def index(request: Request, email: Annotated[str, Query(max_length=320)] = "") -
 @router.post("/subscribe", response_class=HTMLResponse)
 async def subscribe(
     request: Request,
-    engine: EngineDep,
+    writes: WritesDep,
     ctx: ContextDep,
     who: RequesterDep,
     email: FormField = "",
@@ -38,9 +37,9 @@ async def subscribe(
     timezone: FormField = "",
     cadence: FormField = "",
 ) -> HTMLResponse:
-    """The subscribe form's POST: start a double opt-in. The transaction is committed before
-    the page is rendered: SQLite's write lock is held for the database work alone. The time
-    zone comes from the browser (static/timezone.js), or not at all."""
+    """The subscribe form's POST: start a double opt-in. Its transaction is shared with the
+    other subscribe requests of the moment (db.GroupCommit) and committed before the page is
+    rendered. The time zone comes from the browser (static/timezone.js), or not at all."""
     form = {
         "email": email[:400],
         "name": name[:200],
@@ -48,8 +47,7 @@ async def subscribe(
         "timezone": timezone[:64],
     }
     try:
-        await in_thread(
-            engine,
+        await writes.run(
             subscriptions.subscribe,
             ctx,
             email=email,
