@@ -128,6 +128,7 @@ def serve(
     """Run the web server with the outbox sender and (by default) the daily scheduler."""
     import uvicorn
 
+    from .runtime import freeze_start_up
     from .web import server
     from .web.app import create_app
 
@@ -145,6 +146,7 @@ def serve(
     application = create_app(settings, scheduler=scheduler)
     announce(settings, f"Broadside on {server.url(host, port)}  (public URL {settings.base_url})")
     running = uvicorn.Server(server.config(settings, application, host, port))
+    freeze_start_up()
     running.run(sockets=sockets)
     if not running.started:  # the port is taken or the start-up failed; uvicorn said why
         raise typer.Exit(3)
@@ -154,7 +156,7 @@ def serve(
 def worker() -> None:
     """Run the daily scheduler and the outbox sender without a web server."""
     from .context import build_context
-    from .runtime import background, bounce_mailbox, bounce_receiver
+    from .runtime import background, bounce_mailbox, bounce_receiver, freeze_start_up
 
     settings = settings_or_exit()
     engine = make_engine(settings.database_url)
@@ -173,6 +175,7 @@ def worker() -> None:
                 )
                 await until_stopped()
 
+    freeze_start_up()
     try:
         guarded(lambda: asyncio.run(run()))
     except OSError as exc:  # the bounce receiver's port is taken

@@ -4,10 +4,11 @@ one row per key, taken from in one atomic statement."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import DateTime, Float, Integer, String, TextClause, bindparam, delete, text
+from sqlalchemy import delete
 from sqlmodel import Session, col
 
 from .clock import utcnow
@@ -60,7 +61,9 @@ _DIALECT = {
         "floor": "CAST",  # of a value ≥ 0, CAST(x AS INTEGER) is its floor
     },
 }
-_statements: dict[str, TextClause] = {}
+_statements: dict[str, str] = {}
+# SQLite keeps SQLAlchemy's DateTime as this text (its `elapsed` above reads it by position).
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ class Take:
     tokens: float
 
 
-def _statement(dialect: str) -> TextClause:
+def _statement(dialect: str) -> str:
+    """The take in the driver's own parameter style (sqlite3 :name, psycopg %(name)s)."""
     if dialect not in _statements:
         d = _DIALECT[dialect]
         refilled = (
@@ -89,15 +93,9 @@ def _statement(dialect: str) -> TextClause:
             f"THEN {d['least']}(:want, {whole}) ELSE 0 END)"
         )
         sql = _TAKE.format(grant=grant, refilled=refilled, greatest=d["greatest"])
-        _statements[dialect] = text(sql).bindparams(
-            bindparam("key", type_=String()),
-            bindparam("capacity", type_=Float()),
-            bindparam("rate", type_=Float()),
-            bindparam("fresh", type_=Integer()),
-            bindparam("want", type_=Integer()),
-            bindparam("least_tokens", type_=Integer()),
-            bindparam("now", type_=DateTime()),
-        )
+        if dialect == "postgresql":
+            sql = re.sub(r"(?<!:):([a-z_]+)", r"%(\1)s", sql)
+        _statements[dialect] = sql
     return _statements[dialect]
 
 
@@ -113,27 +111,34 @@ def take(
 ) -> Take:
     """Take up to `want` whole tokens (at least `least`, default all of `want`, or none) from
     the bucket `key`, which holds up to `capacity` and refills `per_second`. A key seen for the
-    first time starts full. One statement, whatever the bucket's state."""
+    first time starts full. One statement, whatever the bucket's state, run on the session's
+    connection through the driver's own cursor: a rate-limited request takes three, and
+    SQLAlchemy's compiling, typing and result layers around each cost more than the statement
+    (docs/BENCHMARKS.md, G6)."""
     least = want if least is None else least
     fresh = min(want, math.floor(capacity + _EPSILON))
     fresh = fresh if fresh >= least else 0
-    row = (
-        session.connection()
-        .execute(
-            _statement(session.get_bind().dialect.name),
-            {
-                "key": key[:KEY_LENGTH],
-                "capacity": float(capacity),
-                "rate": float(per_second),
-                "fresh": fresh,
-                "want": want,
-                "least_tokens": least,
-                "now": now or utcnow(),
-            },
-        )
-        .one()
-    )
-    return Take(granted=int(row.granted), tokens=float(row.tokens))
+    connection = session.connection()
+    dialect = connection.dialect.name
+    moment = now or utcnow()
+    values = {
+        "key": key[:KEY_LENGTH],
+        "capacity": float(capacity),
+        "rate": float(per_second),
+        "fresh": fresh,
+        "want": want,
+        "least_tokens": least,
+        "now": moment.strftime(_SQLITE_DATETIME) if dialect == "sqlite" else moment,
+    }
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(_statement(dialect), values)
+        row = cursor.fetchone()  # INSERT … RETURNING always returns the bucket's row
+        assert row is not None
+        tokens, granted = row
+    finally:
+        cursor.close()
+    return Take(granted=int(granted), tokens=float(tokens))
 
 
 def check_and_count(

@@ -57,6 +57,10 @@ def create_app(
             yield
 
     app = Broadside(
+        # Broadside's own figures are Prometheus metrics and logs. FastAPI's OpenTelemetry
+        # looked up the global providers on every request to learn it had none: 3 % of the
+        # interpreter's time under a burst of sign-ups (docs/BENCHMARKS.md, G6).
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         title="Broadside",
         version=__version__,
         lifespan=lifespan,
