@@ -163,3 +163,40 @@ def test_a_lone_job_whose_commit_fails_hears_of_it_and_leaves_nothing(engine: En
     with on_commit(engine, commit_fails), pytest.raises(OperationalError):
         asyncio.run(writes.run(add_reader, "a@example.com"))
     assert emails(engine) == set()
+
+
+def test_batches_take_savepoints_only_after_a_job_raised(engine: Engine) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("only SQLite batches")
+    writes = GroupCommit(engine)
+    savepoints: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if statement.startswith("SAVEPOINT"):
+            savepoints.append(statement)
+
+    async def batch(*jobs: tuple[str, bool]) -> int:
+        before = len(savepoints)
+        await asyncio.gather(
+            *(writes.run(add_reader, email, then_fail=fail) for email, fail in jobs),
+            return_exceptions=True,
+        )
+        return len(savepoints) - before
+
+    async def three_batches() -> list[int]:
+        return [
+            await batch(("a@example.com", False), ("b@example.com", True)),  # done again
+            await batch(("c@example.com", False), ("d@example.com", False)),  # still careful
+            await batch(("e@example.com", False), ("f@example.com", False)),  # trusted again
+        ]
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        per_batch = asyncio.run(three_batches())
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert per_batch == [2, 2, 0]
+    with transaction(engine) as session:
+        stored = set(session.exec(select(Subscriber.email)))
+    assert {"a@example.com", "c@example.com", "d@example.com", "e@example.com"} <= stored
+    assert "b@example.com" not in stored
