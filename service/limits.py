@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete
 from sqlmodel import Session, col
@@ -99,6 +101,18 @@ def _statement(dialect: str) -> str:
     return _statements[dialect]
 
 
+@dataclass(frozen=True)
+class Ask:
+    """One take: up to `want` whole tokens (at least `least`, default all of `want`, or none)
+    from the bucket `key`, which holds up to `capacity` and refills `per_second`."""
+
+    key: str
+    capacity: float
+    per_second: float
+    want: int = 1
+    least: int | None = None
+
+
 def take(
     session: Session,
     key: str,
@@ -111,33 +125,64 @@ def take(
 ) -> Take:
     """Take up to `want` whole tokens (at least `least`, default all of `want`, or none) from
     the bucket `key`, which holds up to `capacity` and refills `per_second`. A key seen for the
-    first time starts full. One statement, whatever the bucket's state, run on the session's
-    connection through the driver's own cursor: a rate-limited request takes three, and
-    SQLAlchemy's compiling, typing and result layers around each cost more than the statement
-    (docs/BENCHMARKS.md, G6)."""
-    least = want if least is None else least
-    fresh = min(want, math.floor(capacity + _EPSILON))
-    fresh = fresh if fresh >= least else 0
+    first time starts full. One statement, whatever the bucket's state."""
+    [got] = take_all(session, [Ask(key, capacity, per_second, want, least)], now=now)
+    return got
+
+
+def take_all(session: Session, asks: Sequence[Ask], *, now: datetime | None = None) -> list[Take]:
+    """Each ask's take, in order, one statement each, run on the session's connection through
+    the driver's own cursor; on PostgreSQL the statements go in one pipeline, one round trip
+    for all of them. A subscribe request takes three, and SQLAlchemy's compiling, typing and
+    result layers around each cost more than the statement (docs/BENCHMARKS.md, G6)."""
     connection = session.connection()
     dialect = connection.dialect.name
     moment = now or utcnow()
-    values = {
-        "key": key[:KEY_LENGTH],
-        "capacity": float(capacity),
-        "rate": float(per_second),
-        "fresh": fresh,
-        "want": want,
+    stamp = moment.strftime(_SQLITE_DATETIME) if dialect == "sqlite" else moment
+    statement = _statement(dialect)
+    values = [_values(ask, stamp) for ask in asks]
+    raw = connection.connection.driver_connection
+    assert raw is not None  # the session's connection is checked out, so it has one
+    if dialect == "postgresql" and len(asks) > 1 and _pipelines():
+        with raw.pipeline():
+            cursors = [raw.cursor() for _ in asks]
+            for cursor, one in zip(cursors, values, strict=True):
+                cursor.execute(statement, one)
+        rows = [cursor.fetchone() for cursor in cursors]
+    else:
+        rows = []
+        for one in values:
+            cursor = raw.cursor()
+            cursor.execute(statement, one)
+            rows.append(cursor.fetchone())
+            cursor.close()
+    return [_taken(row) for row in rows]
+
+
+def _pipelines() -> bool:
+    """Whether psycopg's libpq can pipeline (14 and newer; imported only on PostgreSQL)."""
+    import psycopg
+
+    return bool(psycopg.Pipeline.is_supported())
+
+
+def _values(ask: Ask, now: object) -> dict[str, object]:
+    least = ask.want if ask.least is None else ask.least
+    fresh = min(ask.want, math.floor(ask.capacity + _EPSILON))
+    return {
+        "key": ask.key[:KEY_LENGTH],
+        "capacity": float(ask.capacity),
+        "rate": float(ask.per_second),
+        "fresh": fresh if fresh >= least else 0,
+        "want": ask.want,
         "least_tokens": least,
-        "now": moment.strftime(_SQLITE_DATETIME) if dialect == "sqlite" else moment,
+        "now": now,
     }
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(_statement(dialect), values)
-        row = cursor.fetchone()  # INSERT … RETURNING always returns the bucket's row
-        assert row is not None
-        tokens, granted = row
-    finally:
-        cursor.close()
+
+
+def _taken(row: Any) -> Take:
+    assert row is not None  # INSERT … RETURNING always returns the bucket's row
+    tokens, granted = row
     return Take(granted=int(granted), tokens=float(tokens))
 
 
@@ -146,12 +191,23 @@ def check_and_count(
 ) -> None:
     """Count one hit on `key`, or raise RateLimited (with the seconds until a hit would pass)
     when its bucket is empty: `limit` hits at once, refilled at `limit` per `window`."""
-    if window > LONGEST_WINDOW:
-        raise ValueError(f"a {window} window outlasts LONGEST_WINDOW: idle buckets go after it")
-    per_second = limit / window.total_seconds()
-    got = take(session, key, capacity=limit, per_second=per_second, now=now)
-    if not got.granted:
-        raise RateLimited(max(1, math.ceil((1 - got.tokens) / per_second - _EPSILON)))
+    check_and_count_all(session, [(key, limit, window)], now=now)
+
+
+def check_and_count_all(
+    session: Session, counts: Sequence[tuple[str, int, timedelta]], *, now: datetime | None = None
+) -> None:
+    """check_and_count for several (key, limit, window) at once: every hit counted, or
+    RateLimited for the first whose bucket is empty (the caller's transaction, rolled back,
+    then takes back the others)."""
+    for _key, _limit, window in counts:
+        if window > LONGEST_WINDOW:
+            raise ValueError(f"a {window} window outlasts LONGEST_WINDOW: idle buckets go after it")
+    asks = [Ask(key, limit, limit / window.total_seconds()) for key, limit, window in counts]
+    for ask, got in zip(asks, take_all(session, asks, now=now), strict=True):
+        if not got.granted:
+            wait = (1 - got.tokens) / ask.per_second - _EPSILON
+            raise RateLimited(max(1, math.ceil(wait)))
 
 
 def forget_idle(session: Session, *, idle_for: timedelta, now: datetime) -> int:

@@ -24,7 +24,7 @@ from sqlmodel import Session, col, delete, select
 from .clock import known_zone, utcnow
 from .context import AppContext, Requester
 from .errors import AlreadyConfirmed, CannotResubscribe, InvalidInput, LinkUsed
-from .limits import DAY, HOUR, check_and_count
+from .limits import DAY, HOUR, check_and_count_all
 from .mail import message, outbox
 from .models import (
     Cadence,
@@ -221,8 +221,7 @@ def _count_subscribe_request(
         (f"subscribe:address:{mailbox}", s.subscribe_per_address_per_hour, HOUR),
         (f"subscribe:address-day:{mailbox}", s.subscribe_per_address_per_day, DAY),
     ]
-    for key, limit, window in limits:
-        check_and_count(session, key, limit=limit, window=window, now=now)
+    check_and_count_all(session, limits, now=now)
 
 
 def _find(session: Session, address: str) -> Subscriber | None:

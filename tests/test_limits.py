@@ -17,7 +17,16 @@ from sqlmodel import Session, select
 from service.db import transaction
 from service.delivery.ratelimit import SharedRate, forget_idle_buckets
 from service.errors import RateLimited
-from service.limits import DAY, HOUR, check_and_count, forget_idle, take
+from service.limits import (
+    DAY,
+    HOUR,
+    Ask,
+    check_and_count,
+    check_and_count_all,
+    forget_idle,
+    take,
+    take_all,
+)
 from service.models import RateBucket
 from tests.conftest import Clock
 
@@ -220,3 +229,37 @@ def test_a_slow_delivery_rate_keeps_its_bucket_until_it_has_refilled(
 def test_a_count_over_a_window_longer_than_a_day_is_refused(engine: Engine) -> None:
     with transaction(engine) as session, pytest.raises(ValueError, match="LONGEST_WINDOW"):
         check_and_count(session, "k", limit=10, window=timedelta(days=7))
+
+
+def test_several_counts_at_once_take_from_each_or_leave_all_as_they_were(
+    engine: Engine, clock: Clock
+) -> None:
+    # Three buckets counted in one go (on PostgreSQL, one pipeline): every hit counted while
+    # all have room; when one is empty, the refusal names its wait and, with the transaction
+    # rolled back, the others keep their tokens.
+    counts = [("ip", 5, HOUR), ("address", 2, HOUR), ("address-day", 3, DAY)]
+
+    def hit() -> int | None:
+        try:
+            with transaction(engine) as session:
+                check_and_count_all(session, counts, now=clock.utcnow())
+        except RateLimited as limited:
+            return limited.retry_after
+        return None
+
+    def left() -> dict[str, float]:
+        with transaction(engine) as session:
+            return {b.key: b.tokens for b in session.exec(select(RateBucket))}
+
+    assert [hit(), hit()] == [None, None]
+    assert left() == {"ip": 3, "address": 0, "address-day": 1}
+    assert hit() == 1800  # the address's bucket: one hit per half hour
+    assert left() == {"ip": 3, "address": 0, "address-day": 1}
+
+    with transaction(engine) as session:
+        got = take_all(
+            session,
+            [Ask("ip", 5, 5 / 3600, want=2), Ask("address-day", 3, 3 / 86400, want=2, least=1)],
+            now=clock.utcnow(),
+        )
+    assert [(t.granted, round(t.tokens)) for t in got] == [(2, 1), (1, 0)]
