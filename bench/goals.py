@@ -178,11 +178,17 @@ def g6_web(report: dict[str, Any], backend: str) -> Verdict:
     )
     if result.get("work_lost"):
         figure += ", work lost (outbox ≠ accepted)"
+    unsent = result.get("outbox_unsent", 0)
+    if unsent:
+        figure += f", {unsent:,} confirmations unsent {result['outbox_drain_s']:.0f} s later"
+    elif "outbox_sent_by_end" in result:
+        figure += f", {result['outbox_sent_by_end']:,} confirmations sent during the run"
     ok = (
         result["requests_per_s"] >= WEB_RATE
         and result["p99_ms"] <= WEB_P99_MS
         and not result["errors"]
         and not result.get("work_lost")
+        and not unsent
     )
     return Verdict(goal, backend, figure, _status(ok))
 

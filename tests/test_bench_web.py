@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bench.web import parse_wrk
+from bench.goals import g6_web
+from bench.web import parse_wrk, report
 
 WRK_OUTPUT = """\
 Running 30s test @ http://127.0.0.1:8000/subscribe
@@ -36,3 +37,21 @@ def test_a_run_without_errors_reports_none() -> None:
         line for line in WRK_OUTPUT.splitlines() if not line.lstrip().startswith(("Socket", "Non"))
     )
     assert parse_wrk(clean)["errors"] == 0
+
+
+def test_a_fast_run_that_left_its_confirmations_queued_does_not_meet_the_goal() -> None:
+    fast = {
+        **parse_wrk(WRK_OUTPUT.replace("Non-2xx or 3xx responses: 5\n", "")),
+        "p99_ms": 20.0,
+        "errors": 0,
+        "outbox": 38_400,
+        "accepted": 38_400,
+        "work_lost": False,
+        "outbox_sent_by_end": 900,
+        "outbox_drain_s": 30.0,
+    }
+    assert report("sqlite", {**fast, "outbox_unsent": 0}).endswith(": met")
+    queued = report("sqlite", {**fast, "outbox_unsent": 37_500})
+    assert "37,500 still unsent 30 s later" in queued and queued.endswith(": not met")
+    verdict = g6_web({"web": {"sqlite": {**fast, "outbox_unsent": 37_500}}}, "sqlite")
+    assert verdict.status == "not met" and "37,500 confirmations unsent" in verdict.figure
