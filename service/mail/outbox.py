@@ -175,15 +175,15 @@ def renew(
     with transaction(engine) as session:
         hashes = {h for _, mail_hashes in mails for h in mail_hashes}
         listed = _suppressed(session, sorted(hashes)) if hashes else set()
-        skipped = [mail_id for mail_id, mail_hashes in mails if listed.intersection(mail_hashes)]
+        skipped = {mail_id for mail_id, mail_hashes in mails if listed.intersection(mail_hashes)}
         if skipped:
             session.execute(
                 update(OutboxMail)
-                .where(col(OutboxMail.id).in_(skipped), owned_by(OutboxMail, worker))
+                .where(col(OutboxMail.id).in_(sorted(skipped)), owned_by(OutboxMail, worker))
                 .values(status=MailStatus.skipped, lease_until=None, claimed_by=None)
                 .values(last_error=SUPPRESSED)
             )
-        rest = [mail_id for mail_id, _ in mails if mail_id not in set(skipped)]
+        rest = [mail_id for mail_id, _ in mails if mail_id not in skipped]
         if not rest:
             return set()
         kept = session.execute(
