@@ -97,6 +97,30 @@ def emails(engine: Engine) -> set[str]:
         return set(session.exec(select(Subscriber.email).where(col(Subscriber.email).in_(wanted))))
 
 
+def three_at_once(writes: GroupCommit, **b_fails: bool) -> list[str | BaseException]:
+    """Readers a, b (failing as `b_fails` says) and c added by three requests of one moment:
+    what each request got back, its email or its exception."""
+
+    async def together() -> list[str | BaseException]:
+        return await asyncio.gather(
+            writes.run(add_reader, "a@example.com"),
+            writes.run(add_reader, "b@example.com", **b_fails),
+            writes.run(add_reader, "c@example.com"),
+            return_exceptions=True,
+        )
+
+    return asyncio.run(together())
+
+
+def only_b_failed(
+    outcomes: list[str | BaseException], error: type[BaseException], engine: Engine
+) -> None:
+    first, second, third = outcomes
+    assert (first, third) == ("a@example.com", "c@example.com")
+    assert isinstance(second, error)  # and only b's insert was undone
+    assert emails(engine) == {"a@example.com", "c@example.com"}
+
+
 @contextmanager
 def on_commit(engine: Engine, listener: Callable[[object], None]) -> Iterator[None]:
     """`listener` called before each COMMIT on `engine` (the tests share one engine)."""
@@ -114,21 +138,12 @@ def test_jobs_committed_together_each_get_their_own_outcome(engine: Engine) -> N
     def counted(_conn: object) -> None:
         commits[0] += 1
 
-    async def three_requests_at_once() -> list[str | BaseException]:
-        return await asyncio.gather(
-            writes.run(add_reader, "a@example.com"),
-            writes.run(add_reader, "b@example.com", then_fail=True),
-            writes.run(add_reader, "c@example.com"),
-            return_exceptions=True,
-        )
-
     with on_commit(engine, counted):
-        first, second, third = asyncio.run(three_requests_at_once())
-    # One transaction for the three, and the first two done again with a savepoint each.
+        outcomes = three_at_once(writes, then_fail=True)
+    # One COMMIT: the batch went without savepoints, was rolled back when b raised, and went
+    # again with one per job.
     assert commits[0] == 1
-    assert (first, third) == ("a@example.com", "c@example.com")
-    assert isinstance(second, ValueError)  # and only its own insert was undone
-    assert emails(engine) == {"a@example.com", "c@example.com"}
+    only_b_failed(outcomes, ValueError, engine)
 
 
 def test_a_batch_that_cannot_commit_is_done_again_one_job_at_a_time(engine: Engine) -> None:
@@ -140,20 +155,10 @@ def test_a_batch_that_cannot_commit_is_done_again_one_job_at_a_time(engine: Engi
             failed.append(True)
             raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
 
-    async def three_requests_at_once() -> list[str | BaseException]:
-        return await asyncio.gather(
-            writes.run(add_reader, "a@example.com"),
-            writes.run(add_reader, "b@example.com", then_fail=True),
-            writes.run(add_reader, "c@example.com"),
-            return_exceptions=True,
-        )
-
     with on_commit(engine, first_commit_fails):
-        first, second, third = asyncio.run(three_requests_at_once())
+        outcomes = three_at_once(writes, then_fail=True)
     assert failed == [True]
-    assert (first, third) == ("a@example.com", "c@example.com")
-    assert isinstance(second, ValueError)
-    assert emails(engine) == {"a@example.com", "c@example.com"}
+    only_b_failed(outcomes, ValueError, engine)
 
 
 def test_a_lone_job_whose_commit_fails_hears_of_it_and_leaves_nothing(engine: Engine) -> None:
@@ -208,15 +213,4 @@ def test_a_database_error_in_a_batch_sends_each_job_alone(engine: Engine) -> Non
     # transaction, and only the one that fails by itself hears of it.
     writes = GroupCommit(engine)
 
-    async def three_requests_at_once() -> list[str | BaseException]:
-        return await asyncio.gather(
-            writes.run(add_reader, "a@example.com"),
-            writes.run(add_reader, "b@example.com", break_sql=True),
-            writes.run(add_reader, "c@example.com"),
-            return_exceptions=True,
-        )
-
-    first, second, third = asyncio.run(three_requests_at_once())
-    assert (first, third) == ("a@example.com", "c@example.com")
-    assert isinstance(second, DBAPIError)
-    assert emails(engine) == {"a@example.com", "c@example.com"}
+    only_b_failed(three_at_once(writes, break_sql=True), DBAPIError, engine)
