@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from ..config import Settings
@@ -22,12 +21,6 @@ def get_session(request: Request) -> Iterator[Session]:
     with transaction(request.app.state.engine) as session:
         yield session
     request.app.state.outbox.notify()
-
-
-async def get_engine(request: Request) -> Engine:
-    """The app's engine, for a handler that runs its transaction off the event loop
-    (db.in_thread) and answers after the commit."""
-    return request.app.state.engine  # type: ignore[no-any-return]
 
 
 async def get_writes(request: Request) -> GroupCommit:
@@ -57,7 +50,6 @@ async def get_requester(request: Request) -> Requester:
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-EngineDep = Annotated[Engine, Depends(get_engine)]
 WritesDep = Annotated[GroupCommit, Depends(get_writes)]
 ContextDep = Annotated[AppContext, Depends(get_context)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
