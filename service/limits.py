@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from .clock import utcnow
@@ -141,22 +143,41 @@ def take_all(session: Session, asks: Sequence[Ask], *, now: datetime | None = No
     stamp = moment.strftime(_SQLITE_DATETIME) if dialect == "sqlite" else moment
     statement = _statement(dialect)
     values = [_values(ask, stamp) for ask in asks]
+    try:
+        rows = _run(connection, statement, values)
+    except connection.dialect.loaded_dbapi.Error as exc:
+        # Raised as SQLAlchemy would have: a database that went away mid-request is answered
+        # 503 by the web layer (its OperationalError), never 500 (the driver's own error).
+        gone = connection.dialect.is_disconnect(exc, connection.connection, None)
+        if gone:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            statement,
+            values,
+            exc,
+            connection.dialect.loaded_dbapi.Error,
+            connection_invalidated=gone,
+            dialect=connection.dialect,
+        ) from exc
+    return [_taken(row) for row in rows]
+
+
+def _run(connection: Connection, statement: str, values: list[dict[str, object]]) -> list[Any]:
     raw = connection.connection.driver_connection
     assert raw is not None  # the session's connection is checked out, so it has one
-    if dialect == "postgresql" and len(asks) > 1 and _pipelines():
+    if connection.dialect.name == "postgresql" and len(values) > 1 and _pipelines():
         with raw.pipeline():
-            cursors = [raw.cursor() for _ in asks]
+            cursors = [raw.cursor() for _ in values]
             for cursor, one in zip(cursors, values, strict=True):
                 cursor.execute(statement, one)
-        rows = [cursor.fetchone() for cursor in cursors]
-    else:
-        rows = []
-        for one in values:
-            cursor = raw.cursor()
-            cursor.execute(statement, one)
-            rows.append(cursor.fetchone())
-            cursor.close()
-    return [_taken(row) for row in rows]
+        return [cursor.fetchone() for cursor in cursors]
+    rows = []
+    for one in values:
+        cursor = raw.cursor()
+        cursor.execute(statement, one)
+        rows.append(cursor.fetchone())
+        cursor.close()
+    return rows
 
 
 def _pipelines() -> bool:

@@ -11,7 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
 from service.db import transaction
@@ -263,3 +265,24 @@ def test_several_counts_at_once_take_from_each_or_leave_all_as_they_were(
             now=clock.utcnow(),
         )
     assert [(t.granted, round(t.tokens)) for t in got] == [(2, 1), (1, 0)]
+
+
+def test_a_take_the_database_refuses_raises_what_sqlalchemy_would(
+    engine: Engine, clock: Clock
+) -> None:
+    # The takes run on the driver's own cursor; a database error must still come out as
+    # SQLAlchemy's (the web layer answers its OperationalError 503, a driver's error 500).
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's lock timeout")
+    counts = [("ip", 5, HOUR), ("address", 2, HOUR)]
+    with transaction(engine) as holder:
+        check_and_count_all(holder, counts, now=clock.utcnow())  # holds both rows' locks
+        with pytest.raises(OperationalError) as refused, transaction(engine) as waiter:
+            waiter.execute(text("SET LOCAL lock_timeout = '100ms'"))
+            check_and_count_all(waiter, counts, now=clock.utcnow())
+    assert "lock timeout" in str(refused.value.orig)
+    with transaction(engine) as session:  # the holder's count stands, the waiter's does not
+        assert {b.key: b.tokens for b in session.exec(select(RateBucket))} == {
+            "ip": 4,
+            "address": 1,
+        }
