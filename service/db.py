@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -12,7 +12,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from sqlalchemy import Table, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, create_engine
 
@@ -126,6 +126,91 @@ def insert_new(session: Session, table: Table, rows: list[dict[str, Any]], *, ke
     session.connection().execute(insert(table).on_conflict_do_nothing(index_elements=[key]), rows)
 
 
+def driver_run(
+    session: Session, statements: Sequence[tuple[str, Mapping[str, object]]]
+) -> list[list[Any]]:
+    """Each statement's rows (none for a statement that returns none), run in the session's
+    transaction through the driver's own cursor, in the driver's parameter style (sqlite3
+    :name, psycopg %(name)s). On PostgreSQL they go in one pipeline: one round trip for all,
+    and for the BEGIN before them when they open the transaction. For the few statements of
+    a hot path whose SQLAlchemy compiling, typing and result layers cost more than the
+    statement (docs/BENCHMARKS.md, G6). A driver error is raised as
+    SQLAlchemy's would have been: a database gone mid-request is answered 503 by the web
+    layer (its OperationalError), never 500."""
+    connection = session.connection()
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        return _driver_run(connection, statements)
+    except dbapi.Error as exc:
+        gone = connection.dialect.is_disconnect(exc, connection.connection, None)
+        if gone:
+            connection.invalidate(exc)
+        sql, values = statements[0] if statements else ("", {})
+        raise DBAPIError.instance(
+            sql, values, exc, dbapi.Error, connection_invalidated=gone, dialect=connection.dialect
+        ) from exc
+
+
+def run_with_batch(
+    session: Session,
+    statements: Sequence[tuple[str, Mapping[str, object]]],
+    then: Callable[[list[list[Any]]], None],
+) -> None:
+    """driver_run(statements), then `then(their rows)`, which may raise or go on in the same
+    transaction. In a GroupCommit batch both wait for the batch's other jobs: the statements
+    of all its jobs go in one pipeline before the COMMIT (on PostgreSQL one round trip for the
+    batch, where each job's would have cost one) and each job's `then` runs after it, in job
+    order. A `then` that raises there sends the batch round again, each job in a savepoint of
+    its own, where nothing waits."""
+    waiting = session.info.get(_WAITING)
+    if waiting is None:
+        then(driver_run(session, statements))
+    else:
+        waiting.append((statements, then))
+
+
+def _run_waiting(session: Session) -> None:
+    """The statements that run_with_batch left for the end of the batch, and their `then`s."""
+    waiting = session.info.pop(_WAITING, None)
+    if not waiting:
+        return
+    rows = driver_run(session, [statement for statements, _ in waiting for statement in statements])
+    for statements, then in waiting:
+        then(rows[: len(statements)])
+        del rows[: len(statements)]
+
+
+def _driver_run(
+    connection: Connection, statements: Sequence[tuple[str, Mapping[str, object]]]
+) -> list[list[Any]]:
+    raw = connection.connection.driver_connection
+    assert raw is not None  # the session's connection is checked out, so it has one
+    if connection.dialect.name == "postgresql" and _pipelines():
+        with raw.pipeline():
+            cursors = [raw.cursor() for _ in statements]
+            for cursor, (sql, values) in zip(cursors, statements, strict=True):
+                cursor.execute(sql, values)
+        return [_rows(cursor) for cursor in cursors]
+    results = []
+    for sql, values in statements:
+        cursor = raw.cursor()
+        cursor.execute(sql, values)
+        results.append(_rows(cursor))
+        cursor.close()
+    return results
+
+
+def _rows(cursor: Any) -> list[Any]:
+    return [] if cursor.description is None else list(cursor.fetchall())
+
+
+def _pipelines() -> bool:
+    """Whether psycopg's libpq can pipeline (14 and newer; imported only on PostgreSQL)."""
+    import psycopg
+
+    return bool(psycopg.Pipeline.is_supported())
+
+
 def ping(engine: Engine) -> None:
     """Ask the database for nothing, to learn whether it answers (raises if it does not)."""
     with engine.connect() as conn:
@@ -193,6 +278,10 @@ class GroupCommit:
         # its jobs raises; then it is done again with one per job, and so are the batches
         # after it until one has no job that raises.
         self._careful = False
+        # The connection the batches of a burst share: each checkout would ping the database
+        # first (pool_pre_ping), a round trip per batch. Let go when the burst is over or a
+        # batch failed, so a connection that broke is never kept.
+        self._held: Connection | None = None
 
     async def run(
         self, work: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs
@@ -236,6 +325,13 @@ class GroupCommit:
 
     def _commit(self, jobs: list[_Job]) -> None:
         try:
+            self._commit_batch(jobs)
+        finally:
+            if not self._waiting:  # the burst is over: its connection goes back to the pool
+                self._let_go()
+
+    def _commit_batch(self, jobs: list[_Job]) -> None:
+        try:
             if not self._careful:
                 try:
                     self._attempt(jobs, savepoints=False)
@@ -262,16 +358,41 @@ class GroupCommit:
                 except Exception as exc:
                     job.failure = exc
 
+    def _let_go(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
+
     def _attempt(self, jobs: list[_Job], *, savepoints: bool) -> None:
+        """The jobs in one transaction on the held connection (on a fresh one when it cannot
+        begin there: the database may have restarted since)."""
+        fresh = self._held is None
+        if self._held is None:
+            self._held = self.engine.connect()
+        try:
+            self._attempt_on(self._held, jobs, savepoints=savepoints)
+        except _NotBegun:
+            self._let_go()
+            if fresh:
+                raise
+            self._attempt(jobs, savepoints=savepoints)
+        except BaseException:
+            self._let_go()
+            raise
+
+    def _attempt_on(self, connection: Connection, jobs: list[_Job], *, savepoints: bool) -> None:
         """The jobs in one transaction; with `savepoints`, each in its own, a job that raises
         keeping its exception; without, the first that raises fails the attempt."""
-        with Session(self.engine, expire_on_commit=False) as session:
+        with Session(connection, expire_on_commit=False) as session:
             try:
                 session.connection()  # BEGIN (IMMEDIATE on SQLite): the one wait for the lock
             except Exception as exc:
                 raise _NotBegun(exc) from exc
+            if not savepoints:
+                session.info[_WAITING] = []
             try:
-                for job in jobs:
+                for left, job in zip(range(len(jobs), 0, -1), jobs, strict=True):
+                    session.info[_JOBS_LEFT] = left
                     job.outcome, job.failure = None, None
                     if not savepoints:
                         job.outcome = job.work(session)
@@ -286,10 +407,21 @@ class GroupCommit:
                         raise
                     except Exception as exc:  # this job's, undone to its savepoint
                         job.failure = exc
+                _run_waiting(session)
                 session.commit()
             except BaseException:
                 session.rollback()
                 raise
+
+
+def jobs_left(session: Session) -> int:
+    """How many jobs of the session's GroupCommit batch are still to run, this one included
+    (1 in any other transaction): for work that draws ahead for the rest of its batch."""
+    return int(session.info.get(_JOBS_LEFT, 1))
+
+
+_JOBS_LEFT = "group-commit-jobs-left"
+_WAITING = "group-commit-waiting"  # run_with_batch's, in a batch without savepoints
 
 
 class _NotBegun(Exception):

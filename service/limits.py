@@ -11,11 +11,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from .clock import utcnow
+from .db import driver_run
 from .errors import RateLimited
 from .models import RateBucket
 
@@ -133,58 +132,22 @@ def take(
 
 
 def take_all(session: Session, asks: Sequence[Ask], *, now: datetime | None = None) -> list[Take]:
-    """Each ask's take, in order, one statement each, run on the session's connection through
-    the driver's own cursor; on PostgreSQL the statements go in one pipeline, one round trip
-    for all of them. A subscribe request takes three, and SQLAlchemy's compiling, typing and
-    result layers around each cost more than the statement (docs/BENCHMARKS.md, G6)."""
-    connection = session.connection()
-    dialect = connection.dialect.name
+    """Each ask's take, in order, one statement each, through the driver's own cursor
+    (db.driver_run: on PostgreSQL one round trip for all of them). A subscribe request takes
+    three, and SQLAlchemy's layers around each cost more than the statement."""
+    return taken(driver_run(session, take_statements(session, asks, now=now)))
+
+
+def take_statements(
+    session: Session, asks: Sequence[Ask], *, now: datetime | None = None
+) -> list[tuple[str, dict[str, object]]]:
+    """The statements of take_all, for a caller that runs them with others in one round trip
+    (db.driver_run); taken() reads their rows."""
+    dialect = session.get_bind().dialect.name
     moment = now or utcnow()
     stamp = moment.strftime(_SQLITE_DATETIME) if dialect == "sqlite" else moment
     statement = _statement(dialect)
-    values = [_values(ask, stamp) for ask in asks]
-    try:
-        rows = _run(connection, statement, values)
-    except connection.dialect.loaded_dbapi.Error as exc:
-        # Raised as SQLAlchemy would have: a database that went away mid-request is answered
-        # 503 by the web layer (its OperationalError), never 500 (the driver's own error).
-        gone = connection.dialect.is_disconnect(exc, connection.connection, None)
-        if gone:
-            connection.invalidate(exc)
-        raise DBAPIError.instance(
-            statement,
-            values,
-            exc,
-            connection.dialect.loaded_dbapi.Error,
-            connection_invalidated=gone,
-            dialect=connection.dialect,
-        ) from exc
-    return [_taken(row) for row in rows]
-
-
-def _run(connection: Connection, statement: str, values: list[dict[str, object]]) -> list[Any]:
-    raw = connection.connection.driver_connection
-    assert raw is not None  # the session's connection is checked out, so it has one
-    if connection.dialect.name == "postgresql" and len(values) > 1 and _pipelines():
-        with raw.pipeline():
-            cursors = [raw.cursor() for _ in values]
-            for cursor, one in zip(cursors, values, strict=True):
-                cursor.execute(statement, one)
-        return [cursor.fetchone() for cursor in cursors]
-    rows = []
-    for one in values:
-        cursor = raw.cursor()
-        cursor.execute(statement, one)
-        rows.append(cursor.fetchone())
-        cursor.close()
-    return rows
-
-
-def _pipelines() -> bool:
-    """Whether psycopg's libpq can pipeline (14 and newer; imported only on PostgreSQL)."""
-    import psycopg
-
-    return bool(psycopg.Pipeline.is_supported())
+    return [(statement, _values(ask, stamp)) for ask in asks]
 
 
 def _values(ask: Ask, now: object) -> dict[str, object]:
@@ -199,6 +162,11 @@ def _values(ask: Ask, now: object) -> dict[str, object]:
         "least_tokens": least,
         "now": now,
     }
+
+
+def taken(rows: Sequence[list[Any]]) -> list[Take]:
+    """What the statements of take_statements took, from their rows (db.driver_run's)."""
+    return [_taken(row) for [row] in rows]
 
 
 def _taken(row: Any) -> Take:
@@ -221,11 +189,22 @@ def check_and_count_all(
     """check_and_count for several (key, limit, window) at once: every hit counted, or
     RateLimited for the first whose bucket is empty (the caller's transaction, rolled back,
     then takes back the others)."""
+    asks = counting(counts)
+    refuse_if_empty(asks, take_all(session, asks, now=now))
+
+
+def counting(counts: Sequence[tuple[str, int, timedelta]]) -> list[Ask]:
+    """The asks that count one hit on each (key, limit, window) of check_and_count_all."""
     for _key, _limit, window in counts:
         if window > LONGEST_WINDOW:
             raise ValueError(f"a {window} window outlasts LONGEST_WINDOW: idle buckets go after it")
-    asks = [Ask(key, limit, limit / window.total_seconds()) for key, limit, window in counts]
-    for ask, got in zip(asks, take_all(session, asks, now=now), strict=True):
+    return [Ask(key, limit, limit / window.total_seconds()) for key, limit, window in counts]
+
+
+def refuse_if_empty(asks: Sequence[Ask], takes: Sequence[Take]) -> None:
+    """RateLimited (with the seconds until a hit would pass) for the first ask of counting()
+    that got nothing."""
+    for ask, got in zip(asks, takes, strict=True):
         if not got.granted:
             wait = (1 - got.tokens) / ask.per_second - _EPSILON
             raise RateLimited(max(1, math.ceil(wait)))

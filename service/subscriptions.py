@@ -11,10 +11,11 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Table, bindparam
+from sqlalchemy import Table, bindparam, cast
 from sqlalchemy import insert as sa_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -23,12 +24,14 @@ from sqlmodel import Session, col, delete, select
 
 from .clock import known_zone, utcnow
 from .context import AppContext, Requester
+from .db import driver_run, jobs_left, run_with_batch
 from .errors import AlreadyConfirmed, CannotResubscribe, InvalidInput, LinkUsed
-from .limits import DAY, HOUR, check_and_count_all
+from .limits import DAY, HOUR, Ask, counting, refuse_if_empty, take_all, take_statements, taken
 from .mail import message, outbox
 from .models import (
     Cadence,
     Consent,
+    OutboxMail,
     Subscriber,
     SubscriberStatus,
     Suppression,
@@ -173,90 +176,158 @@ def subscribe(
     address = normalize_address(email)
     display_name = clean_name(name)
     choices = choices_asked(timezone=timezone, cadence=cadence, digest_weekday=digest_weekday)
-    _start_double_opt_in(session, ctx, address, display_name, choices, who, now)
-    # Counted last, in the same transaction: a refused request rolls back what it did, and
-    # on PostgreSQL a bucket's row (one for every request of a client) stays locked from
-    # its count to the commit, so the count goes where that is shortest.
-    _count_subscribe_request(session, ctx, mailbox_key(address), who, now)
+    pending = _Pending(address, display_name, choices, secrets.token_urlsafe(9), who, now)
+    # Counted in the same transaction: a refused request rolls back what it did.
+    counts = counting(_subscribe_counts(ctx, mailbox_key(address), who))
+    _add_pending(session, ctx, pending, counts)
 
 
-def _start_double_opt_in(
-    session: Session,
-    ctx: AppContext,
-    address: str,
-    name: str,
-    choices: Choices,
-    who: Requester,
-    now: datetime,
-) -> None:
-    """A new pending reader, or a known one asked again, with their confirmation mail."""
-    nonce = secrets.token_urlsafe(9)
-    new_id = _insert_pending(session, address, name, choices, nonce, now)
-    if new_id is not None:  # an address we did not know: three statements, nothing read
-        _add_consent(session, new_id, "subscribe", who, now)
-        mail = confirmation(ctx, subscriber_id=new_id, email=address, nonce=nonce)
-        outbox.queue_messages(session, ctx, [mail])
-        return
-    subscriber = _find(session, address)
-    assert subscriber is not None  # ON CONFLICT: it exists, and rows are never deleted
-    if subscriber.status == SubscriberStatus.active:
-        _notice_already_subscribed(session, ctx, subscriber, now)
-        return
-    if subscriber.status != SubscriberStatus.pending or subscriber.confirm_nonce is None:
-        subscriber.confirm_nonce = nonce  # old confirmation links die
-    subscriber.status = SubscriberStatus.pending
-    subscriber.pending_name = name or None
-    subscriber.updated_at = now
-    record_consent(session, subscriber, "subscribe", who, now)
-    _queue_confirmation(session, ctx, subscriber)
+@dataclass(frozen=True)
+class _Pending:
+    """A subscribe request's double opt-in, as the database gets it."""
+
+    address: str
+    name: str
+    choices: Choices
+    nonce: str  # the confirmation link's; a new one kills the links mailed before
+    who: Requester
+    now: datetime
+
+    def reader(self) -> dict[str, object]:
+        """The values of _pending_insert."""
+        return {
+            "email": self.address,
+            "pending_name": self.name or None,
+            "nonce": self.nonce,
+            "now": self.now,
+            "timezone": self.choices.timezone,
+            "cadence": self.choices.cadence.value,
+            "digest_weekday": self.choices.digest_weekday,
+        }
+
+    def consent(self) -> dict[str, object]:
+        """The values of a Consent row for this request, but its subscriber_id."""
+        return {
+            "action": "subscribe",
+            "at": self.now,
+            "ip": self.who.ip,
+            "user_agent": (self.who.user_agent or "")[:512] or None,
+            "source": self.who.source,
+        }
 
 
-def _count_subscribe_request(
-    session: Session, ctx: AppContext, mailbox: str, who: Requester, now: datetime
-) -> None:
+def _subscribe_counts(
+    ctx: AppContext, mailbox: str, who: Requester
+) -> list[tuple[str, int, timedelta]]:
     """Per client, and per mailbox by the hour and by the day: no confirmation-mail bombing."""
     s = ctx.settings
-    limits = [
+    return [
         (f"subscribe:ip:{who.ip}", s.subscribe_per_ip_per_hour, HOUR),
         (f"subscribe:address:{mailbox}", s.subscribe_per_address_per_hour, HOUR),
         (f"subscribe:address-day:{mailbox}", s.subscribe_per_address_per_day, DAY),
     ]
-    check_and_count_all(session, limits, now=now)
+
+
+def _add_pending(session: Session, ctx: AppContext, pending: _Pending, counts: list[Ask]) -> None:
+    """A new pending reader at the address, with their consent and confirmation mail, or a
+    known address asked again (_restart_double_opt_in); the request counted either way
+    (RateLimited when a count is spent). The counts' rows stay locked on PostgreSQL until the
+    commit, and so they go last."""
+    if session.get_bind().dialect.name == "postgresql":
+        _add_pending_at_once(session, ctx, pending, counts)
+        return
+    connection = session.connection()
+    row = connection.execute(_pending_insert("sqlite"), pending.reader()).first()
+    if row is not None:  # an address we did not know: three statements, nothing read
+        subscriber_id = int(row[0])
+        connection.execute(_CONSENT_INSERT, {"subscriber_id": subscriber_id, **pending.consent()})
+        mail = confirmation(
+            ctx, subscriber_id=subscriber_id, email=pending.address, nonce=pending.nonce
+        )
+        outbox.queue_messages(session, ctx, [mail])
+    refuse_if_empty(counts, take_all(session, counts, now=pending.now))
+    if row is None:  # taken, by a row already there or a concurrent transaction (which wins)
+        _restart_double_opt_in(session, ctx, pending)
+
+
+def _add_pending_at_once(
+    session: Session, ctx: AppContext, pending: _Pending, counts: list[Ask]
+) -> None:
+    """_add_pending on PostgreSQL: one statement writes the reader, the consent and the mail
+    (whose link names an id drawn ahead of the row), sent with the counts and with the other
+    requests' of a GroupCommit batch (db.run_with_batch). One round trip for a batch, where
+    four for each request were most of what a subscribe cost (docs/BENCHMARKS.md, G6)."""
+    subscriber_id = _drawn_id(session)
+    confirm = confirmation(
+        ctx, subscriber_id=subscriber_id, email=pending.address, nonce=pending.nonce
+    )
+    consent, [mail] = pending.consent(), outbox.outbox_rows(ctx, [confirm])
+    statement, held = _pending_at_once(session, consent, mail)
+    values = {
+        **held,
+        "id": subscriber_id,
+        **pending.reader(),
+        **{f"consent_{k}": v for k, v in consent.items()},
+        **{f"mail_{k}": v for k, v in mail.items()},
+    }
+
+    def then(rows: list[list[Any]]) -> None:
+        added, *taken_rows = rows
+        refuse_if_empty(counts, taken(taken_rows))
+        if not added:  # the address is taken: no consent, no mail went in
+            _restart_double_opt_in(session, ctx, pending)
+
+    run_with_batch(
+        session, [(statement, values), *take_statements(session, counts, now=pending.now)], then
+    )
+
+
+def _drawn_id(session: Session) -> int:
+    """The id of a new reader, drawn from its sequence ahead of the INSERT; the ids of the rest
+    of a GroupCommit batch are drawn with it, one statement for all. One not used (its address
+    was known, its request refused) is a gap, as a conflicting INSERT leaves one."""
+    drawn: list[int] = session.info.setdefault("subscriber_ids", [])
+    if not drawn:
+        [rows] = driver_run(session, [(_DRAW_IDS, {"n": jobs_left(session)})])
+        drawn.extend(sorted((int(r[0]) for r in rows), reverse=True))
+    return drawn.pop()
+
+
+_DRAW_IDS = (
+    "SELECT nextval(pg_get_serial_sequence('subscribers', 'id')) FROM generate_series(1, %(n)s)"
+)
+
+
+def _restart_double_opt_in(session: Session, ctx: AppContext, pending: _Pending) -> None:
+    """A known address asked again: a new confirmation mail, or a notice to an active reader."""
+    subscriber = _find(session, pending.address)
+    assert subscriber is not None  # ON CONFLICT: it exists, and rows are never deleted
+    if subscriber.status == SubscriberStatus.active:
+        _notice_already_subscribed(session, ctx, subscriber, pending.now)
+        return
+    if subscriber.status != SubscriberStatus.pending or subscriber.confirm_nonce is None:
+        subscriber.confirm_nonce = pending.nonce  # old confirmation links die
+    subscriber.status = SubscriberStatus.pending
+    subscriber.pending_name = pending.name or None
+    subscriber.updated_at = pending.now
+    record_consent(session, subscriber, "subscribe", pending.who, pending.now)
+    _queue_confirmation(session, ctx, subscriber)
 
 
 def _find(session: Session, address: str) -> Subscriber | None:
     return session.exec(select(Subscriber).where(Subscriber.email == address)).first()
 
 
-def _insert_pending(
-    session: Session, address: str, name: str, choices: Choices, nonce: str, now: datetime
-) -> int | None:
-    """The id of a new pending reader at `address`, or None when the address is taken (by
-    a row already there or by a concurrent transaction, which wins)."""
-    dialect = session.get_bind().dialect.name
-    statement = _PENDING_INSERTS.get(dialect)
-    if statement is None:
-        statement = _PENDING_INSERTS[dialect] = _pending_insert(dialect)
-    values = {
-        "email": address,
-        "pending_name": name or None,
-        "nonce": nonce,
-        "now": now,
-        "timezone": choices.timezone,
-        "cadence": choices.cadence.value,
-        "digest_weekday": choices.digest_weekday,
-    }
-    row = session.connection().execute(statement, values).first()
-    return None if row is None else int(row[0])
-
-
-def _pending_insert(dialect: str) -> Any:
-    """INSERT … ON CONFLICT (email) DO NOTHING RETURNING id, built once per dialect."""
-    table: Table = Subscriber.__table__  # type: ignore[attr-defined]
+@cache
+def _pending_insert(dialect: str, *, drawn_id: bool = False) -> Any:
+    """INSERT … ON CONFLICT (email) DO NOTHING RETURNING id, built once per dialect; with
+    `drawn_id`, the id is a parameter too (_drawn_id)."""
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    ids: dict[str, Any] = {"id": bindparam("id")} if drawn_id else {}
     return (
-        insert(table)
+        insert(_subscribers)
         .values(
+            **ids,
             email=bindparam("email"),
             name="",
             pending_name=bindparam("pending_name"),
@@ -269,29 +340,41 @@ def _pending_insert(dialect: str) -> Any:
             digest_weekday=bindparam("digest_weekday"),
         )
         .on_conflict_do_nothing(index_elements=["email"])
-        .returning(table.c.id)
+        .returning(_subscribers.c.id)
     )
 
 
-_PENDING_INSERTS: dict[str, Any] = {}
-_CONSENT_INSERT = sa_insert(Consent.__table__)  # type: ignore[attr-defined]
+def _pending_at_once(
+    session: Session, consent: dict[str, object], mail: dict[str, object]
+) -> tuple[str, dict[str, Any]]:
+    """PostgreSQL: _pending_insert with the reader's consent and mail, each inserted only when
+    the reader's row was (data-modifying CTEs), compiled once in psycopg's parameter style,
+    with the values it holds itself. `consent` and `mail` name the columns given."""
+    if not _PENDING_AT_ONCE:
+        reader = _pending_insert("postgresql", drawn_id=True).cte("reader")
+        consents = _insert_from(_consents, reader, "consent_", consent, subscriber_id=reader.c.id)
+        mails = _insert_from(_outbox, reader, "mail_", mail)
+        statement = select(reader.c.id).add_cte(consents.cte("consent"), mails.cte("mail"))
+        compiled = statement.compile(dialect=session.get_bind().dialect)
+        _PENDING_AT_ONCE.append((str(compiled), dict(compiled.params)))
+    return _PENDING_AT_ONCE[0]
 
 
-def _add_consent(
-    session: Session, subscriber_id: int, action: str, who: Requester, now: datetime
-) -> None:
-    """record_consent in one Core INSERT, for a reader the session has not loaded."""
-    session.connection().execute(
-        _CONSENT_INSERT,
-        {
-            "subscriber_id": subscriber_id,
-            "action": action,
-            "at": now,
-            "ip": who.ip,
-            "user_agent": (who.user_agent or "")[:512] or None,
-            "source": who.source,
-        },
-    )
+def _insert_from(
+    table: Table, reader: Any, prefix: str, columns: dict[str, object], **given: Any
+) -> Any:
+    """INSERT INTO `table` one row per row of `reader`: the `given` columns as they are, and
+    `columns` from parameters named `prefix` + column, cast to the column's type."""
+    values = {n: cast(bindparam(prefix + n), table.c[n].type) for n in columns}
+    values.update(given)
+    return sa_insert(table).from_select(list(values), select(*values.values()).select_from(reader))
+
+
+_PENDING_AT_ONCE: list[tuple[str, dict[str, Any]]] = []
+_subscribers: Table = Subscriber.__table__  # type: ignore[attr-defined]
+_consents: Table = Consent.__table__  # type: ignore[attr-defined]
+_outbox: Table = OutboxMail.__table__  # type: ignore[attr-defined]
+_CONSENT_INSERT = sa_insert(_consents)
 
 
 def _notice_already_subscribed(

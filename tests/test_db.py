@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, col, select
 
-from service.db import SQLITE_CACHE_KIB, GroupCommit, transaction
+from service.db import SQLITE_CACHE_KIB, GroupCommit, run_with_batch, transaction
 from service.models import Subscriber
 
 
@@ -214,3 +214,106 @@ def test_a_database_error_in_a_batch_sends_each_job_alone(engine: Engine) -> Non
     writes = GroupCommit(engine)
 
     only_b_failed(three_at_once(writes, break_sql=True), DBAPIError, engine)
+
+
+def echo(engine: Engine) -> str:
+    """A statement that returns its one parameter, in the driver's own parameter style."""
+    return "SELECT :value" if engine.dialect.name == "sqlite" else "SELECT %(value)s"
+
+
+def add_and_echo(session: Session, email: str, *, seen: list[str], refuse: bool = False) -> str:
+    """add_reader, then a statement left for the batch whose `then` records its rows (and,
+    with `refuse`, raises as a spent rate limit would)."""
+    add_reader(session, email)
+    seen.append(f"work {email}")
+
+    def then(rows: list[list[object]]) -> None:
+        [[(value,)]] = rows
+        seen.append(f"then {value}")
+        if refuse:
+            raise ValueError(f"{email} was refused")
+
+    run_with_batch(session, [(echo(session.get_bind()), {"value": email})], then)  # type: ignore[arg-type]
+    return email
+
+
+def test_statements_left_for_the_batch_go_after_every_job_and_their_thens_in_order(
+    engine: Engine,
+) -> None:
+    writes, seen = GroupCommit(engine), []
+
+    async def together() -> list[str]:
+        return await asyncio.gather(
+            *(writes.run(add_and_echo, f"{n}@example.com", seen=seen) for n in "abc")
+        )
+
+    assert asyncio.run(together()) == ["a@example.com", "b@example.com", "c@example.com"]
+    works = [f"work {n}@example.com" for n in "abc"]
+    assert seen == [*works, *(w.replace("work", "then") for w in works)]
+
+
+def test_a_then_that_raises_fails_only_its_own_job(engine: Engine) -> None:
+    writes, seen = GroupCommit(engine), []
+
+    async def together() -> list[str | BaseException]:
+        return await asyncio.gather(
+            writes.run(add_and_echo, "a@example.com", seen=seen),
+            writes.run(add_and_echo, "b@example.com", seen=seen, refuse=True),
+            writes.run(add_and_echo, "c@example.com", seen=seen),
+            return_exceptions=True,
+        )
+
+    only_b_failed(asyncio.run(together()), ValueError, engine)
+    # Done again one savepoint per job, where nothing waits for the batch.
+    assert seen[-6:] == [f"{step} {n}@example.com" for n in "abc" for step in ("work", "then")]
+
+
+def test_outside_a_batch_the_statements_run_at_once(engine: Engine) -> None:
+    seen: list[str] = []
+    with transaction(engine) as session:
+        add_and_echo(session, "a@example.com", seen=seen)
+        seen.append("after")
+    assert seen == ["work a@example.com", "then a@example.com", "after"]
+    assert emails(engine) == {"a@example.com"}
+
+
+def test_the_batches_of_a_burst_share_one_connection_and_give_it_back(engine: Engine) -> None:
+    writes = GroupCommit(engine, batch_limit=4)
+    checkouts = [0]
+
+    def counted(*_args: object) -> None:
+        checkouts[0] += 1
+
+    async def burst() -> list[str]:
+        return await asyncio.gather(
+            *(writes.run(add_reader, f"burst{n}@example.com") for n in range(20))
+        )
+
+    event.listen(engine.pool, "checkout", counted)
+    try:
+        assert len(asyncio.run(burst())) == 20  # five batches
+    finally:
+        event.remove(engine.pool, "checkout", counted)
+    assert checkouts[0] == 1
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_a_connection_that_broke_during_a_burst_is_not_kept(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL backend that goes away")
+    writes, killed = GroupCommit(engine, batch_limit=1), []
+
+    def add_after_a_restart(session: Session, email: str) -> str:
+        if email == "b@example.com" and not killed:  # the server drops the burst's connection
+            killed.append(True)
+            session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        return add_reader(session, email)
+
+    async def burst() -> list[str]:
+        return await asyncio.gather(
+            *(writes.run(add_after_a_restart, f"{n}@example.com") for n in "abc")
+        )
+
+    assert asyncio.run(burst()) == ["a@example.com", "b@example.com", "c@example.com"]
+    assert killed == [True]
+    assert emails(engine) == {"a@example.com", "b@example.com", "c@example.com"}

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from service.config import Settings
 from service.models import Consent, OutboxMail, RateBucket, Subscriber, SubscriberStatus
 from service.tokens import Purpose
 from tests.helpers import (
@@ -665,3 +666,64 @@ def test_many_people_subscribing_at_once_all_get_their_confirmation_queued(
     assert statuses == [200] * len(addresses)
     confirmations = [m.recipient for m in outbox_rows(engine) if m.kind == "confirm"]
     assert sorted(confirmations) == sorted(addresses)
+
+
+def test_subscribe_requests_committed_together_each_get_their_own_outcome(
+    settings: Settings, engine: Engine
+) -> None:
+    # New addresses, a known one asked again and one whose hourly count is spent, in one
+    # GroupCommit batch: on PostgreSQL their statements go together and each reader's id is
+    # drawn before its row, so each confirmation link must still name its own reader.
+    import asyncio
+    from datetime import timedelta
+    from email import message_from_bytes, policy
+
+    from service import subscriptions
+    from service.clock import utcnow
+    from service.context import Requester, build_context
+    from service.db import GroupCommit, transaction
+    from service.errors import RateLimited
+
+    ctx = build_context(settings.model_copy(update={"subscribe_per_address_per_hour": 1}))
+    who, now = Requester(ip="192.0.2.7", user_agent="test", source="web"), utcnow()
+    with transaction(engine) as session:  # known: asked two hours ago; spent: a moment ago
+        for email, when in [
+            ("known@example.com", now - timedelta(hours=2)),
+            ("spent@example.com", now),
+        ]:
+            subscriptions.subscribe(session, ctx, email=email, name=None, who=who, now=when)
+    writes = GroupCommit(engine)
+
+    async def one_moment(*asked: str) -> list[object]:
+        return await asyncio.gather(
+            *(
+                writes.run(subscriptions.subscribe, ctx, email=e, name="N", who=who, now=now)
+                for e in asked
+            ),
+            return_exceptions=True,
+        )
+
+    # A batch where every request stands, then one where a request is refused and the
+    # batch goes again with a savepoint per request.
+    assert asyncio.run(one_moment("new1@example.com", "known@example.com")) == [None, None]
+    got = asyncio.run(one_moment("new2@example.com", "spent@example.com", "new3@example.com"))
+    assert [type(g) for g in got] == [type(None), RateLimited, type(None)]
+    mails: dict[str, list[str]] = {}
+    for row in outbox_rows(engine):
+        text = message_from_bytes(row.message, policy=policy.default).get_body(("plain",))
+        [url] = re.findall(r"https://news\.example\.com/confirm/\S+", text.get_content())
+        mails.setdefault(row.recipient, []).append(url.rsplit("/", 1)[1])
+    assert {k: len(v) for k, v in mails.items()} == {
+        "known@example.com": 2,  # asked again: a second confirmation
+        "spent@example.com": 1,  # refused: nothing more
+        "new1@example.com": 1,
+        "new2@example.com": 1,
+        "new3@example.com": 1,
+    }
+    for email, tokens in mails.items():
+        found = reader(engine, email)
+        for token in tokens:
+            assert ctx.tokens.read(Purpose.confirm, token) == f"{found.id}-{found.confirm_nonce}"
+        with Session(engine) as session:
+            consents = session.exec(select(Consent).where(Consent.subscriber_id == found.id))
+            assert len(list(consents)) == len(tokens)

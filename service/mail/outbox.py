@@ -96,8 +96,13 @@ class Outgoing:
 def queue_messages(session: Session, ctx: MailContext, mails: Sequence[Outgoing]) -> None:
     """Add built messages (Prototype.message) to the outbox in the caller's transaction, in
     one multi-row INSERT; each is DKIM-signed here when DKIM is configured."""
-    if not mails:
-        return
+    if mails:
+        session.connection().execute(_OUTBOX_INSERT, outbox_rows(ctx, mails))
+
+
+def outbox_rows(ctx: MailContext, mails: Sequence[Outgoing]) -> list[dict[str, object]]:
+    """The outbox rows of built messages, due now, each DKIM-signed when DKIM is configured:
+    what queue_messages inserts, for a caller that inserts them in a statement of its own."""
     now = utcnow()
     same = {
         "envelope_from": ctx.settings.bounce_address,
@@ -107,7 +112,7 @@ def queue_messages(session: Session, ctx: MailContext, mails: Sequence[Outgoing]
         "created_at": now,
     }
     sign = ctx.dkim.sign if ctx.dkim is not None else None
-    rows = [
+    return [
         {
             **same,
             "kind": m.kind,
@@ -116,7 +121,6 @@ def queue_messages(session: Session, ctx: MailContext, mails: Sequence[Outgoing]
         }
         for m in mails
     ]
-    session.connection().execute(_OUTBOX_INSERT, rows)
 
 
 @dataclass(frozen=True)
