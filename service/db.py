@@ -134,9 +134,9 @@ def driver_run(
     :name, psycopg %(name)s). On PostgreSQL they go in one pipeline: one round trip for all,
     and for the BEGIN before them when they open the transaction. For the few statements of
     a hot path whose SQLAlchemy compiling, typing and result layers cost more than the
-    statement (docs/BENCHMARKS.md, G6). A driver error is raised as
-    SQLAlchemy's would have been: a database gone mid-request is answered 503 by the web
-    layer (its OperationalError), never 500."""
+    statement (docs/BENCHMARKS.md, G6). A driver error is raised as SQLAlchemy's would have
+    been: a database gone mid-request is answered 503 by the web layer (its
+    OperationalError), never 500."""
     connection = session.connection()
     dbapi = connection.dialect.loaded_dbapi
     try:
@@ -267,7 +267,10 @@ class GroupCommit:
     (one WAL flush) serves many requests, and the rate-limit row every request from one
     client updates is locked by one transaction at a time instead of each request's in turn
     (docs/BENCHMARKS.md, G6: 1,060 against 840 requests/s on SQLite, 640 against 490 on
-    PostgreSQL; two threads each with its batch measured slower on PostgreSQL, 480)."""
+    PostgreSQL; two threads each with its batch measured slower on PostgreSQL, 480). Jobs can
+    leave their statements for the end of the batch (run_with_batch): on PostgreSQL a batch
+    is then one round trip for its statements, and its connection is kept for the next
+    batch of a burst."""
 
     def __init__(self, engine: Engine, *, batch_limit: int = GROUP_COMMIT_LIMIT) -> None:
         self.engine = engine
