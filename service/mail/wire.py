@@ -22,13 +22,19 @@ class Stuffed:
 
     @classmethod
     def of(cls, message: bytes) -> Stuffed:
-        """The general (slow) way, byte for byte what aiosmtplib's sendmail() writes."""
-        # Imported here, not above: the client library brings asyncio and ssl (2.5 MB) to a
-        # builder process, which only ever splices.
-        from aiosmtplib.protocol import normalize_message_line_endings
+        """The general way, byte for byte what aiosmtplib's sendmail() writes. A message we
+        built (the outbox's) has only CRLF line ends and seldom a line that starts with ".":
+        three counts and a search find that, where the regular expressions rewrite it all."""
+        crs = message.count(b"\r")
+        if crs == message.count(b"\n") == message.count(b"\r\n"):  # no lone CR or LF
+            normalized = message if message.endswith(b"\r\n") else message + b"\r\n"
+        else:
+            # Imported here, not above: the client library brings asyncio and ssl (2.5 MB)
+            # to a builder process, which only ever splices.
+            from aiosmtplib.protocol import normalize_message_line_endings
 
-        normalized = normalize_message_line_endings(message)
-        return cls(_LEADING_PERIOD.sub(b"..", normalized) + END_OF_DATA, len(normalized))
+            normalized = normalize_message_line_endings(message)
+        return cls(stuff_lines(normalized) + END_OF_DATA, len(normalized))
 
     def message(self) -> bytes:
         """The message again, for a hand-off through sendmail(), which stuffs it itself."""

@@ -245,6 +245,21 @@ def test_stuffing_is_undone_exactly(tmp_path: Path) -> None:
     assert stuffed.message() == message + b"\r\n" and stuffed.size == len(message) + 2
 
 
+@hypothesis.settings(max_examples=1000)
+@given(
+    message=st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"..", b"a", b"b\xff", b" "]))
+)
+def test_stuffing_any_bytes_is_what_aiosmtplib_does(message: list[bytes]) -> None:
+    """The quick way for messages with CRLF line ends only, and the regular expressions for
+    the rest, give what aiosmtplib's own normalising and stuffing give (its sendmail())."""
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    data = b"".join(message)
+    normalized = normalize_message_line_endings(data)
+    expected = PERIOD_REGEX.sub(b"..", normalized) + b".\r\n"
+    assert Stuffed.of(data) == Stuffed(expected, len(normalized))
+
+
 @hypothesis.settings(max_examples=500)
 @given(address=st.emails() | st.text(max_size=40) | st.from_regex(r"[!-~]{1,20}@[!-~]{1,20}"))
 def test_the_fast_address_check_agrees_with_aiosmtplib(address: str) -> None:
