@@ -7,13 +7,16 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Table, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import Session, create_engine
 
 # How long a SQLite writer waits for another writer's lock before "database is locked".
@@ -180,6 +183,46 @@ def _run_waiting(session: Session) -> None:
         del rows[: len(statements)]
 
 
+def driver_statement(
+    session: Session, statement: ClauseElement, columns: tuple[str, ...] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """A Core statement as driver_run runs it: its SQL in the driver's own named parameter
+    style and the values it holds itself (the caller's go over them); an INSERT without
+    values of its own names its `columns`. Compiled once per statement, columns and
+    database."""
+    dialect = session.get_bind().dialect
+    key = (statement, columns, dialect.name)
+    found = _COMPILED.get(key)
+    if found is None:
+        named = _SQLITE_NAMED if dialect.name == "sqlite" else dialect
+        compiled = statement.compile(
+            dialect=named, column_keys=list(columns) if columns is not None else None
+        )
+        # SQLAlchemy fills a column's Python-side default at execution, which the driver
+        # never sees: it would store NULL. Every such column must be given.
+        defaults = [c.key for c in getattr(compiled, "insert_prefetch", ())]
+        if missing := [k for k in defaults if k not in (columns or ())]:
+            raise ValueError(f"give {', '.join(missing)}: their defaults are SQLAlchemy's")
+        found = _COMPILED[key] = (str(compiled), dict(compiled.params))
+    return found
+
+
+_COMPILED: dict[tuple[ClauseElement, tuple[str, ...] | None, str], tuple[str, dict[str, Any]]] = {}
+_SQLITE_NAMED = SQLiteDialect_pysqlite(paramstyle="named")
+# How SQLAlchemy's DateTime stores a moment in SQLite (limits' SQL reads it by position).
+SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _sqlite_values(values: Mapping[str, object]) -> Mapping[str, object]:
+    """Moments as SQLAlchemy's DateTime stores them in SQLite (sqlite3's own adapter drops
+    the fraction of a whole second, and Python 3.12 deprecates it)."""
+    if not any(isinstance(v, datetime) for v in values.values()):
+        return values
+    return {
+        k: v.strftime(SQLITE_DATETIME) if isinstance(v, datetime) else v for k, v in values.items()
+    }
+
+
 def _driver_run(
     connection: Connection, statements: Sequence[tuple[str, Mapping[str, object]]]
 ) -> list[list[Any]]:
@@ -194,7 +237,7 @@ def _driver_run(
     results = []
     for sql, values in statements:
         cursor = raw.cursor()
-        cursor.execute(sql, values)
+        cursor.execute(sql, _sqlite_values(values))
         results.append(_rows(cursor))
         cursor.close()
     return results

@@ -51,7 +51,8 @@ _DIALECT = {
         "floor": "FLOOR",
     },
     "sqlite": {
-        # Whole seconds, then the microseconds SQLAlchemy stores (YYYY-MM-DD HH:MM:SS.ffffff):
+        # Whole seconds, then the microseconds SQLAlchemy stores (YYYY-MM-DD HH:MM:SS.ffffff,
+        # db.SQLITE_DATETIME, as db.driver_run writes :now too):
         # julianday()'s doubles are off by tens of microseconds this far from its epoch. The
         # seconds are read without the fraction, which strftime rounds to the millisecond:
         # "…:01.9997" would read as second 02, and the elapsed time gain a whole second.
@@ -65,8 +66,6 @@ _DIALECT = {
     },
 }
 _statements: dict[str, str] = {}
-# SQLite keeps SQLAlchemy's DateTime as this text (its `elapsed` above reads it by position).
-_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 @dataclass(frozen=True)
@@ -143,11 +142,9 @@ def take_statements(
 ) -> list[tuple[str, dict[str, object]]]:
     """The statements of take_all, for a caller that runs them with others in one round trip
     (db.driver_run); taken() reads their rows."""
-    dialect = session.get_bind().dialect.name
+    statement = _statement(session.get_bind().dialect.name)
     moment = now or utcnow()
-    stamp = moment.strftime(_SQLITE_DATETIME) if dialect == "sqlite" else moment
-    statement = _statement(dialect)
-    return [(statement, _values(ask, stamp)) for ask in asks]
+    return [(statement, _values(ask, moment)) for ask in asks]
 
 
 def _values(ask: Ask, now: object) -> dict[str, object]:

@@ -24,9 +24,9 @@ from sqlmodel import Session, col, delete, select
 
 from .clock import known_zone, utcnow
 from .context import AppContext, Requester
-from .db import driver_run, jobs_left, run_with_batch
+from .db import driver_run, driver_statement, jobs_left, run_with_batch
 from .errors import AlreadyConfirmed, CannotResubscribe, InvalidInput, LinkUsed
-from .limits import DAY, HOUR, Ask, counting, refuse_if_empty, take_all, take_statements, taken
+from .limits import DAY, HOUR, Ask, counting, refuse_if_empty, take_statements, taken
 from .mail import message, outbox
 from .models import (
     Cadence,
@@ -236,18 +236,33 @@ def _add_pending(session: Session, ctx: AppContext, pending: _Pending, counts: l
     if session.get_bind().dialect.name == "postgresql":
         _add_pending_at_once(session, ctx, pending, counts)
         return
-    connection = session.connection()
-    row = connection.execute(_pending_insert("sqlite"), pending.reader()).first()
-    if row is not None:  # an address we did not know: three statements, nothing read
-        subscriber_id = int(row[0])
-        connection.execute(_CONSENT_INSERT, {"subscriber_id": subscriber_id, **pending.consent()})
-        mail = confirmation(
+    insert = _statement(session, _pending_insert("sqlite"), pending.reader(), columns=False)
+    [added] = driver_run(session, [insert])
+    statements = take_statements(session, counts, now=pending.now)
+    if added:  # an address we did not know: its consent and mail, then the counts
+        [(subscriber_id,)] = added
+        confirm = confirmation(
             ctx, subscriber_id=subscriber_id, email=pending.address, nonce=pending.nonce
         )
-        outbox.queue_messages(session, ctx, [mail])
-    refuse_if_empty(counts, take_all(session, counts, now=pending.now))
-    if row is None:  # taken, by a row already there or a concurrent transaction (which wins)
+        consent = {"subscriber_id": subscriber_id, **pending.consent()}
+        [mail] = outbox.outbox_rows(ctx, [confirm])
+        statements[:0] = [
+            _statement(session, _CONSENT_INSERT, consent),
+            _statement(session, _MAIL_INSERT, mail),
+        ]
+    rows = driver_run(session, statements)
+    refuse_if_empty(counts, taken(rows[-len(counts) :]))
+    if not added:  # taken, by a row already there or a concurrent transaction (which wins)
         _restart_double_opt_in(session, ctx, pending)
+
+
+def _statement(
+    session: Session, statement: Any, values: dict[str, object], *, columns: bool = True
+) -> tuple[str, dict[str, object]]:
+    """`statement` with `values`, for db.driver_run: a bare INSERT of `values`' columns, or
+    (`columns` False) one that names its own."""
+    sql, held = driver_statement(session, statement, tuple(values) if columns else None)
+    return sql, {**held, **values}
 
 
 def _add_pending_at_once(
@@ -262,7 +277,7 @@ def _add_pending_at_once(
         ctx, subscriber_id=subscriber_id, email=pending.address, nonce=pending.nonce
     )
     consent, [mail] = pending.consent(), outbox.outbox_rows(ctx, [confirm])
-    statement, held = _pending_at_once(session, consent, mail)
+    statement, held = driver_statement(session, _pending_at_once(tuple(consent), tuple(mail)))
     values = {
         **held,
         "id": subscriber_id,
@@ -344,24 +359,19 @@ def _pending_insert(dialect: str, *, drawn_id: bool = False) -> Any:
     )
 
 
-def _pending_at_once(
-    session: Session, consent: dict[str, object], mail: dict[str, object]
-) -> tuple[str, dict[str, Any]]:
+@cache
+def _pending_at_once(consent: tuple[str, ...], mail: tuple[str, ...]) -> Any:
     """PostgreSQL: _pending_insert with the reader's consent and mail, each inserted only when
-    the reader's row was (data-modifying CTEs), compiled once in psycopg's parameter style,
-    with the values it holds itself. `consent` and `mail` name the columns given."""
-    if not _PENDING_AT_ONCE:
-        reader = _pending_insert("postgresql", drawn_id=True).cte("reader")
-        consents = _insert_from(_consents, reader, "consent_", consent, subscriber_id=reader.c.id)
-        mails = _insert_from(_outbox, reader, "mail_", mail)
-        statement = select(reader.c.id).add_cte(consents.cte("consent"), mails.cte("mail"))
-        compiled = statement.compile(dialect=session.get_bind().dialect)
-        _PENDING_AT_ONCE.append((str(compiled), dict(compiled.params)))
-    return _PENDING_AT_ONCE[0]
+    the reader's row was (data-modifying CTEs). `consent` and `mail` name the columns given,
+    as parameters named "consent_" and "mail_" + column."""
+    reader = _pending_insert("postgresql", drawn_id=True).cte("reader")
+    consents = _insert_from(_consents, reader, "consent_", consent, subscriber_id=reader.c.id)
+    mails = _insert_from(_outbox, reader, "mail_", mail)
+    return select(reader.c.id).add_cte(consents.cte("consent"), mails.cte("mail"))
 
 
 def _insert_from(
-    table: Table, reader: Any, prefix: str, columns: dict[str, object], **given: Any
+    table: Table, reader: Any, prefix: str, columns: tuple[str, ...], **given: Any
 ) -> Any:
     """INSERT INTO `table` one row per row of `reader`: the `given` columns as they are, and
     `columns` from parameters named `prefix` + column, cast to the column's type."""
@@ -370,11 +380,11 @@ def _insert_from(
     return sa_insert(table).from_select(list(values), select(*values.values()).select_from(reader))
 
 
-_PENDING_AT_ONCE: list[tuple[str, dict[str, Any]]] = []
 _subscribers: Table = Subscriber.__table__  # type: ignore[attr-defined]
 _consents: Table = Consent.__table__  # type: ignore[attr-defined]
 _outbox: Table = OutboxMail.__table__  # type: ignore[attr-defined]
 _CONSENT_INSERT = sa_insert(_consents)
+_MAIL_INSERT = sa_insert(_outbox)
 
 
 def _notice_already_subscribed(

@@ -6,16 +6,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import event, text
+from sqlalchemy import event, insert, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, col, select
 
-from service.db import SQLITE_CACHE_KIB, GroupCommit, run_with_batch, transaction
+from service.db import (
+    SQLITE_CACHE_KIB,
+    GroupCommit,
+    driver_run,
+    driver_statement,
+    run_with_batch,
+    transaction,
+)
 from service.models import Subscriber
 
 
@@ -317,3 +325,22 @@ def test_a_connection_that_broke_during_a_burst_is_not_kept(engine: Engine) -> N
     assert asyncio.run(burst()) == ["a@example.com", "b@example.com", "c@example.com"]
     assert killed == [True]
     assert emails(engine) == {"a@example.com", "b@example.com", "c@example.com"}
+
+
+def test_the_driver_stores_a_moment_as_sqlalchemy_does(engine: Engine) -> None:
+    # A whole second too: sqlite3's own adapter would drop its ".000000", and SQLite compares
+    # the text (limits' SQL even reads it by position).
+    moment = datetime(2026, 11, 28, 6, 0, 0)
+    columns = {"name": "", "status": "pending", "created_at": moment, "updated_at": moment}
+    with transaction(engine) as session:
+        session.add(Subscriber(email="orm@example.com", **columns))
+        with pytest.raises(ValueError, match="digest_weekday"):  # its default would be NULL
+            driver_statement(session, insert(Subscriber), ("email", *columns, "cadence"))
+        row = {"email": "driver@example.com", **columns, "cadence": "daily", "digest_weekday": 0}
+        sql, held = driver_statement(session, insert(Subscriber), tuple(row))
+        driver_run(session, [(sql, {**held, **row})])
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT CAST(created_at AS TEXT) FROM subscribers").all()
+    assert len(set(stored)) == 1, stored
+    with transaction(engine) as session:
+        assert set(session.exec(select(Subscriber.created_at))) == {moment}
