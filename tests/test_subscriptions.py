@@ -727,3 +727,30 @@ def test_subscribe_requests_committed_together_each_get_their_own_outcome(
         with Session(engine) as session:
             consents = session.exec(select(Consent).where(Consent.subscriber_id == found.id))
             assert len(list(consents)) == len(tokens)
+
+
+def test_non_ascii_names_domains_and_browsers_go_through_the_subscribe_statements(
+    app_client: TestClient, smtp_server: SmtpTestServer, engine: Engine
+) -> None:
+    # The reader, consent and mail rows are written through the driver's own cursor (and on
+    # PostgreSQL in one statement with casts): text in other scripts must arrive whole.
+    typed, name, browser = "Leser@Bücher.example", "Zoë Ñandú 李小龍", "Navigateur/1.0 (Mäc; é)"
+    response = app_client.post(
+        "/subscribe",
+        data={"email": typed, "name": name},
+        headers={"User-Agent": browser.encode()},
+    )
+    assert response.status_code == 200
+    stored = reader(engine, "leser@xn--bcher-kva.example")  # as normalize_address keeps it
+    assert stored.pending_name == name and stored.status == SubscriberStatus.pending
+    with Session(engine) as session:
+        [consent] = session.exec(select(Consent).where(Consent.subscriber_id == stored.id))
+    # The header goes as UTF-8 bytes; HTTP (and Starlette) read header bytes as
+    # Latin-1. Whatever the request held is what the consent keeps.
+    assert consent.user_agent == browser.encode().decode("latin-1")
+    assert consent.action == "subscribe"
+    [mail] = smtp_server.wait_for(1)
+    [url] = links(mail, "/confirm/")
+    assert app_client.post(path_of(url)).status_code == 200
+    confirmed = reader(engine, stored.email)
+    assert confirmed.status == SubscriberStatus.active and confirmed.name == name
